@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Install everything the integration-test bed needs on a Debian 12 machine
+# (run as root). Idempotent: only installs what is missing.
+#   apt: etcd, haproxy, patroni, pgbackrest, podman (+runc), debootstrap, ...
+#   cargo: garage (S3 server), built once into ~/.cargo/bin (~11 min on 2 cores)
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+PKGS=(etcd-server etcd-client haproxy patroni pgbackrest podman runc debootstrap
+      openssl curl uidmap)
+# garage needs a C toolchain for its bundled libraries.
+command -v cc >/dev/null 2>&1 || PKGS+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || PKGS+=(pkg-config)
+
+# Debian's postgresql-common would create and start a "main" cluster on 5432
+# when a postgresql-NN package is installed (patroni/pgbackrest pull one in).
+conf=/etc/postgresql-common/createcluster.conf
+mkdir -p "$(dirname "$conf")"
+if ! grep -qE '^\s*create_main_cluster\s*=\s*false' "$conf" 2>/dev/null; then
+  if [ -f "$conf" ] && grep -qE '^\s*#?\s*create_main_cluster' "$conf"; then
+    sed -i -E 's/^\s*#?\s*create_main_cluster\s*=.*/create_main_cluster = false/' "$conf"
+  else
+    echo 'create_main_cluster = false' >>"$conf"
+  fi
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+    || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-testbed: apt-get install ${missing[*]}"
+  apt-get update -qq
+  # confold: keep our pre-seeded createcluster.conf.
+  apt-get install -y -qq -o Dpkg::Options::=--force-confdef \
+    -o Dpkg::Options::=--force-confold "${missing[@]}"
+fi
+
+# Postinst scripts may have started daemons; tests start their own.
+for svc in etcd haproxy patroni; do
+  service "$svc" stop >/dev/null 2>&1 || true
+  update-rc.d "$svc" disable >/dev/null 2>&1 || true
+  systemctl disable --now "$svc" >/dev/null 2>&1 || true
+done
+
+# garage: reuse an existing binary, otherwise build it from crates.io.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v garage >/dev/null 2>&1; then
+  command -v cargo >/dev/null 2>&1 || { echo "install-testbed: cargo not found" >&2; exit 1; }
+  echo "install-testbed: building garage with cargo install (about 11 minutes on 2 cores)..."
+  cargo install --locked garage
+fi
+
+echo "install-testbed: etcd $(etcd --version | awk '/etcd Version/{print $3}')," \
+  "haproxy $(haproxy -v | awk 'NR==1{print $3}')," \
+  "patroni $(patroni --version 2>/dev/null | awk '{print $2}')," \
+  "pgbackrest $(pgbackrest version | awk '{print $2}')," \
+  "podman $(podman --version | awk '{print $3}')," \
+  "runc $(runc --version | awk 'NR==1{print $3}')," \
+  "openssl $(openssl version | awk '{print $2}')," \
+  "curl $(curl --version | awk 'NR==1{print $2}')," \
+  "$(garage --version 2>/dev/null | head -1)"

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds a local Debian base image (localhost/debian-base:SUITE) with debootstrap,
+# for machines that cannot pull from a container registry.
+# Usage: scripts/make-base-image.sh [SUITE]   (bookworm by default; trixie works too)
+# Idempotent: returns at once when the image already exists. Needs root.
+set -euo pipefail
+
+suite=${1:-bookworm}
+image=${BASE_IMAGE_NAME:-localhost/debian-base}:$suite
+: "${CONTAINERS_CONF:=/etc/tusk-test/containers.conf}"
+export CONTAINERS_CONF
+
+if podman image exists "$image"; then
+    echo "$image already exists" >&2
+    exit 0
+fi
+
+# Host apt sources, deb822 (*.sources) and one-line (*.list) formats. Disabled files
+# (any other suffix) are ignored.
+shopt -s nullglob
+sources=(/etc/apt/sources.list.d/*.sources)
+lists=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list)
+shopt -u nullglob
+
+# Keep only Debian's own repositories (drops google, nodesource, docker, ...): an
+# entry signed by debian-archive-keyring, or one with no signed-by at all whose URI
+# path ends in /debian or /debian-security.
+debian_stanzas() {
+    [ ${#sources[@]} -gt 0 ] || return 0
+    awk -v RS= -v ORS='\n\n' '
+        !/(^|\n)Types:[^\n]*deb/ { next }
+        /(^|\n)Signed-By:[^\n]*debian-archive-keyring/ { print; next }
+        !/(^|\n)Signed-By:/ && /(^|\n)URIs:[^\n]*\/debian(-security)?\/?([ \t\n]|$)/ { print }
+    ' "${sources[@]}"
+}
+debian_lines() {
+    for f in "${lists[@]}"; do
+        [ -f "$f" ] || continue
+        grep -E '^[[:space:]]*deb[[:space:]]' "$f" |
+            grep -E 'signed-by=[^] ]*debian-archive-keyring|^[^[]*deb[[:space:]]+[^[[:space:]]+/debian(-security)?/?[[:space:]]' || true
+    done
+}
+
+# Mirror for debootstrap: first non-security Debian URI of the host.
+mirror=$( { debian_stanzas | sed -n 's/^URIs:[[:space:]]*//p' | tr ' ' '\n'
+            debian_lines | sed -E 's/^[[:space:]]*deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/'
+          } | grep -v -- '-security' | grep . | head -n1 || true)
+mirror=${mirror:-http://deb.debian.org/debian}
+
+# The host's codename; rewritten to $suite in the copied sources (bookworm-updates
+# -> trixie-updates, ...).
+host_suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+
+rootfs=$(mktemp -d /var/tmp/debian-base.XXXXXX)
+trap 'rm -rf --one-file-system "$rootfs"' EXIT
+
+echo "debootstrap $suite from $mirror" >&2
+t0=$(date +%s)
+debootstrap --variant=minbase "$suite" "$rootfs" "$mirror" >&2
+t1=$(date +%s)
+
+# Apt sources: the host's Debian entries, suite-adjusted; debootstrap's own
+# sources.list only names the main suite (no updates, no security).
+rm -f "$rootfs/etc/apt/sources.list"
+debian_stanzas | sed "s/\b$host_suite\b/$suite/g" >"$rootfs/etc/apt/sources.list.d/debian.sources"
+debian_lines | sed "s/\b$host_suite\b/$suite/g" >"$rootfs/etc/apt/sources.list"
+[ -s "$rootfs/etc/apt/sources.list.d/debian.sources" ] || rm -f "$rootfs/etc/apt/sources.list.d/debian.sources"
+[ -s "$rootfs/etc/apt/sources.list" ] || echo "deb $mirror $suite main" >"$rootfs/etc/apt/sources.list"
+
+# Slim down like the official -slim images: no apt lists, caches, docs, man pages.
+rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
+    "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/usr/share/doc/* \
+    "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*.log
+
+tar -C "$rootfs" --numeric-owner -c . |
+    podman import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' - "$image" >&2
+t2=$(date +%s)
+echo "$image: debootstrap $((t1 - t0)) s, import $((t2 - t1)) s" >&2

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# etcd.sh: throwaway etcd (v3, mutual TLS) for tests.
+#   etcd.sh start DIR CLIENT_PORT PEER_PORT [NAME]   one member (NAME: n0)
+#       data DIR/data, log DIR/etcd.log, pid DIR/etcd.pid
+#   etcd.sh start-cluster DIR BASE_PORT              three members n0 n1 n2
+#       client ports BASE, BASE+2, BASE+4; peer ports BASE+1, BASE+3, BASE+5
+#       data DIR/nI, log DIR/nI.log, pid DIR/nI.pid
+#   etcd.sh stop DIR                                 kill the pids in DIR/*.pid
+# Certificates come from DIR/certs (made by certs.sh if absent). start prints
+# the client endpoint(s) (comma-separated https URLs) once healthy.
+# A started member dies by itself when TESTBED_WATCH_PID (if set) exits, and
+# in any case after TESTBED_MAX_SECONDS (default 1800), so leaks are bounded.
+# With TESTBED_RM_ON_EXIT=1 the watchdog also removes DIR once that pid is gone.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+max_seconds=${TESTBED_MAX_SECONDS:-1800}
+
+die() { echo "etcd.sh: $*" >&2; exit 1; }
+
+etcdctl_() { # etcdctl_ ENDPOINTS ARGS...: etcdctl with the test client cert
+  local eps=$1; shift
+  ETCDCTL_API=3 etcdctl --endpoints="$eps" --cacert="$certs/ca.crt" \
+    --cert="$certs/client.crt" --key="$certs/client.key" \
+    --dial-timeout=1s --command-timeout=2s "$@"
+}
+
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# launch NAME DATA LOG PID CLIENT_PORT PEER_PORT INITIAL_CLUSTER
+launch() {
+  local name=$1 data=$2 log=$3 pidf=$4 cport=$5 pport=$6 initial=$7
+  alive "$pidf" && return 0               # already running: idempotent
+  local extra=()
+  # Skip fsync when this etcd build offers it (tests never need durability).
+  # (help captured first: grep -q closing the pipe early trips pipefail)
+  local help; help=$(etcd --help 2>&1 || true)
+  [[ $help == *--unsafe-no-fsync* ]] && extra+=(--unsafe-no-fsync)
+  mkdir -p "$data" && chmod 700 "$data"
+  rm -f "$pidf"
+  # timeout caps the lifetime; the inner shell writes its own pid (= etcd's,
+  # thanks to exec) so the pid file names the etcd process itself.
+  timeout -s KILL "$max_seconds" bash -c 'echo $$ >"$0"; exec "$@"' "$pidf" \
+    etcd --name "$name" --data-dir "$data" \
+    --listen-client-urls "https://127.0.0.1:$cport" \
+    --advertise-client-urls "https://127.0.0.1:$cport" \
+    --listen-peer-urls "http://127.0.0.1:$pport" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+    --initial-cluster "$initial" --initial-cluster-state new \
+    --initial-cluster-token "tusk-test-$$" \
+    --cert-file "$certs/server.crt" --key-file "$certs/server.key" \
+    --trusted-ca-file "$certs/ca.crt" --client-cert-auth \
+    --snapshot-count 10000 --logger zap --log-outputs stderr \
+    "${extra[@]}" </dev/null >>"$log" 2>&1 &
+  # Wait (bounded) for the pid file.
+  for _ in $(seq 50); do [ -s "$pidf" ] && break; sleep 0.1; done
+  [ -s "$pidf" ] || die "$name did not start; log tail:
+$(tail -n 20 "$log")"
+  watchdog "$(cat "$pidf")"
+}
+
+# watchdog PID: kill PID once TESTBED_WATCH_PID is gone (detached from stdout
+# so that callers reading our output are not kept waiting).
+watchdog() {
+  local pid=$1 watch=${TESTBED_WATCH_PID:-}
+  [ -n "$watch" ] || return 0
+  ( while kill -0 "$watch" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do sleep 1; done
+    kill -9 "$pid" 2>/dev/null
+    # Shared (never dropped) instances also ask for their directory to go.
+    if [ "${TESTBED_RM_ON_EXIT:-}" = 1 ] && ! kill -0 "$watch" 2>/dev/null; then
+      sleep 0.5; rm -rf "$dir"
+    fi ) </dev/null >/dev/null 2>&1 &
+}
+
+# wait_healthy ENDPOINTS LOGS...: bounded wait (15 s) for every endpoint.
+wait_healthy() {
+  local eps=$1 end=$((SECONDS + 15)); shift
+  while [ "$SECONDS" -lt "$end" ]; do
+    etcdctl_ "$eps" endpoint health >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  local msg="" l
+  for l in "$@"; do msg+=$'\n'"== $l"$'\n'"$(tail -n 15 "$l" 2>/dev/null)"; done
+  die "not healthy at $eps:$(etcdctl_ "$eps" endpoint health 2>&1 | tail -n 3)$msg"
+}
+
+stop() { # stop DIR: TERM, wait up to 5 s, then KILL; only our pid files
+  local dir=$1 f pid pids=()
+  for f in "$dir"/etcd.pid "$dir"/n[0-9].pid; do
+    [ -s "$f" ] || continue
+    pid=$(cat "$f")
+    # Guard against pid reuse: only signal a process that is etcd.
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = etcd ] && { kill "$pid" 2>/dev/null || true; pids+=("$pid"); }
+    rm -f "$f"
+  done
+  for _ in $(seq 50); do
+    local left=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && return 0
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+}
+
+cmd=${1:-}
+dir=${2:-}
+[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: etcd.sh start|start-cluster|stop DIR ..."
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+certs=$dir/certs
+case "$cmd" in
+  start)
+    cport=${3:?CLIENT_PORT}; pport=${4:?PEER_PORT}; name=${5:-n0}
+    "$here/certs.sh" "$certs"
+    launch "$name" "$dir/data" "$dir/etcd.log" "$dir/etcd.pid" "$cport" "$pport" \
+      "$name=http://127.0.0.1:$pport"
+    ep="https://127.0.0.1:$cport"
+    wait_healthy "$ep" "$dir/etcd.log"
+    echo "$ep"
+    ;;
+  start-cluster)
+    base=${3:?BASE_PORT}
+    "$here/certs.sh" "$certs"
+    initial="" eps=""
+    for i in 0 1 2; do
+      initial+="${initial:+,}n$i=http://127.0.0.1:$((base + 2 * i + 1))"
+      eps+="${eps:+,}https://127.0.0.1:$((base + 2 * i))"
+    done
+    for i in 0 1 2; do
+      launch "n$i" "$dir/n$i" "$dir/n$i.log" "$dir/n$i.pid" \
+        "$((base + 2 * i))" "$((base + 2 * i + 1))" "$initial"
+    done
+    wait_healthy "$eps" "$dir"/n[012].log
+    echo "$eps"
+    ;;
+  stop) stop "$dir" ;;
+  *) die "unknown command $cmd" ;;
+esac

@@ -1,0 +1,77 @@
+//! The command line: `tusk` (or `tusk run`) runs the node; other
+//! subcommands are one-shot tools that read the same environment, so that
+//! `podman exec <ctr> tusk config` shows what the daemon sees.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, EXIT_CONFIG};
+use crate::logging;
+
+#[derive(Debug, Parser)]
+#[command(name = "tusk", version, about = "PID 1 of a highly available PostgreSQL container", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node (the default): PostgreSQL, supervised.
+    Run,
+    /// Print the effective configuration as JSON, secrets redacted; exit 78 if invalid.
+    Config,
+}
+
+impl Cli {
+    /// Whether this invocation runs the node (and so needs an init when PID 1).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, None | Some(Command::Run))
+    }
+}
+
+/// Runs the chosen command; returns the exit status.
+pub fn dispatch(cli: Cli) -> i32 {
+    match cli.command {
+        None | Some(Command::Run) => run_daemon(),
+        Some(Command::Config) => match Config::from_process_env() {
+            Ok(cfg) => {
+                println!("{}", cfg.to_redacted_json());
+                0
+            }
+            Err(e) => {
+                eprintln!("tusk: configuration error: {e}");
+                EXIT_CONFIG
+            }
+        },
+    }
+}
+
+fn run_daemon() -> i32 {
+    let cfg = match Config::from_process_env() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            let (format, level) = logging::from_env_best_effort();
+            let guard = logging::init(format, &level, false);
+            tracing::error!(variable = %e.var, "configuration error: {e}");
+            guard.flush();
+            return EXIT_CONFIG;
+        }
+    };
+    let guard = logging::init(cfg.tusk.log_format, &cfg.tusk.log_level, true);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), pid = std::process::id(), "tusk starting");
+    // One thread: the supervisor's work is I/O-bound, and a small footprint
+    // matters in a sidecar-free container.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the runtime");
+            guard.flush();
+            return 1;
+        }
+    };
+    let code = runtime.block_on(crate::supervisor::run(cfg));
+    drop(runtime);
+    tracing::info!(code, "tusk exiting");
+    guard.flush();
+    code
+}

@@ -1,0 +1,494 @@
+//! Configuration: the environment (Spilo's and Patroni's names) parsed and
+//! validated once into typed structs, before anything is started or written.
+//!
+//! [`Config::from_map`] is the single entry point; production passes the
+//! process environment, tests pass a map. A bad value gives a
+//! [`ConfigError`] that names the variable; the binary exits with 78.
+
+mod etcd;
+pub mod host;
+mod parse;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use etcd::{EtcdConfig, EtcdEndpoint, EtcdProtocol};
+pub use host::HostFacts;
+pub use secret::Secret;
+
+use parse::*;
+
+/// Exit status for a configuration error (sysexits' EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+
+/// A bad environment variable: `var` names it, `message` says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(var: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { var: var.into(), message: message.into() }
+    }
+}
+
+/// Major versions of PostgreSQL tusk knows how to run.
+pub const SUPPORTED_PG_VERSIONS: std::ops::RangeInclusive<u32> = 13..=18;
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Cluster name (`SCOPE` / `PATRONI_SCOPE`).
+    pub scope: String,
+    /// DCS namespace (`NAMESPACE` / `PATRONI_NAMESPACE`), default `service`.
+    pub namespace: String,
+    /// Member name (`PATRONI_NAME`, else the host name).
+    pub name: String,
+    pub postgres: PostgresConfig,
+    pub api: ApiConfig,
+    pub credentials: Credentials,
+    pub tls: PgTls,
+    /// `None`: standalone mode (no DCS variable set).
+    pub etcd: Option<EtcdConfig>,
+    pub tusk: TuskConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresConfig {
+    /// Requested major version (`PGVERSION`); an existing `PGDATA/PG_VERSION` wins.
+    pub version: u32,
+    pub home: PathBuf,
+    pub root: PathBuf,
+    pub data: PathBuf,
+    pub port: u16,
+    /// `host:port` other members and clients use (`PG_CONNECT_ADDRESS`).
+    pub connect_address: String,
+    /// Directory of the unix socket (`TUSK_SOCKET_DIR`).
+    pub socket_dir: PathBuf,
+    /// `INITDB_LOCALE`, used only by initdb.
+    pub initdb_locale: String,
+    /// Parameters derived from the memory limit, then `TUSK_PG_PARAMETERS`.
+    pub parameters: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiConfig {
+    pub port: u16,
+    /// `host:port` of the REST API as others reach it (`RESTAPI_CONNECT_ADDRESS`).
+    pub connect_address: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Credentials {
+    pub superuser: Role,
+    pub replication: Role,
+    pub admin: Role,
+}
+
+/// A database role; `password: None` means "not given": standalone mode
+/// generates one and keeps it under `PGROOT`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Role {
+    pub name: String,
+    pub password: Option<Secret>,
+}
+
+/// TLS for PostgreSQL's own listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct PgTls {
+    /// `ALLOW_NOSSL`: accept plain-text TCP connections.
+    pub allow_nossl: bool,
+    /// Server certificate and key; `None`: tusk generates a self-signed pair.
+    pub server: Option<CertAndKey>,
+    pub ca: Option<Pem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertAndKey {
+    pub cert: Pem,
+    pub key: Pem,
+}
+
+/// PEM material, from a file (re-read on SIGHUP) or inline from the environment.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pem {
+    File(PathBuf),
+    Inline(Secret),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TuskConfig {
+    /// `TUSK_SHUTDOWN_TIMEOUT`: the whole stop budget, below the platform's grace period.
+    #[serde(serialize_with = "serialize_duration")]
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// `NOTIFY_SOCKET`: systemd/podman readiness notification.
+    pub notify_socket: Option<String>,
+}
+
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}ms", d.as_millis()))
+}
+
+/// Every variable tusk reads, as envy sees them (lower-cased names). All
+/// strings: typing and validation happen in [`Config::from_map`], so that
+/// every error can name its variable.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawEnv {
+    pub scope: Option<String>,
+    pub patroni_scope: Option<String>,
+    pub namespace: Option<String>,
+    pub patroni_namespace: Option<String>,
+    pub patroni_name: Option<String>,
+    pub pgversion: Option<String>,
+    pub pghome: Option<String>,
+    pub pgroot: Option<String>,
+    pub pgdata: Option<String>,
+    pub pgport: Option<String>,
+    pub apiport: Option<String>,
+    pub pg_connect_address: Option<String>,
+    pub restapi_connect_address: Option<String>,
+    pub initdb_locale: Option<String>,
+
+    pub pguser_superuser: Option<String>,
+    pub pgpassword_superuser: Option<String>,
+    pub pgpassword_superuser_file: Option<String>,
+    pub pguser_standby: Option<String>,
+    pub pgpassword_standby: Option<String>,
+    pub pgpassword_standby_file: Option<String>,
+    pub pguser_admin: Option<String>,
+    pub pgpassword_admin: Option<String>,
+    pub pgpassword_admin_file: Option<String>,
+
+    pub allow_nossl: Option<String>,
+    pub ssl_certificate: Option<String>,
+    pub ssl_certificate_file: Option<String>,
+    pub ssl_private_key: Option<String>,
+    pub ssl_private_key_file: Option<String>,
+    pub ssl_ca: Option<String>,
+    pub ssl_ca_file: Option<String>,
+
+    pub etcd3_hosts: Option<String>,
+    pub etcd3_host: Option<String>,
+    pub etcd3_protocol: Option<String>,
+    pub etcd3_cacert: Option<String>,
+    pub etcd3_cert: Option<String>,
+    pub etcd3_key: Option<String>,
+    pub etcd3_username: Option<String>,
+    pub etcd3_password: Option<String>,
+    pub etcd3_password_file: Option<String>,
+    pub patroni_etcd3_hosts: Option<String>,
+    pub patroni_etcd3_host: Option<String>,
+    pub patroni_etcd3_protocol: Option<String>,
+    pub patroni_etcd3_cacert: Option<String>,
+    pub patroni_etcd3_cert: Option<String>,
+    pub patroni_etcd3_key: Option<String>,
+    pub patroni_etcd3_username: Option<String>,
+    pub patroni_etcd3_password: Option<String>,
+    pub etcd_host: Option<String>,
+    pub etcd_hosts: Option<String>,
+    pub etcd_url: Option<String>,
+
+    pub tusk_shutdown_timeout: Option<String>,
+    pub tusk_log_format: Option<String>,
+    pub tusk_log_level: Option<String>,
+    pub tusk_pg_parameters: Option<String>,
+    pub tusk_socket_dir: Option<String>,
+    pub notify_socket: Option<String>,
+}
+
+impl Config {
+    /// Parses the process environment on the real host.
+    pub fn from_process_env() -> Result<Config, ConfigError> {
+        Config::from_map(&process_env()?, &HostFacts::detect())
+    }
+
+    /// Parses and validates `env`. Reads the files that `*_FILE` variables
+    /// and certificate variables name; writes nothing.
+    pub fn from_map(env: &BTreeMap<String, String>, host: &HostFacts) -> Result<Config, ConfigError> {
+        // Empty values count as unset, as in Spilo's templates.
+        // All fields are optional strings, so envy cannot fail here.
+        let raw = raw_best_effort(env);
+
+        let scope = alias("SCOPE", &raw.scope, "PATRONI_SCOPE", &raw.patroni_scope)?
+            .unwrap_or_else(|| "dummy".to_owned());
+        validate_name("SCOPE", &scope)?;
+        let namespace = alias("NAMESPACE", &raw.namespace, "PATRONI_NAMESPACE", &raw.patroni_namespace)?
+            .map(|n| n.trim_matches('/').to_owned())
+            .unwrap_or_else(|| "service".to_owned());
+        validate_name("NAMESPACE", &namespace)?;
+        let name = raw.patroni_name.clone().unwrap_or_else(|| host.hostname.clone());
+        validate_name("PATRONI_NAME", &name)?;
+
+        let version = parse_pg_version(raw.pgversion.as_deref())?;
+        let (home, root, data) = paths(&raw)?;
+        let socket_dir = abs_path("TUSK_SOCKET_DIR", raw.tusk_socket_dir.as_deref())?
+            .unwrap_or_else(|| "/run/postgresql".into());
+        // "<dir>/.s.PGSQL.<port>" must fit in sun_path (108 bytes).
+        if socket_dir.as_os_str().len() + 17 > 107 {
+            return Err(ConfigError::new("TUSK_SOCKET_DIR", "path too long for a unix socket (max 90 bytes)"));
+        }
+        let pg_port = parse_port("PGPORT", raw.pgport.as_deref(), 5432)?;
+        let api_port = parse_port("APIPORT", raw.apiport.as_deref(), 8008)?;
+        if pg_port == api_port {
+            return Err(ConfigError::new("APIPORT", format!("same port as PGPORT ({pg_port})")));
+        }
+        let pg_connect = connect_address("PG_CONNECT_ADDRESS", raw.pg_connect_address.as_deref(), host.address, pg_port)?;
+        let api_connect =
+            connect_address("RESTAPI_CONNECT_ADDRESS", raw.restapi_connect_address.as_deref(), host.address, api_port)?;
+        let initdb_locale = match raw.initdb_locale.as_deref() {
+            None => "C.UTF-8".to_owned(),
+            Some(l) if l.contains('.') => l.to_owned(),
+            Some(l) => format!("{l}.UTF-8"),
+        };
+        if !initdb_locale.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c)) {
+            return Err(ConfigError::new("INITDB_LOCALE", format!("{initdb_locale:?} is not a locale name")));
+        }
+
+        let credentials = Credentials {
+            superuser: role(env, "PGUSER_SUPERUSER", &raw.pguser_superuser, "postgres", "PGPASSWORD_SUPERUSER")?,
+            replication: role(env, "PGUSER_STANDBY", &raw.pguser_standby, "standby", "PGPASSWORD_STANDBY")?,
+            admin: role(env, "PGUSER_ADMIN", &raw.pguser_admin, "admin", "PGPASSWORD_ADMIN")?,
+        };
+        let names = [&credentials.superuser.name, &credentials.replication.name, &credentials.admin.name];
+        if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
+            return Err(ConfigError::new(
+                "PGUSER_STANDBY",
+                "PGUSER_SUPERUSER, PGUSER_STANDBY and PGUSER_ADMIN must be three different roles",
+            ));
+        }
+
+        let tls = pg_tls(&raw)?;
+        let etcd = etcd::parse(&raw)?;
+        if raw.etcd_host.is_some() || raw.etcd_hosts.is_some() || raw.etcd_url.is_some() {
+            let var = if raw.etcd_host.is_some() { "ETCD_HOST" } else if raw.etcd_hosts.is_some() { "ETCD_HOSTS" } else { "ETCD_URL" };
+            return Err(ConfigError::new(
+                var,
+                "the etcd v2 API is not supported; use ETCD3_HOSTS (etcd v3, as Patroni's etcd3 section)",
+            ));
+        }
+
+        let parameters = pg_parameters(raw.tusk_pg_parameters.as_deref(), host.memory_bytes)?;
+        let shutdown_timeout = parse_duration("TUSK_SHUTDOWN_TIMEOUT", raw.tusk_shutdown_timeout.as_deref(), Duration::from_secs(8))?;
+        if shutdown_timeout < Duration::from_secs(2) || shutdown_timeout > Duration::from_secs(3600) {
+            return Err(ConfigError::new("TUSK_SHUTDOWN_TIMEOUT", "must be between 2s and 3600s"));
+        }
+        let log_format = parse_log_format(raw.tusk_log_format.as_deref())?;
+        let log_level = raw.tusk_log_level.clone().unwrap_or_else(|| "info".to_owned());
+        tracing_subscriber::EnvFilter::try_new(&log_level)
+            .map_err(|e| ConfigError::new("TUSK_LOG_LEVEL", format!("{log_level:?}: {e}")))?;
+
+        Ok(Config {
+            scope,
+            namespace,
+            name,
+            postgres: PostgresConfig {
+                version,
+                home,
+                root,
+                data,
+                port: pg_port,
+                connect_address: pg_connect,
+                socket_dir,
+                initdb_locale,
+                parameters,
+            },
+            api: ApiConfig { port: api_port, connect_address: api_connect },
+            credentials,
+            tls,
+            etcd,
+            tusk: TuskConfig {
+                shutdown_timeout,
+                log_format,
+                log_level,
+                notify_socket: raw.notify_socket.clone(),
+            },
+        })
+    }
+
+    /// The configuration as `tusk config` prints it: JSON, secrets redacted.
+    pub fn to_redacted_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("Config serializes: only strings, numbers and maps")
+    }
+
+    /// Standalone mode: no DCS, one primary, no HA.
+    pub fn standalone(&self) -> bool {
+        self.etcd.is_none()
+    }
+}
+
+/// `PGHOME`, `PGROOT`, `PGDATA` with Spilo's defaults, each from the one before.
+fn paths(raw: &RawEnv) -> Result<(PathBuf, PathBuf, PathBuf), ConfigError> {
+    let home = abs_path("PGHOME", raw.pghome.as_deref())?.unwrap_or_else(|| "/home/postgres".into());
+    let root = abs_path("PGROOT", raw.pgroot.as_deref())?.unwrap_or_else(|| home.join("pgdata/pgroot"));
+    let data = abs_path("PGDATA", raw.pgdata.as_deref())?.unwrap_or_else(|| root.join("data"));
+    Ok((home, root, data))
+}
+
+fn raw_best_effort(env: &BTreeMap<String, String>) -> RawEnv {
+    envy::from_iter(env.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())))
+        .unwrap_or_default()
+}
+
+/// `PGDATA` as the supervisor would compute it, without failing: init mode
+/// uses it to find a postmaster left behind by a dead supervisor.
+pub fn pgdata_best_effort(env: &BTreeMap<String, String>) -> PathBuf {
+    paths(&raw_best_effort(env)).map_or_else(|_| "/home/postgres/pgdata/pgroot/data".into(), |(_, _, d)| d)
+}
+
+/// `TUSK_SHUTDOWN_TIMEOUT` or its default, without failing (init mode).
+pub fn shutdown_timeout_best_effort(env: &BTreeMap<String, String>) -> Duration {
+    let default = Duration::from_secs(8);
+    parse_duration("TUSK_SHUTDOWN_TIMEOUT", raw_best_effort(env).tusk_shutdown_timeout.as_deref(), default)
+        .unwrap_or(default)
+}
+
+/// The process environment as a map; a non-UTF-8 value of a variable tusk
+/// reads is an error, others are skipped.
+pub fn process_env() -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut map = BTreeMap::new();
+    for (k, v) in std::env::vars_os() {
+        let Ok(k) = k.into_string() else { continue };
+        match v.into_string() {
+            Ok(v) => {
+                map.insert(k, v);
+            }
+            Err(_) if is_known_var(&k) => return Err(ConfigError::new(k, "value is not valid UTF-8")),
+            Err(_) => {}
+        }
+    }
+    Ok(map)
+}
+
+/// Variables in tusk's namespaces, whose values must be valid UTF-8.
+fn is_known_var(k: &str) -> bool {
+    const PREFIXES: [&str; 11] =
+        ["PG", "ETCD", "SSL_", "TUSK_", "PATRONI_", "SCOPE", "NAMESPACE", "ALLOW_NOSSL", "APIPORT", "RESTAPI_", "INITDB_"];
+    PREFIXES.iter().any(|p| k.starts_with(p))
+}
+
+fn role(
+    env: &BTreeMap<String, String>,
+    user_var: &str,
+    user: &Option<String>,
+    default_user: &str,
+    password_var: &str,
+) -> Result<Role, ConfigError> {
+    let name = user.clone().unwrap_or_else(|| default_user.to_owned());
+    validate_role_name(user_var, &name)?;
+    let password = secret(env, password_var)?;
+    if let Some(p) = &password {
+        if p.expose().contains('\0') {
+            return Err(ConfigError::new(password_var, "contains a NUL byte"));
+        }
+    }
+    Ok(Role { name, password })
+}
+
+fn pg_tls(raw: &RawEnv) -> Result<PgTls, ConfigError> {
+    let allow_nossl = parse_bool("ALLOW_NOSSL", raw.allow_nossl.as_deref())?.unwrap_or(false);
+    let cert = pem_source("SSL_CERTIFICATE", &raw.ssl_certificate, "SSL_CERTIFICATE_FILE", &raw.ssl_certificate_file)?;
+    let key = pem_source("SSL_PRIVATE_KEY", &raw.ssl_private_key, "SSL_PRIVATE_KEY_FILE", &raw.ssl_private_key_file)?;
+    let ca = pem_source("SSL_CA", &raw.ssl_ca, "SSL_CA_FILE", &raw.ssl_ca_file)?;
+    let server = match (cert, key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new("SSL_PRIVATE_KEY_FILE", "a certificate is given but no private key"));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new("SSL_CERTIFICATE_FILE", "a private key is given but no certificate"));
+        }
+        (Some(cert), Some(key)) => {
+            let certs = check_certs(if matches!(cert, Pem::File(_)) { "SSL_CERTIFICATE_FILE" } else { "SSL_CERTIFICATE" }, &cert)?;
+            let key_var = if matches!(key, Pem::File(_)) { "SSL_PRIVATE_KEY_FILE" } else { "SSL_PRIVATE_KEY" };
+            check_key(key_var, &key)?;
+            if certs == 0 {
+                return Err(ConfigError::new("SSL_CERTIFICATE_FILE", "no certificate found"));
+            }
+            Some(CertAndKey { cert, key })
+        }
+    };
+    if let Some(ca) = &ca {
+        check_certs(if matches!(ca, Pem::File(_)) { "SSL_CA_FILE" } else { "SSL_CA" }, ca)?;
+    }
+    Ok(PgTls { allow_nossl, server, ca })
+}
+
+/// `INLINE` (PEM contents) or `FILE` (a path): one of the two, not both.
+fn pem_source(
+    inline_var: &str,
+    inline: &Option<String>,
+    file_var: &str,
+    file: &Option<String>,
+) -> Result<Option<Pem>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            file_var,
+            format!("both {inline_var} (contents) and {file_var} (a path) are set; set only one"),
+        )),
+        (Some(pem), None) => Ok(Some(Pem::Inline(Secret::new(pem.clone())))),
+        (None, Some(path)) => Ok(Some(Pem::File(abs_path(file_var, Some(path))?.expect("Some in, Some out")))),
+        (None, None) => Ok(None),
+    }
+}
+
+impl Pem {
+    /// The PEM bytes: the file's current content or the inline value.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Pem::File(p) => std::fs::read(p),
+            Pem::Inline(s) => Ok(s.expose().as_bytes().to_vec()),
+        }
+    }
+}
+
+/// Counts the certificates in `pem`; an error names `var` if it cannot be
+/// read or holds none.
+pub(crate) fn check_certs(var: &str, pem: &Pem) -> Result<usize, ConfigError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let bytes = pem.read().map_err(|e| ConfigError::new(var, format!("{}: {e}", pem_name(pem))))?;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c.len()),
+        Ok(_) => Err(ConfigError::new(var, format!("{}: no PEM certificate found", pem_name(pem)))),
+        Err(e) => Err(ConfigError::new(var, format!("{}: not a valid PEM certificate ({e})", pem_name(pem)))),
+    }
+}
+
+/// Checks that `pem` holds a private key.
+pub(crate) fn check_key(var: &str, pem: &Pem) -> Result<(), ConfigError> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+    let bytes = pem.read().map_err(|e| ConfigError::new(var, format!("{}: {e}", pem_name(pem))))?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map(|_| ())
+        .map_err(|_| ConfigError::new(var, format!("{}: no valid PEM private key found", pem_name(pem))))
+}
+
+fn pem_name(pem: &Pem) -> String {
+    match pem {
+        Pem::File(p) => p.display().to_string(),
+        Pem::Inline(_) => "inline value".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+//! Table tests: environment map → configuration or the variable in error.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use super::*;
+
+fn host() -> HostFacts {
+    HostFacts {
+        hostname: "node-a".into(),
+        address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
+        memory_bytes: 8 << 30,
+    }
+}
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_map(&env(pairs), &host())
+}
+
+/// A directory with a CA, a certificate and key, and junk, for file checks.
+struct Pems {
+    dir: tempfile::TempDir,
+}
+
+impl Pems {
+    fn new() -> Pems {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("both.pem"), format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+        std::fs::write(dir.path().join("junk.pem"), "not a certificate\n").unwrap();
+        std::fs::write(dir.path().join("password"), "s3cret\n").unwrap();
+        Pems { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+#[test]
+fn defaults_are_spilos() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.scope, "dummy");
+    assert_eq!(c.namespace, "service");
+    assert_eq!(c.name, "node-a");
+    assert_eq!(c.postgres.version, 15);
+    assert_eq!(c.postgres.home, Path::new("/home/postgres"));
+    assert_eq!(c.postgres.root, Path::new("/home/postgres/pgdata/pgroot"));
+    assert_eq!(c.postgres.data, Path::new("/home/postgres/pgdata/pgroot/data"));
+    assert_eq!(c.postgres.port, 5432);
+    assert_eq!(c.api.port, 8008);
+    assert_eq!(c.postgres.connect_address, "10.0.0.7:5432");
+    assert_eq!(c.api.connect_address, "10.0.0.7:8008");
+    assert_eq!(c.credentials.superuser.name, "postgres");
+    assert_eq!(c.credentials.replication.name, "standby");
+    assert_eq!(c.credentials.admin.name, "admin");
+    assert!(c.credentials.superuser.password.is_none(), "no well-known default password");
+    assert!(!c.tls.allow_nossl);
+    assert!(c.tls.server.is_none());
+    assert!(c.standalone());
+    assert_eq!(c.tusk.shutdown_timeout, Duration::from_secs(8));
+    assert_eq!(c.tusk.log_format, LogFormat::Text);
+    // 8 GiB: shared_buffers a quarter, max_connections 8192/30 = 273
+    assert_eq!(c.postgres.parameters["shared_buffers"], "2048MB");
+    assert_eq!(c.postgres.parameters["max_connections"], "273");
+}
+
+#[test]
+fn paths_follow_each_other() {
+    let c = parse(&[("PGHOME", "/srv/pg")]).unwrap();
+    assert_eq!(c.postgres.data, Path::new("/srv/pg/pgdata/pgroot/data"));
+    let c = parse(&[("PGROOT", "/r")]).unwrap();
+    assert_eq!(c.postgres.data, Path::new("/r/data"));
+    let c = parse(&[("PGDATA", "/d"), ("PGROOT", "/r")]).unwrap();
+    assert_eq!(c.postgres.data, Path::new("/d"));
+}
+
+#[test]
+fn memory_derivation_clamps() {
+    for (mem_mb, sb, mc) in [(512u64, "128MB", "100"), (2048, "512MB", "100"), (64 << 10, "16384MB", "1000")] {
+        let h = HostFacts { memory_bytes: mem_mb << 20, ..host() };
+        let c = Config::from_map(&env(&[]), &h).unwrap();
+        assert_eq!(c.postgres.parameters["shared_buffers"], sb, "{mem_mb} MB");
+        assert_eq!(c.postgres.parameters["max_connections"], mc, "{mem_mb} MB");
+    }
+}
+
+#[test]
+fn aliases_and_names() {
+    let c = parse(&[("PATRONI_SCOPE", "superman"), ("PATRONI_NAME", "pg-1"), ("PATRONI_NAMESPACE", "/db/")]).unwrap();
+    assert_eq!((c.scope.as_str(), c.name.as_str(), c.namespace.as_str()), ("superman", "pg-1", "db"));
+    let c = parse(&[("SCOPE", "a"), ("PATRONI_SCOPE", "a")]).unwrap();
+    assert_eq!(c.scope, "a");
+}
+
+#[test]
+fn secrets_from_files_are_read_and_redacted() {
+    let p = Pems::new();
+    let c = parse(&[("PGPASSWORD_SUPERUSER_FILE", &p.path("password")), ("PGPASSWORD_STANDBY", "rep")]).unwrap();
+    assert_eq!(c.credentials.superuser.password.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(c.credentials.replication.password.as_ref().unwrap().expose(), "rep");
+    let json = c.to_redacted_json();
+    assert!(!json.contains("s3cret") && !json.contains("\"rep\""), "{json}");
+    assert!(json.contains("<redacted>"));
+}
+
+#[test]
+fn etcd_host_lists() {
+    let cases: &[(&str, &[(&str, u16)], EtcdProtocol)] = &[
+        ("10.0.0.1:2379,10.0.0.2:2379", &[("10.0.0.1", 2379), ("10.0.0.2", 2379)], EtcdProtocol::Http),
+        ("'10.0.0.1:2379','10.0.0.2:2380'", &[("10.0.0.1", 2379), ("10.0.0.2", 2380)], EtcdProtocol::Http),
+        ("\"a:1\", \"b:2\"", &[("a", 1), ("b", 2)], EtcdProtocol::Http),
+        ("[ 'a:1' , 'b' ]", &[("a", 1), ("b", 2379)], EtcdProtocol::Http),
+        ("https://a:1,https://b:2/", &[("a", 1), ("b", 2)], EtcdProtocol::Https),
+        ("[::1]:2379", &[("::1", 2379)], EtcdProtocol::Http),
+        ("etcd", &[("etcd", 2379)], EtcdProtocol::Http),
+    ];
+    for (list, want, proto) in cases {
+        let c = parse(&[("ETCD3_HOSTS", list)]).unwrap_or_else(|e| panic!("{list}: {e}"));
+        let e = c.etcd.unwrap();
+        let got: Vec<(&str, u16)> = e.endpoints.iter().map(|ep| (ep.host.as_str(), ep.port)).collect();
+        assert_eq!(&got, want, "{list}");
+        assert_eq!(e.protocol, *proto, "{list}");
+    }
+    let c = parse(&[("ETCD3_HOST", "127.0.0.1:2379")]).unwrap();
+    assert_eq!(c.etcd.unwrap().endpoints[0].url(EtcdProtocol::Http), "http://127.0.0.1:2379");
+}
+
+#[test]
+fn etcd_mtls_files() {
+    let p = Pems::new();
+    let ok = parse(&[
+        ("ETCD3_HOSTS", "10.0.0.1:2379,10.0.0.2:2379"),
+        ("ETCD3_PROTOCOL", "https"),
+        ("ETCD3_CACERT", &p.path("ca.pem")),
+        ("ETCD3_CERT", &p.path("cert.pem")),
+        ("ETCD3_KEY", &p.path("key.pem")),
+    ])
+    .unwrap();
+    assert!(!ok.standalone());
+    let e = ok.etcd.unwrap();
+    assert_eq!(e.protocol, EtcdProtocol::Https);
+    // certificate files imply https; key inside the certificate file works
+    let c = parse(&[("ETCD3_HOSTS", "a:1"), ("ETCD3_CACERT", &p.path("ca.pem")), ("ETCD3_CERT", &p.path("both.pem"))]).unwrap();
+    assert_eq!(c.etcd.unwrap().protocol, EtcdProtocol::Https);
+    // Patroni's names work as aliases
+    let c = parse(&[("PATRONI_ETCD3_HOSTS", "a:1"), ("PATRONI_ETCD3_CACERT", &p.path("ca.pem"))]).unwrap();
+    assert!(c.etcd.unwrap().cacert.is_some());
+}
+
+#[test]
+fn tls_for_postgres() {
+    let p = Pems::new();
+    let c = parse(&[("SSL_CERTIFICATE_FILE", &p.path("cert.pem")), ("SSL_PRIVATE_KEY_FILE", &p.path("key.pem"))]).unwrap();
+    assert!(c.tls.server.is_some());
+    let cert = std::fs::read_to_string(p.path("cert.pem")).unwrap();
+    let key = std::fs::read_to_string(p.path("key.pem")).unwrap();
+    let c = parse(&[("SSL_CERTIFICATE", &cert), ("SSL_PRIVATE_KEY", &key), ("ALLOW_NOSSL", "true")]).unwrap();
+    assert!(c.tls.allow_nossl);
+    assert!(!c.to_redacted_json().contains("PRIVATE KEY"));
+}
+
+#[test]
+fn tusk_own_variables() {
+    let c = parse(&[
+        ("TUSK_SHUTDOWN_TIMEOUT", "1500ms"),
+        ("TUSK_LOG_FORMAT", "json"),
+        ("TUSK_LOG_LEVEL", "tusk=debug,info"),
+    ]);
+    assert_eq!(c.unwrap_err().var, "TUSK_SHUTDOWN_TIMEOUT", "below 2s");
+    let c = parse(&[("TUSK_SHUTDOWN_TIMEOUT", "20"), ("TUSK_LOG_FORMAT", "JSON"), ("TUSK_LOG_LEVEL", "tusk=debug,info")]).unwrap();
+    assert_eq!(c.tusk.shutdown_timeout, Duration::from_secs(20));
+    assert_eq!(c.tusk.log_format, LogFormat::Json);
+    let c = parse(&[("TUSK_PG_PARAMETERS", r#"{"shared_buffers": "64MB", "work_mem": 4096, "jit": false}"#)]).unwrap();
+    assert_eq!(c.postgres.parameters["shared_buffers"], "64MB");
+    assert_eq!(c.postgres.parameters["work_mem"], "4096");
+    assert_eq!(c.postgres.parameters["jit"], "off");
+    // empty values count as unset
+    assert_eq!(parse(&[("PGPORT", "")]).unwrap().postgres.port, 5432);
+}
+
+/// Every bad value names its variable.
+#[test]
+fn bad_values_name_the_variable() {
+    let p = Pems::new();
+    let missing = "/nonexistent/ca.pem";
+    let junk = p.path("junk.pem");
+    let ca = p.path("ca.pem");
+    let cert = p.path("cert.pem");
+    let key = p.path("key.pem");
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("PGVERSION", "abc")], "PGVERSION"),
+        (vec![("PGVERSION", "99")], "PGVERSION"),
+        (vec![("PGVERSION", "9.6")], "PGVERSION"),
+        (vec![("PGPORT", "54x2")], "PGPORT"),
+        (vec![("PGPORT", "70000")], "PGPORT"),
+        (vec![("APIPORT", "0")], "APIPORT"),
+        (vec![("APIPORT", "5432")], "APIPORT"),
+        (vec![("PGDATA", "relative/dir")], "PGDATA"),
+        (vec![("PGROOT", "pgroot")], "PGROOT"),
+        (vec![("SCOPE", "a/b")], "SCOPE"),
+        (vec![("SCOPE", "a"), ("PATRONI_SCOPE", "b")], "SCOPE"),
+        (vec![("PATRONI_NAME", "x y")], "PATRONI_NAME"),
+        (vec![("PG_CONNECT_ADDRESS", "nohostport")], "PG_CONNECT_ADDRESS"),
+        (vec![("RESTAPI_CONNECT_ADDRESS", "h:port")], "RESTAPI_CONNECT_ADDRESS"),
+        (vec![("PGPASSWORD_SUPERUSER", "a"), ("PGPASSWORD_SUPERUSER_FILE", "/x")], "PGPASSWORD_SUPERUSER_FILE"),
+        (vec![("PGPASSWORD_ADMIN_FILE", "/nonexistent/pw")], "PGPASSWORD_ADMIN_FILE"),
+        (vec![("PGUSER_STANDBY", "postgres")], "PGUSER_STANDBY"),
+        (vec![("ALLOW_NOSSL", "maybe")], "ALLOW_NOSSL"),
+        (vec![("SSL_CERTIFICATE_FILE", missing), ("SSL_PRIVATE_KEY_FILE", &key)], "SSL_CERTIFICATE_FILE"),
+        (vec![("SSL_CERTIFICATE_FILE", &junk), ("SSL_PRIVATE_KEY_FILE", &key)], "SSL_CERTIFICATE_FILE"),
+        (vec![("SSL_CERTIFICATE_FILE", &cert), ("SSL_PRIVATE_KEY_FILE", &cert)], "SSL_PRIVATE_KEY_FILE"),
+        (vec![("SSL_CERTIFICATE_FILE", &cert)], "SSL_PRIVATE_KEY_FILE"),
+        (vec![("SSL_CERTIFICATE", "x"), ("SSL_CERTIFICATE_FILE", &cert)], "SSL_CERTIFICATE_FILE"),
+        (vec![("SSL_CA_FILE", &junk)], "SSL_CA_FILE"),
+        (vec![("ETCD3_HOSTS", "a:1,,b:2")], "ETCD3_HOSTS"),
+        (vec![("ETCD3_HOSTS", "a:notaport")], "ETCD3_HOSTS"),
+        (vec![("ETCD3_HOSTS", "'a:1','b:2")], "ETCD3_HOSTS"),
+        (vec![("ETCD3_HOSTS", "unix://sock")], "ETCD3_HOSTS"),
+        (vec![("ETCD3_HOSTS", "https://a:1"), ("ETCD3_PROTOCOL", "http")], "ETCD3_HOSTS"),
+        (vec![("ETCD3_HOSTS", "http://a:1,https://b:1")], "ETCD3_HOSTS"),
+        (vec![("ETCD3_HOSTS", "a:1"), ("ETCD3_HOST", "a:1")], "ETCD3_HOST"),
+        (vec![("ETCD3_HOSTS", "a:1"), ("ETCD3_PROTOCOL", "ftp")], "ETCD3_PROTOCOL"),
+        (vec![("ETCD3_HOSTS", "a:1"), ("ETCD3_PROTOCOL", "http"), ("ETCD3_CACERT", &ca)], "ETCD3_PROTOCOL"),
+        (vec![("ETCD3_HOSTS", "a:1"), ("ETCD3_CACERT", missing)], "ETCD3_CACERT"),
+        (vec![("ETCD3_HOSTS", "a:1"), ("ETCD3_CACERT", &junk)], "ETCD3_CACERT"),
+        (vec![("ETCD3_HOSTS", "a:1"), ("ETCD3_CERT", &cert)], "ETCD3_KEY"),
+        (vec![("ETCD3_HOSTS", "a:1"), ("ETCD3_KEY", &key)], "ETCD3_KEY"),
+        (vec![("ETCD3_HOSTS", "a:1"), ("ETCD3_CERT", &junk), ("ETCD3_KEY", &key)], "ETCD3_CERT"),
+        (vec![("ETCD3_HOSTS", "a:1"), ("ETCD3_USERNAME", "u")], "ETCD3_PASSWORD"),
+        (vec![("ETCD3_HOSTS", "a:1"), ("PATRONI_ETCD3_HOSTS", "b:1")], "ETCD3_HOSTS"),
+        (vec![("ETCD3_CACERT", &ca)], "ETCD3_CACERT"),
+        (vec![("ETCD_HOST", "a:2379")], "ETCD_HOST"),
+        (vec![("TUSK_SHUTDOWN_TIMEOUT", "soon")], "TUSK_SHUTDOWN_TIMEOUT"),
+        (vec![("TUSK_LOG_FORMAT", "xml")], "TUSK_LOG_FORMAT"),
+        (vec![("TUSK_LOG_LEVEL", "tusk=[")], "TUSK_LOG_LEVEL"),
+        (vec![("TUSK_PG_PARAMETERS", "shared_buffers=1GB")], "TUSK_PG_PARAMETERS"),
+        (vec![("TUSK_PG_PARAMETERS", r#"{"port": 5433}"#)], "TUSK_PG_PARAMETERS"),
+        (vec![("TUSK_PG_PARAMETERS", r#"{"x; drop": 1}"#)], "TUSK_PG_PARAMETERS"),
+        (vec![("TUSK_PG_PARAMETERS", r#"{"work_mem": [1]}"#)], "TUSK_PG_PARAMETERS"),
+        (vec![("TUSK_SOCKET_DIR", "run")], "TUSK_SOCKET_DIR"),
+        (vec![("INITDB_LOCALE", "en_US; rm")], "INITDB_LOCALE"),
+    ];
+    for (pairs, var) in cases {
+        match parse(&pairs) {
+            Ok(_) => panic!("{pairs:?} should fail on {var}"),
+            Err(e) => {
+                assert_eq!(e.var, var, "{pairs:?}: {e}");
+                assert!(!e.message.is_empty());
+                assert!(!e.to_string().contains('\n'), "one line: {e}");
+            }
+        }
+    }
+}

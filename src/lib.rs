@@ -1,0 +1,12 @@
+//! tusk: PID 1 of a highly available PostgreSQL container.
+//!
+//! See ARCHITECTURE.md for the code map. `main.rs` only dispatches:
+//! [`init`] when tusk is PID 1, else [`supervisor`] or a [`cli`] command.
+
+pub mod cli;
+pub mod config;
+pub mod init;
+pub mod logging;
+pub mod notify;
+pub mod postgres;
+pub mod supervisor;

@@ -1,0 +1,216 @@
+//! The configuration files tusk owns in `PGDATA`: `tusk.conf` (included from
+//! `postgresql.conf`) and `pg_hba.conf`. Both are rewritten at every start
+//! from the configuration; users add their own settings with `ALTER SYSTEM`
+//! (postgresql.auto.conf wins) or `TUSK_PG_PARAMETERS`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use super::{PgError, RunAs};
+use crate::config::Config;
+
+pub const TUSK_CONF: &str = "tusk.conf";
+const INCLUDE_LINE: &str = "include = 'tusk.conf'\t\t# added by tusk: settings managed by tusk";
+
+/// Paths of the TLS files postgres uses.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// Spilo's bootstrap parameters (reference §1.4), before the derived ones
+/// and `TUSK_PG_PARAMETERS`, which override them.
+fn spilo_defaults() -> BTreeMap<&'static str, &'static str> {
+    BTreeMap::from([
+        ("archive_timeout", "1800s"),
+        ("autovacuum_analyze_scale_factor", "0.02"),
+        ("autovacuum_max_workers", "5"),
+        ("autovacuum_vacuum_scale_factor", "0.05"),
+        ("checkpoint_completion_target", "0.9"),
+        ("hot_standby", "on"),
+        ("listen_addresses", "*"),
+        ("log_autovacuum_min_duration", "0"),
+        ("log_checkpoints", "on"),
+        ("log_connections", "on"),
+        ("log_disconnections", "on"),
+        ("log_line_prefix", "[%p] %q%u@%d "),
+        ("log_lock_waits", "on"),
+        ("log_min_duration_statement", "500"),
+        ("log_statement", "ddl"),
+        ("log_temp_files", "0"),
+        ("max_replication_slots", "10"),
+        ("max_wal_senders", "10"),
+        ("tcp_keepalives_idle", "900"),
+        ("tcp_keepalives_interval", "100"),
+        ("track_functions", "all"),
+        ("wal_compression", "on"),
+        ("wal_level", "replica"),
+        ("wal_log_hints", "on"),
+    ])
+}
+
+/// The parameters of `tusk.conf`, in file order.
+pub fn parameters(cfg: &Config, tls: &TlsPaths) -> BTreeMap<String, String> {
+    let mut p: BTreeMap<String, String> =
+        spilo_defaults().into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    p.insert("cluster_name".into(), cfg.scope.clone());
+    for (k, v) in &cfg.postgres.parameters {
+        p.insert(k.clone(), v.clone());
+    }
+    // Managed: config validation refuses these in TUSK_PG_PARAMETERS.
+    p.insert("port".into(), cfg.postgres.port.to_string());
+    p.insert("unix_socket_directories".into(), cfg.postgres.socket_dir.display().to_string());
+    p.insert("restart_after_crash".into(), "off".into());
+    p.insert("logging_collector".into(), "off".into());
+    p.insert("log_destination".into(), "stderr".into());
+    p.insert("archive_mode".into(), "on".into());
+    p.insert("archive_command".into(), "/bin/true".into());
+    p.insert("ssl".into(), "on".into());
+    p.insert("ssl_cert_file".into(), tls.cert.display().to_string());
+    p.insert("ssl_key_file".into(), tls.key.display().to_string());
+    if let Some(ca) = &tls.ca {
+        p.insert("ssl_ca_file".into(), ca.display().to_string());
+    }
+    p
+}
+
+/// A value as a postgresql.conf string literal.
+fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+pub fn render_conf(params: &BTreeMap<String, String>) -> String {
+    let mut out = String::from(
+        "# Managed by tusk and rewritten at every start: do not edit.\n\
+         # Add settings with ALTER SYSTEM (postgresql.auto.conf wins) or TUSK_PG_PARAMETERS.\n",
+    );
+    for (k, v) in params {
+        out.push_str(&format!("{k} = {}\n", quote(v)));
+    }
+    out
+}
+
+/// Spilo's `pg_hba.conf` (reference §1.4): trust on the local socket,
+/// passwords over TCP, TLS only unless `ALLOW_NOSSL`.
+pub fn render_hba(cfg: &Config) -> String {
+    let standby = hba_user(&cfg.credentials.replication.name);
+    let mut out = String::from("# Managed by tusk and rewritten at every start: do not edit.\n");
+    out.push_str("local   all           all                    trust\n");
+    out.push_str("host    all           all       127.0.0.1/32 md5\n");
+    out.push_str("host    all           all       ::1/128      md5\n");
+    out.push_str(&format!("local   replication   {standby}              trust\n"));
+    out.push_str(&format!("hostssl replication   {standby} all          md5\n"));
+    if cfg.tls.allow_nossl {
+        out.push_str(&format!("host    replication   {standby} all          md5\n"));
+        out.push_str("host    all           all       all          md5\n");
+    } else {
+        out.push_str("hostnossl all         all       all          reject\n");
+        out.push_str("hostssl all           all       all          md5\n");
+    }
+    out
+}
+
+fn hba_user(name: &str) -> String {
+    // Quoted so that names with spaces or keywords ("all") are literal.
+    format!("\"{name}\"")
+}
+
+/// Writes `tusk.conf`, `pg_hba.conf` and the include line in
+/// `postgresql.conf`, owned by the postgres user.
+pub fn write_all(cfg: &Config, tls: &TlsPaths, run_as: &RunAs) -> Result<(), PgError> {
+    let data = &cfg.postgres.data;
+    write_atomic(&data.join(TUSK_CONF), render_conf(&parameters(cfg, tls)).as_bytes(), 0o600, run_as)?;
+    write_atomic(&data.join("pg_hba.conf"), render_hba(cfg).as_bytes(), 0o600, run_as)?;
+    let conf_path = data.join("postgresql.conf");
+    let conf = std::fs::read_to_string(&conf_path).map_err(|e| PgError::io(conf_path.display().to_string(), e))?;
+    if !conf.lines().any(|l| l.trim_start().starts_with("include = 'tusk.conf'")) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf_path)
+            .map_err(|e| PgError::io(conf_path.display().to_string(), e))?;
+        let sep = if conf.ends_with('\n') || conf.is_empty() { "" } else { "\n" };
+        f.write_all(format!("{sep}{INCLUDE_LINE}\n").as_bytes())
+            .map_err(|e| PgError::io(conf_path.display().to_string(), e))?;
+    }
+    Ok(())
+}
+
+/// Writes `content` to `path` through a temporary file and a rename, so that
+/// a reader (postgres reloading) never sees half a file.
+pub fn write_atomic(path: &Path, content: &[u8], mode: u32, run_as: &RunAs) -> Result<(), PgError> {
+    let tmp = path.with_extension("tusk-tmp");
+    let io = |e| PgError::io(format!("write {}", path.display()), e);
+    {
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(content).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    run_as.chown(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, HostFacts};
+
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let host = HostFacts { hostname: "h".into(), address: [127, 0, 0, 1].into(), memory_bytes: 4 << 30 };
+        Config::from_map(&env, &host).unwrap()
+    }
+
+    fn tls() -> TlsPaths {
+        TlsPaths { cert: "/r/certs/server.crt".into(), key: "/r/certs/server.key".into(), ca: None }
+    }
+
+    #[test]
+    fn conf_has_managed_and_derived_settings() {
+        let c = config(&[("PGPORT", "5433"), ("TUSK_PG_PARAMETERS", r#"{"log_statement":"all","work_mem":"8MB"}"#)]);
+        let conf = render_conf(&parameters(&c, &tls()));
+        for line in [
+            "port = '5433'",
+            "restart_after_crash = 'off'",
+            "shared_buffers = '1024MB'",
+            "max_connections = '136'",
+            "log_statement = 'all'",
+            "work_mem = '8MB'",
+            "ssl = 'on'",
+            "ssl_cert_file = '/r/certs/server.crt'",
+            "wal_level = 'replica'",
+            "archive_mode = 'on'",
+            "cluster_name = 'dummy'",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "missing {line:?} in\n{conf}");
+        }
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("it's"), "'it''s'");
+        assert_eq!(quote(r"a\b"), r"'a\\b'");
+    }
+
+    #[test]
+    fn hba_rules() {
+        let hba = render_hba(&config(&[]));
+        assert!(hba.contains("hostnossl all         all       all          reject"));
+        assert!(hba.contains("hostssl replication   \"standby\" all"));
+        assert!(!hba.lines().any(|l| l.starts_with("host    all           all       all")));
+        let hba = render_hba(&config(&[("ALLOW_NOSSL", "true"), ("PGUSER_STANDBY", "repl")]));
+        assert!(!hba.contains("reject"));
+        assert!(hba.contains("host    all           all       all          md5"));
+        assert!(hba.contains("\"repl\""));
+    }
+}

@@ -1,0 +1,433 @@
+//! The supervisor: prepares the node, runs the postmaster, restarts it after
+//! a crash, and turns signals into actions.
+//!
+//! Signals: TERM/INT → bounded CHECKPOINT, fast shutdown, exit 0 (a second
+//! TERM/INT or the deadline escalates to immediate); QUIT → immediate;
+//! HUP → re-install certificates, reload postgres; USR1 → log status.
+//! Everything fits in `TUSK_SHUTDOWN_TIMEOUT`.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::sleep_until;
+
+use crate::config::{Config, EXIT_CONFIG};
+use crate::notify::Notifier;
+use crate::postgres::files;
+use crate::postgres::passwords::{self, Passwords};
+use crate::postgres::process::{self, Postmaster};
+use crate::postgres::{self, DataDirState, Layout, PgError, RunAs, sql};
+
+/// Exit status for failures other than configuration.
+pub const EXIT_FAILURE: i32 = 1;
+
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// TERM or INT.
+    Stop,
+    /// QUIT.
+    StopNow,
+    Reload,
+    Status,
+    Ignore,
+}
+
+/// The signals the supervisor handles. Registered first thing: the default
+/// action of HUP, USR1 and USR2 would kill the process.
+struct Signals {
+    streams: Vec<(tokio::signal::unix::Signal, Signal)>,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        let kinds = [
+            (SignalKind::terminate(), Signal::SIGTERM),
+            (SignalKind::interrupt(), Signal::SIGINT),
+            (SignalKind::quit(), Signal::SIGQUIT),
+            (SignalKind::hangup(), Signal::SIGHUP),
+            (SignalKind::user_defined1(), Signal::SIGUSR1),
+            (SignalKind::user_defined2(), Signal::SIGUSR2),
+        ];
+        let mut streams = Vec::new();
+        for (kind, sig) in kinds {
+            streams.push((signal(kind)?, sig));
+        }
+        Ok(Signals { streams })
+    }
+
+    /// The next signal. Cancel-safe.
+    async fn recv(&mut self) -> Request {
+        let futs = self.streams.iter_mut().map(|(s, sig)| {
+            let sig = *sig;
+            Box::pin(async move {
+                s.recv().await;
+                sig
+            })
+        });
+        let (sig, _, _) = futures_select_all(futs).await;
+        tracing::info!(signal = %sig, "signal received");
+        match sig {
+            Signal::SIGTERM | Signal::SIGINT => Request::Stop,
+            Signal::SIGQUIT => Request::StopNow,
+            Signal::SIGHUP => Request::Reload,
+            Signal::SIGUSR1 => Request::Status,
+            _ => Request::Ignore,
+        }
+    }
+}
+
+/// A minimal `select_all` over boxed futures (avoids a dependency on `futures`).
+async fn futures_select_all<F, T>(futs: impl Iterator<Item = std::pin::Pin<Box<F>>>) -> (T, usize, ())
+where
+    F: std::future::Future<Output = T> + ?Sized,
+{
+    let mut futs: Vec<_> = futs.collect();
+    std::future::poll_fn(move |cx| {
+        for (i, f) in futs.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                return std::task::Poll::Ready((v, i, ()));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Runs the node until it is told to stop; returns the exit status.
+pub async fn run(cfg: Config) -> i32 {
+    let started = Instant::now();
+    let mut signals = match Signals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return EXIT_FAILURE;
+        }
+    };
+    let notifier = Notifier::new(cfg.tusk.notify_socket.as_deref());
+    if !cfg.standalone() {
+        tracing::error!(
+            "ETCD3_HOSTS is set, but this build of tusk has no HA mode yet; refusing to start a lone primary that other members would not know about (unset the ETCD3_* variables for a standalone node)"
+        );
+        return EXIT_FAILURE;
+    }
+    tracing::info!(
+        scope = %cfg.scope,
+        name = %cfg.name,
+        "standalone mode: no DCS configured (ETCD3_HOSTS unset); running a single primary without HA"
+    );
+    let mut node = match Node::prepare(cfg, &notifier, &mut signals).await {
+        Ok(Some(node)) => node,
+        Ok(None) => return 0,
+        Err(NodeError::Config(e)) => {
+            tracing::error!(variable = %e.var, "configuration error: {e}");
+            return EXIT_CONFIG;
+        }
+        Err(NodeError::Other(e)) => {
+            tracing::error!("{e}");
+            return EXIT_FAILURE;
+        }
+    };
+    node.supervise(&notifier, &mut signals, started).await
+}
+
+enum NodeError {
+    Config(crate::config::ConfigError),
+    Other(String),
+}
+
+impl From<PgError> for NodeError {
+    fn from(e: PgError) -> Self {
+        match e {
+            PgError::Config(c) => NodeError::Config(c),
+            other => NodeError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::config::ConfigError> for NodeError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        NodeError::Config(e)
+    }
+}
+
+struct Node {
+    cfg: Config,
+    layout: Layout,
+    run_as: RunAs,
+    passwords: Passwords,
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// Fast shutdown completed: the shutdown checkpoint was written.
+    Clean,
+    /// Immediate shutdown, as asked (QUIT, second TERM).
+    Immediate,
+    /// The deadline forced immediate shutdown or a kill.
+    Forced,
+}
+
+impl Node {
+    /// Preflight, directories, passwords, certificates, initdb and files.
+    /// `Ok(None)`: a stop request arrived during bootstrap.
+    async fn prepare(cfg: Config, notifier: &Notifier, signals: &mut Signals) -> Result<Option<Node>, NodeError> {
+        let layout = postgres::preflight(&cfg.postgres, std::path::Path::new(postgres::DEFAULT_LIB_ROOT))?;
+        let run_as = RunAs::resolve()?;
+        postgres::prepare_directories(&cfg.postgres, &run_as)?;
+        let passwords = passwords::resolve(&cfg, &run_as)?;
+        let tls = postgres::tls::install(&cfg, &run_as)?;
+        if layout.state == DataDirState::Fresh {
+            notifier.status("bootstrapping: initdb");
+            tracing::info!(data = %cfg.postgres.data.display(), version = layout.binaries.version, "fresh data directory: running initdb");
+            tokio::select! {
+                r = process::initdb(&cfg, &layout.binaries, &run_as) => r?,
+                req = wait_for_stop(signals) => {
+                    tracing::info!(?req, "stop requested during initdb; initdb cleans up after itself");
+                    return Ok(None);
+                }
+            }
+        }
+        files::write_all(&cfg, &tls, &run_as)?;
+        Ok(Some(Node { cfg, layout, run_as, passwords }))
+    }
+
+    /// Starts postgres and keeps it running until told to stop.
+    async fn supervise(&mut self, notifier: &Notifier, signals: &mut Signals, started: Instant) -> i32 {
+        let mut backoff = Backoff::default();
+        let mut first = true;
+        loop {
+            if let Err(e) = process::clear_stale_pid_file(&self.cfg.postgres.data) {
+                tracing::error!("{e}");
+                return EXIT_FAILURE;
+            }
+            notifier.status("starting postgres");
+            let mut pm = match Postmaster::start(&self.cfg, &self.layout.binaries, &self.run_as) {
+                Ok(pm) => pm,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return EXIT_FAILURE;
+                }
+            };
+            // Starting: until it accepts connections.
+            let client = loop {
+                tokio::select! {
+                    r = sql::wait_ready(&self.cfg) => match r {
+                        Ok(c) => break Some(c),
+                        Err(e) => {
+                            tracing::error!(error = %e, "postgres refuses the supervisor's connection");
+                            break None;
+                        }
+                    },
+                    status = pm.wait() => {
+                        tracing::error!(%status, "postgres exited during startup");
+                        break None;
+                    }
+                    req = signals.recv() => match req {
+                        Request::Stop | Request::StopNow => {
+                            return self.stop(&mut pm, None, req, notifier, signals).await;
+                        }
+                        Request::Reload => self.reload(&pm),
+                        Request::Status => tracing::info!(pid = pm.pid().as_raw(), "status: postgres starting"),
+                        Request::Ignore => {}
+                    }
+                }
+            };
+            if let Some(client) = &client {
+                if let Err(e) = sql::ensure_roles(client, &self.cfg, &self.passwords).await {
+                    tracing::error!(error = %e, "cannot set up roles and passwords");
+                }
+                let how = if first { "start" } else { "restart" };
+                tracing::info!(
+                    elapsed_ms = if first { started.elapsed() } else { pm.started.elapsed() }.as_millis() as u64,
+                    port = self.cfg.postgres.port,
+                    "PostgreSQL is ready ({how}): primary, accepting connections"
+                );
+                notifier.ready("running as primary (standalone)");
+                first = false;
+            } else {
+                pm.signal(Signal::SIGQUIT);
+            }
+            // Running: until it exits or we are told to stop.
+            let status = if client.is_some() {
+                loop {
+                    tokio::select! {
+                        status = pm.wait() => break status,
+                        req = signals.recv() => match req {
+                            Request::Stop | Request::StopNow => {
+                                return self.stop(&mut pm, client.as_ref(), req, notifier, signals).await;
+                            }
+                            Request::Reload => self.reload(&pm),
+                            Request::Status => tracing::info!(
+                                pid = pm.pid().as_raw(),
+                                uptime_s = pm.started.elapsed().as_secs(),
+                                "status: running as primary (standalone)"
+                            ),
+                            Request::Ignore => {}
+                        }
+                    }
+                }
+            } else {
+                pm.wait().await
+            };
+            drop(client);
+            // An exit we did not ask for: restart_after_crash is off, so a
+            // backend crash ends here too.
+            tracing::error!(%status, ran_s = pm.started.elapsed().as_secs(), "postgres exited unexpectedly; restarting it");
+            notifier.status("postgres crashed; restarting");
+            process::reap_leftover_group(pm.pid()).await;
+            let delay = backoff.next(pm.started.elapsed());
+            if !delay.is_zero() {
+                tracing::info!(delay_ms = delay.as_millis() as u64, "waiting before the restart");
+            }
+            let deadline = tokio::time::Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    _ = sleep_until(deadline) => break,
+                    req = signals.recv() => match req {
+                        Request::Stop | Request::StopNow => return 0,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: certificate files are re-read and re-installed, then postgres reloads.
+    fn reload(&self, pm: &Postmaster) {
+        match postgres::tls::install(&self.cfg, &self.run_as) {
+            Ok(_) => tracing::info!("certificates re-read"),
+            Err(e) => tracing::error!("keeping the installed certificates: {e}"),
+        }
+        pm.signal(Signal::SIGHUP);
+        tracing::info!("postgres reloaded");
+    }
+
+    /// Stops postgres within `TUSK_SHUTDOWN_TIMEOUT`: a bounded CHECKPOINT
+    /// (TERM/INT only), fast shutdown, then immediate, then a kill of the
+    /// group at the deadline. A second TERM/INT or a QUIT escalates.
+    async fn stop(
+        &self,
+        pm: &mut Postmaster,
+        client: Option<&tokio_postgres::Client>,
+        req: Request,
+        notifier: &Notifier,
+        signals: &mut Signals,
+    ) -> i32 {
+        notifier.stopping();
+        let budget = self.cfg.tusk.shutdown_timeout;
+        let t0 = tokio::time::Instant::now();
+        let deadline = t0 + budget;
+        // Keep the last 25% (at least 1.5 s) for immediate shutdown.
+        let fast_deadline = deadline - (budget / 4).max(Duration::from_millis(1500));
+        let mut immediate = req == Request::StopNow;
+
+        if !immediate {
+            if let Some(client) = client {
+                let checkpoint_deadline = t0 + budget / 2;
+                tokio::select! {
+                    r = sql::checkpoint(client) => match r {
+                        Ok(()) => tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "checkpoint before shutdown done"),
+                        Err(e) => tracing::warn!(error = %e, "checkpoint before shutdown failed"),
+                    },
+                    _ = sleep_until(checkpoint_deadline) => tracing::warn!("checkpoint before shutdown took too long; shutting down anyway"),
+                    req = signals.recv() => if matches!(req, Request::Stop | Request::StopNow) { immediate = true },
+                }
+            }
+        }
+        let mut outcome = if immediate { Stopped::Immediate } else { Stopped::Clean };
+        pm.signal(if immediate { Signal::SIGQUIT } else { Signal::SIGINT });
+        tracing::info!(mode = if immediate { "immediate" } else { "fast" }, "stopping postgres");
+        let status = loop {
+            let phase_deadline = if immediate { deadline } else { fast_deadline };
+            tokio::select! {
+                status = pm.wait() => break Some(status),
+                _ = sleep_until(phase_deadline) => {
+                    if immediate {
+                        break None;
+                    }
+                    tracing::warn!("fast shutdown did not finish in time; immediate shutdown");
+                    immediate = true;
+                    outcome = Stopped::Forced;
+                    pm.signal(Signal::SIGQUIT);
+                }
+                req = signals.recv() => if matches!(req, Request::Stop | Request::StopNow) && !immediate {
+                    tracing::info!("second stop request: immediate shutdown");
+                    immediate = true;
+                    outcome = Stopped::Immediate;
+                    pm.signal(Signal::SIGQUIT);
+                }
+            }
+        };
+        let status = match status {
+            Some(s) => s,
+            None => {
+                tracing::error!("postgres did not stop before TUSK_SHUTDOWN_TIMEOUT; killing it");
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pm.pid().as_raw()), Signal::SIGKILL);
+                outcome = Stopped::Forced;
+                pm.wait().await
+            }
+        };
+        let elapsed_ms = t0.elapsed().as_millis() as u64;
+        match outcome {
+            Stopped::Clean if status.success() => {
+                tracing::info!(elapsed_ms, "postgres stopped cleanly");
+                0
+            }
+            Stopped::Immediate => {
+                tracing::info!(elapsed_ms, %status, "postgres stopped (immediate)");
+                0
+            }
+            _ => {
+                tracing::error!(elapsed_ms, %status, "postgres did not stop cleanly");
+                EXIT_FAILURE
+            }
+        }
+    }
+}
+
+/// Waits for TERM/INT/QUIT, handling nothing else.
+async fn wait_for_stop(signals: &mut Signals) -> Request {
+    loop {
+        match signals.recv().await {
+            r @ (Request::Stop | Request::StopNow) => return r,
+            _ => {}
+        }
+    }
+}
+
+/// Restart delays after crashes: none for the first, then doubling from
+/// 1 s up to 30 s; reset once postgres ran for a minute.
+#[derive(Default)]
+struct Backoff {
+    crashes: u32,
+}
+
+impl Backoff {
+    fn next(&mut self, ran: Duration) -> Duration {
+        if ran >= Duration::from_secs(60) {
+            self.crashes = 0;
+        }
+        self.crashes += 1;
+        match self.crashes {
+            1 => Duration::ZERO,
+            n => Duration::from_secs(1u64 << (n - 2).min(5)).min(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_resets() {
+        let mut b = Backoff::default();
+        let quick = Duration::from_secs(1);
+        let got: Vec<u64> = (0..8).map(|_| b.next(quick).as_secs()).collect();
+        assert_eq!(got, [0, 1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(b.next(Duration::from_secs(61)), Duration::ZERO);
+    }
+}
