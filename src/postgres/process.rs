@@ -135,7 +135,10 @@ pub async fn initdb(cfg: &Config, bin: &Binaries, run_as: &RunAs) -> Result<(), 
         .arg(format!("--locale={}", cfg.postgres.initdb_locale))
         .arg(format!("--username={}", cfg.credentials.superuser.name))
         .arg("--auth-local=trust")
-        .arg("--auth-host=scram-sha-256");
+        .arg("--auth-host=scram-sha-256")
+        // One syncfs below instead of an fsync per file: same durability, much faster.
+        .arg("--no-sync")
+        .arg("--no-instructions");
     prepare(&mut cmd, cfg, run_as);
     // initdb cleans up after itself on SIGTERM, so a stop request during
     // bootstrap leaves nothing half-made.
@@ -150,8 +153,15 @@ pub async fn initdb(cfg: &Config, bin: &Binaries, run_as: &RunAs) -> Result<(), 
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(PgError::Other(format!("initdb failed ({}): {}", out.status, stderr.trim())));
     }
+    sync_filesystem(&cfg.postgres.data)?;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "initdb done");
     Ok(())
+}
+
+/// Flushes the file system holding `dir` (syncfs(2)).
+fn sync_filesystem(dir: &Path) -> Result<(), PgError> {
+    let f = std::fs::File::open(dir).map_err(|e| PgError::io(format!("open {}", dir.display()), e))?;
+    { use std::os::fd::AsRawFd; nix::unistd::syncfs(f.as_raw_fd()) }.map_err(|e| PgError::io(format!("syncfs {}", dir.display()), e.into()))
 }
 
 /// Sends SIGTERM to a child when the future waiting for it is dropped

@@ -37,24 +37,33 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// Polls until postgres accepts a connection; returns it. Logs progress
-/// every 10 s (crash recovery can take long). Fails on an error that
-/// retrying cannot fix (a missing role, say).
+/// Waits until postgres accepts connections and returns a connection. It
+/// watches the status postgres writes into `postmaster.pid` (`ready`,
+/// `standby`) before connecting, so no connection is refused and logged
+/// while it starts. Logs progress every 10 s (crash recovery can take long).
+/// Fails on an error that retrying cannot fix (a missing role, say).
 pub async fn wait_ready(cfg: &Config) -> Result<Client, tokio_postgres::Error> {
     let started = Instant::now();
     let mut next_report = Duration::from_secs(10);
+    let pid_file = cfg.postgres.data.join("postmaster.pid");
     loop {
-        match connect(cfg).await {
-            Ok(c) => return Ok(c),
-            Err(e) if retryable(&e) => {
-                if started.elapsed() >= next_report {
-                    tracing::info!(waited_s = started.elapsed().as_secs(), reason = %e, "still waiting for PostgreSQL to accept connections");
-                    next_report += Duration::from_secs(10);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        let status = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.lines().nth(7).map(|l| l.trim().to_owned()));
+        if matches!(status.as_deref(), Some("ready") | Some("standby")) {
+            match connect(cfg).await {
+                Ok(c) => return Ok(c),
+                Err(e) if retryable(&e) => tracing::debug!(error = %e, "not ready yet"),
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
+        if started.elapsed() >= next_report {
+            tracing::info!(
+                waited_s = started.elapsed().as_secs(),
+                status = status.as_deref().unwrap_or("no postmaster.pid yet"),
+                "still waiting for PostgreSQL to accept connections"
+            );
+            next_report += Duration::from_secs(10);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

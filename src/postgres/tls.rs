@@ -18,6 +18,8 @@ pub fn install(cfg: &Config, run_as: &RunAs) -> Result<TlsPaths, PgError> {
     let dir = cfg.postgres.root.join("certs");
     if !dir.exists() {
         std::fs::create_dir_all(&dir).map_err(|e| PgError::io(format!("create {}", dir.display()), e))?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| PgError::io(format!("chmod {}", dir.display()), e))?;
         run_as.chown(&dir)?;
     }
     let paths = TlsPaths {

@@ -1,0 +1,137 @@
+//! Lifecycle of a standalone node: real binary, real PostgreSQL.
+
+#[path = "support/node.rs"]
+mod node;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use node::{Node, require_root, test_dir};
+
+/// As root: bootstrap, write, SIGTERM, restart on the same data, read back;
+/// TLS and the generated password over TCP; SIGHUP reloads.
+#[test]
+fn root_bootstrap_write_stop_restart_read() {
+    require_root();
+    let dir = test_dir("root");
+    let mut n = Node::new(dir.path());
+    n.start();
+    n.wait_ready(1);
+    n.psql("CREATE TABLE t (v text); INSERT INTO t VALUES ('kept across restarts')");
+
+    // Ownership and modes: PGROOT and PGDATA belong to postgres, PGDATA is 0700.
+    use std::os::unix::fs::MetadataExt;
+    let pg_uid = nix::unistd::User::from_name("postgres").unwrap().unwrap().uid.as_raw();
+    for p in [n.root(), n.data()] {
+        assert_eq!(std::fs::metadata(&p).unwrap().uid(), pg_uid, "{}", p.display());
+    }
+    assert_eq!(std::fs::metadata(n.data()).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(n.root().join("pgpass")).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(n.psql("SHOW data_checksums"), "on");
+    assert_eq!(n.psql("SHOW restart_after_crash"), "off");
+    assert_eq!(n.psql("SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = 'postgres'"), "UTF8");
+    assert_eq!(
+        n.psql("SELECT string_agg(rolname || ':' || rolreplication || rolcreatedb, ',' ORDER BY rolname) FROM pg_roles WHERE rolname IN ('admin','standby')"),
+        "admin:falsetrue,standby:truefalse"
+    );
+
+    // The generated password works over TLS; plain TCP is refused.
+    let pw = n.stored_password("postgres");
+    let tls = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require", n.pg_port);
+    assert_eq!(n.psql_tcp(&tls, &pw, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").unwrap(), "t");
+    assert!(n.psql_tcp(&tls, "wrong", "SELECT 1").unwrap_err().contains("password authentication failed"));
+    let plain = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable", n.pg_port);
+    // loopback allows password auth without TLS, as in Spilo; other addresses need TLS
+    assert!(n.psql_tcp(&plain, &pw, "SELECT 1").is_ok());
+    let standby_pw = n.stored_password("standby");
+    let repl = format!("host=127.0.0.1 port={} user=standby dbname=postgres sslmode=require", n.pg_port);
+    assert!(n.psql_tcp(&repl, &standby_pw, "SELECT 1").is_ok());
+    // The passwords are never logged.
+    let log = n.log_text();
+    assert!(!log.contains(&pw) && !log.contains(&standby_pw), "a password leaked into the log");
+
+    // SIGHUP: reload, still serving.
+    n.signal(Signal::SIGHUP);
+    n.wait_log("postgres reloaded", 1, Duration::from_secs(10));
+    n.wait_log("received SIGHUP, reloading configuration files", 1, Duration::from_secs(10));
+    assert_eq!(n.psql("SELECT count(*) FROM t"), "1");
+
+    // SIGTERM: clean stop, exit 0, within the budget.
+    let t0 = Instant::now();
+    n.signal(Signal::SIGTERM);
+    let st = n.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "log:\n{}", n.log_text());
+    assert!(t0.elapsed() < Duration::from_secs(8), "stop took {:?}", t0.elapsed());
+    assert_eq!(n.cluster_state(), "shut down");
+    assert!(n.log_text().contains("checkpoint before shutdown done"));
+
+    // Restart on the same data: same passwords, the row is there.
+    n.start();
+    n.wait_ready(2);
+    assert_eq!(n.psql("SELECT v FROM t"), "kept across restarts");
+    assert_eq!(n.stored_password("postgres"), pw, "passwords are kept, not regenerated");
+    assert_eq!(n.log_text().matches("running initdb").count(), 1, "no second initdb");
+    n.signal(Signal::SIGINT);
+    assert_eq!(n.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// Started as the postgres user: runs as that user, no switching.
+#[test]
+fn postgres_user_bootstrap_write_stop_restart_read() {
+    require_root();
+    let dir = test_dir("pguser");
+    let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    let mut n = Node::new(dir.path());
+    n.as_user = Some((pg.uid.as_raw(), pg.gid.as_raw()));
+    n.set("PGPASSWORD_SUPERUSER", "given-superuser-pw");
+    n.start();
+    n.wait_ready(1);
+    n.psql("CREATE TABLE t AS SELECT 42 AS v");
+    // A password given in the environment is used as it is.
+    let tls = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require", n.pg_port);
+    assert_eq!(n.psql_tcp(&tls, "given-superuser-pw", "SELECT v FROM t").unwrap(), "42");
+    let pgpass = std::fs::read_to_string(n.root().join("pgpass")).unwrap();
+    assert!(!pgpass.contains(":postgres:"), "given passwords are not stored");
+    n.signal(Signal::SIGTERM);
+    assert_eq!(n.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    n.start();
+    n.wait_ready(2);
+    assert_eq!(n.psql("SELECT v FROM t"), "42");
+    n.signal(Signal::SIGTERM);
+    assert_eq!(n.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// SIGKILL of the postmaster: the supervisor notices, cleans up the orphaned
+/// backends, restarts postgres (crash recovery), and says why.
+#[test]
+fn postmaster_crash_is_recovered() {
+    require_root();
+    let dir = test_dir("crash");
+    let mut n = Node::new(dir.path());
+    n.start();
+    n.wait_ready(1);
+    n.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS v");
+    for round in 1..=2 {
+        let pm = n.postmaster_pid().expect("postmaster.pid");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pm), Signal::SIGKILL).unwrap();
+        n.wait_ready(round + 1);
+        assert_ne!(n.postmaster_pid(), Some(pm));
+        assert_eq!(n.psql("SELECT count(*) FROM t"), "1000");
+    }
+    let log = n.log_text();
+    assert!(log.contains("postgres exited unexpectedly"), "{log}");
+    assert!(log.contains("signal: 9"), "the log says why: {log}");
+    // SIGQUIT: immediate shutdown, exit 0; the next start recovers.
+    n.signal(Signal::SIGQUIT);
+    assert_eq!(n.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_ne!(n.cluster_state(), "shut down");
+    n.start();
+    n.wait_ready(4);
+    assert_eq!(n.psql("SELECT count(*) FROM t"), "1000");
+    // Two SIGTERMs: the second escalates to immediate.
+    n.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(5));
+    n.signal(Signal::SIGTERM);
+    assert_eq!(n.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
