@@ -75,13 +75,20 @@ impl Init {
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
         let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
 
-        // std resets the signal mask and SIGPIPE in the child before exec.
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-        let child = std::os::unix::process::CommandExt::process_group(
-            Command::new(&exe).args(std::env::args_os().skip(1)),
-            0,
-        )
-        .spawn()?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(std::env::args_os().skip(1));
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        // The child inherits our mask (std does not reset it): unblock
+        // everything before exec, or the supervisor would never see a signal.
+        // SAFETY: sigprocmask is async-signal-safe; nothing else runs here.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
         let supervisor = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
         // Reaped below with waitpid(-1); std's Child does not wait on drop.
         drop(child);

@@ -81,8 +81,8 @@ fn postgres_user_bootstrap_write_stop_restart_read() {
     require_root();
     let dir = test_dir("pguser");
     let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-    std::os::unix::fs::chown(dir.path(), Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
     let mut n = Node::new(dir.path());
+    std::os::unix::fs::chown(n.home(), Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
     n.as_user = Some((pg.uid.as_raw(), pg.gid.as_raw()));
     n.set("PGPASSWORD_SUPERUSER", "given-superuser-pw");
     n.start();

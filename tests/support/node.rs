@@ -60,8 +60,13 @@ pub struct Node {
 impl Node {
     pub fn new(dir: &Path) -> Node {
         let pg_port = free_port();
+        // PGHOME is a subdirectory, so that the log beside it does not count
+        // as a change of the node's files.
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let mut env = BTreeMap::new();
-        env.insert("PGHOME".into(), dir.display().to_string());
+        env.insert("PGHOME".into(), home.display().to_string());
         env.insert("PGPORT".into(), pg_port.to_string());
         env.insert("APIPORT".into(), free_port().to_string());
         env.insert("TUSK_SOCKET_DIR".into(), dir.join("sock").display().to_string());
@@ -76,8 +81,12 @@ impl Node {
         self
     }
 
+    pub fn home(&self) -> PathBuf {
+        PathBuf::from(&self.env["PGHOME"])
+    }
+
     pub fn root(&self) -> PathBuf {
-        self.dir.join("pgdata/pgroot")
+        self.home().join("pgdata/pgroot")
     }
 
     pub fn data(&self) -> PathBuf {
