@@ -40,7 +40,7 @@ impl ConfigError {
 }
 
 /// Major versions of PostgreSQL tusk knows how to run.
-pub const SUPPORTED_PG_VERSIONS: std::ops::RangeInclusive<u32> = 13..=18;
+pub const SUPPORTED_PG_VERSIONS: std::ops::RangeInclusive<u32> = 14..=18;
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone, Serialize)]

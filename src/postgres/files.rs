@@ -44,6 +44,9 @@ fn spilo_defaults() -> BTreeMap<&'static str, &'static str> {
         ("log_temp_files", "0"),
         ("max_replication_slots", "10"),
         ("max_wal_senders", "10"),
+        // One syncfs instead of an fsync per file before crash recovery (PG 14+):
+        // seconds saved on every restart after a crash.
+        ("recovery_init_sync_method", "syncfs"),
         ("tcp_keepalives_idle", "900"),
         ("tcp_keepalives_interval", "100"),
         ("track_functions", "all"),
