@@ -125,10 +125,10 @@ impl Init {
     fn pending_signals(&mut self) -> Vec<Signal> {
         let mut out = Vec::new();
         while let Ok(Some(info)) = self.sfd.read_signal() {
-            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
-                if sig != Signal::SIGCHLD {
-                    out.push(sig);
-                }
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32)
+                && sig != Signal::SIGCHLD
+            {
+                out.push(sig);
             }
         }
         out

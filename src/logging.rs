@@ -22,7 +22,8 @@ impl LogGuard {
 pub fn init(format: LogFormat, level: &str, non_blocking: bool) -> LogGuard {
     // tokio-postgres logs statements at debug level, role DDL included:
     // keep it at info unless asked for by name.
-    let level = if level.contains("tokio_postgres") { level.to_owned() } else { format!("{level},tokio_postgres=info") };
+    let level =
+        if level.contains("tokio_postgres") { level.to_owned() } else { format!("{level},tokio_postgres=info") };
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = if non_blocking {
         let (w, g) = tracing_appender::non_blocking::NonBlockingBuilder::default()

@@ -43,10 +43,10 @@ impl Notifier {
     }
 
     fn send(&self, msg: &str) {
-        if let Some((sock, addr)) = &self.target {
-            if let Err(e) = sock.send_to_addr(msg.as_bytes(), addr) {
-                tracing::debug!(error = %e, "sd_notify failed");
-            }
+        if let Some((sock, addr)) = &self.target
+            && let Err(e) = sock.send_to_addr(msg.as_bytes(), addr)
+        {
+            tracing::debug!(error = %e, "sd_notify failed");
         }
     }
 }

@@ -324,17 +324,15 @@ impl Node {
         let fast_deadline = deadline - (budget / 4).max(Duration::from_millis(1500));
         let mut immediate = req == Request::StopNow;
 
-        if !immediate {
-            if let Some(client) = client {
-                let checkpoint_deadline = t0 + budget / 2;
-                tokio::select! {
-                    r = sql::checkpoint(client) => match r {
-                        Ok(()) => tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "checkpoint before shutdown done"),
-                        Err(e) => tracing::warn!(error = %e, "checkpoint before shutdown failed"),
-                    },
-                    _ = sleep_until(checkpoint_deadline) => tracing::warn!("checkpoint before shutdown took too long; shutting down anyway"),
-                    req = signals.recv() => if matches!(req, Request::Stop | Request::StopNow) { immediate = true },
-                }
+        if !immediate && let Some(client) = client {
+            let checkpoint_deadline = t0 + budget / 2;
+            tokio::select! {
+                r = sql::checkpoint(client) => match r {
+                    Ok(()) => tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "checkpoint before shutdown done"),
+                    Err(e) => tracing::warn!(error = %e, "checkpoint before shutdown failed"),
+                },
+                _ = sleep_until(checkpoint_deadline) => tracing::warn!("checkpoint before shutdown took too long; shutting down anyway"),
+                req = signals.recv() => if matches!(req, Request::Stop | Request::StopNow) { immediate = true },
             }
         }
         let mut outcome = if immediate { Stopped::Immediate } else { Stopped::Clean };
@@ -391,9 +389,8 @@ impl Node {
 /// Waits for TERM/INT/QUIT, handling nothing else.
 async fn wait_for_stop(signals: &mut Signals) -> Request {
     loop {
-        match signals.recv().await {
-            r @ (Request::Stop | Request::StopNow) => return r,
-            _ => {}
+        if let r @ (Request::Stop | Request::StopNow) = signals.recv().await {
+            return r;
         }
     }
 }

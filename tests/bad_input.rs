@@ -20,7 +20,8 @@ fn assert_refused(n: &mut Node, var: &str, words: &str) {
     let _ = std::fs::remove_file(&n.log);
     let (code, out) = run_daemon(n);
     assert_eq!(code, Some(78), "exit status for {var}: {out}");
-    let line = out.lines().find(|l| l.contains("configuration error")).unwrap_or_else(|| panic!("no error line: {out}"));
+    let line =
+        out.lines().find(|l| l.contains("configuration error")).unwrap_or_else(|| panic!("no error line: {out}"));
     assert!(line.contains(var) && line.contains(words), "{var} / {words:?} not in {line:?}");
     let _ = std::fs::remove_file(&n.log);
     assert_eq!(before, snapshot(&n.dir.join("home")), "{var}: something changed on disk");

@@ -135,3 +135,47 @@ fn postmaster_crash_is_recovered() {
     n.signal(Signal::SIGTERM);
     assert_eq!(n.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+/// sd_notify: READY=1 once postgres accepts connections, STOPPING=1 on stop;
+/// NOTIFY_SOCKET and secrets never reach postgres; JSON logs on request.
+#[test]
+fn notify_json_logs_and_child_environment() {
+    require_root();
+    let dir = test_dir("notify");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut n = Node::new(dir.path());
+    n.set("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .set("TUSK_LOG_FORMAT", "json")
+        .set("PGPASSWORD_ADMIN", "admin-secret-value")
+        .set("AWS_SECRET_ACCESS_KEY", "aws-secret-value");
+    n.start();
+    let mut msgs = Vec::new();
+    let mut buf = [0u8; 512];
+    while !msgs.iter().any(|m: &String| m.contains("READY=1")) {
+        let len = sock.recv(&mut buf).expect("a notification before the timeout");
+        msgs.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    assert!(msgs.iter().any(|m| m.starts_with("STATUS=")), "{msgs:?}");
+    n.wait_ready(1);
+    // Every log line is one JSON object, postgres's included.
+    let log = n.log_text();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
+    }
+    assert!(log.contains(r#""target":"postgres""#));
+    // The postmaster's environment is a whitelist.
+    let pm = n.postmaster_pid().unwrap();
+    let environ = std::fs::read(format!("/proc/{pm}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    for secret in ["NOTIFY_SOCKET", "aws-secret-value", "admin-secret-value", "PGPASSWORD"] {
+        assert!(!environ.contains(secret), "{secret} reached postgres");
+    }
+    assert!(!log.contains("admin-secret-value"));
+    n.signal(Signal::SIGTERM);
+    let len = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..len]).contains("STOPPING=1"));
+    assert_eq!(n.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}

@@ -63,7 +63,10 @@ pub(super) fn parse(raw: &RawEnv) -> Result<Option<EtcdConfig>, ConfigError> {
     let username = pick(&raw.etcd3_username, "ETCD3_USERNAME", &raw.patroni_etcd3_username, "PATRONI_ETCD3_USERNAME")?;
     let password = match (&raw.etcd3_password, &raw.etcd3_password_file) {
         (Some(_), Some(_)) => {
-            return Err(ConfigError::new("ETCD3_PASSWORD_FILE", "both ETCD3_PASSWORD and ETCD3_PASSWORD_FILE are set; set only one"));
+            return Err(ConfigError::new(
+                "ETCD3_PASSWORD_FILE",
+                "both ETCD3_PASSWORD and ETCD3_PASSWORD_FILE are set; set only one",
+            ));
         }
         (None, Some(path)) => Some(
             std::fs::read_to_string(path)
@@ -141,9 +144,8 @@ pub(super) fn parse(raw: &RawEnv) -> Result<Option<EtcdConfig>, ConfigError> {
         }
         (Some(c), None) => {
             check_certs("ETCD3_CERT", &Pem::File(c.clone()))?;
-            check_key("ETCD3_KEY", &Pem::File(c.clone())).map_err(|_| {
-                ConfigError::new("ETCD3_KEY", "not set, and the ETCD3_CERT file holds no private key")
-            })?;
+            check_key("ETCD3_KEY", &Pem::File(c.clone()))
+                .map_err(|_| ConfigError::new("ETCD3_KEY", "not set, and the ETCD3_CERT file holds no private key"))?;
         }
         (None, Some(_)) => return Err(ConfigError::new("ETCD3_KEY", "is set but ETCD3_CERT is not")),
         (None, None) => {}
@@ -153,15 +155,7 @@ pub(super) fn parse(raw: &RawEnv) -> Result<Option<EtcdConfig>, ConfigError> {
         (None, Some(_)) => return Err(ConfigError::new("ETCD3_USERNAME", "ETCD3_PASSWORD is set but no user name")),
         _ => {}
     }
-    Ok(Some(EtcdConfig {
-        endpoints,
-        protocol,
-        cacert,
-        cert,
-        key,
-        username,
-        password: password.map(Secret::new),
-    }))
+    Ok(Some(EtcdConfig { endpoints, protocol, cacert, cert, key, username, password: password.map(Secret::new) }))
 }
 
 fn scheme_name(p: EtcdProtocol) -> &'static str {

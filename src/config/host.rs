@@ -26,8 +26,7 @@ impl HostFacts {
             .unwrap_or_else(|| "localhost".to_owned());
         let address = resolve_address(&hostname);
         let physical = physical_memory().unwrap_or(1 << 30);
-        let memory_bytes = cgroup_memory_limit(Path::new("/"))
-            .map_or(physical, |limit| limit.min(physical));
+        let memory_bytes = cgroup_memory_limit(Path::new("/")).map_or(physical, |limit| limit.min(physical));
         HostFacts { hostname, address, memory_bytes }
     }
 }
@@ -35,16 +34,8 @@ impl HostFacts {
 /// First non-loopback address the host name resolves to (as Spilo does),
 /// else the first one, else 127.0.0.1.
 fn resolve_address(hostname: &str) -> IpAddr {
-    let addrs: Vec<IpAddr> = (hostname, 0)
-        .to_socket_addrs()
-        .map(|it| it.map(|a| a.ip()).collect())
-        .unwrap_or_default();
-    addrs
-        .iter()
-        .find(|a| !a.is_loopback())
-        .or(addrs.first())
-        .copied()
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    let addrs: Vec<IpAddr> = (hostname, 0).to_socket_addrs().map(|it| it.map(|a| a.ip()).collect()).unwrap_or_default();
+    addrs.iter().find(|a| !a.is_loopback()).or(addrs.first()).copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 fn physical_memory() -> Option<u64> {
@@ -59,8 +50,7 @@ pub fn cgroup_memory_limit(root: &Path) -> Option<u64> {
     let mut candidates = Vec::new();
     for line in self_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         let path = path.trim_start_matches('/');
@@ -68,21 +58,14 @@ pub fn cgroup_memory_limit(root: &Path) -> Option<u64> {
             // cgroup v2 unified hierarchy
             candidates.push(root.join("sys/fs/cgroup").join(path).join("memory.max"));
         } else if controllers.split(',').any(|c| c == "memory") {
-            candidates.push(
-                root.join("sys/fs/cgroup/memory")
-                    .join(path)
-                    .join("memory.limit_in_bytes"),
-            );
+            candidates.push(root.join("sys/fs/cgroup/memory").join(path).join("memory.limit_in_bytes"));
         }
     }
     // Inside a container with a private cgroup namespace the own cgroup is
     // the root of the mount.
     candidates.push(root.join("sys/fs/cgroup/memory.max"));
     candidates.push(root.join("sys/fs/cgroup/memory/memory.limit_in_bytes"));
-    candidates
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .find_map(|s| parse_limit(&s))
+    candidates.iter().filter_map(|p| std::fs::read_to_string(p).ok()).find_map(|s| parse_limit(&s))
 }
 
 fn parse_limit(s: &str) -> Option<u64> {
@@ -121,10 +104,7 @@ mod tests {
     fn cgroup_v2_unlimited_and_namespaced_root() {
         let t = tree(&[("proc/self/cgroup", "0::/\n"), ("sys/fs/cgroup/memory.max", "max\n")]);
         assert_eq!(cgroup_memory_limit(t.path()), None);
-        let t = tree(&[
-            ("proc/self/cgroup", "0::/gone\n"),
-            ("sys/fs/cgroup/memory.max", "1073741824\n"),
-        ]);
+        let t = tree(&[("proc/self/cgroup", "0::/gone\n"), ("sys/fs/cgroup/memory.max", "1073741824\n")]);
         assert_eq!(cgroup_memory_limit(t.path()), Some(1 << 30));
     }
 

@@ -227,8 +227,8 @@ impl Config {
         // All fields are optional strings, so envy cannot fail here.
         let raw = raw_best_effort(env);
 
-        let scope = alias("SCOPE", &raw.scope, "PATRONI_SCOPE", &raw.patroni_scope)?
-            .unwrap_or_else(|| "dummy".to_owned());
+        let scope =
+            alias("SCOPE", &raw.scope, "PATRONI_SCOPE", &raw.patroni_scope)?.unwrap_or_else(|| "dummy".to_owned());
         validate_name("SCOPE", &scope)?;
         let namespace = alias("NAMESPACE", &raw.namespace, "PATRONI_NAMESPACE", &raw.patroni_namespace)?
             .map(|n| n.trim_matches('/').to_owned())
@@ -239,8 +239,8 @@ impl Config {
 
         let version = parse_pg_version(raw.pgversion.as_deref())?;
         let (home, root, data) = paths(&raw)?;
-        let socket_dir = abs_path("TUSK_SOCKET_DIR", raw.tusk_socket_dir.as_deref())?
-            .unwrap_or_else(|| "/run/postgresql".into());
+        let socket_dir =
+            abs_path("TUSK_SOCKET_DIR", raw.tusk_socket_dir.as_deref())?.unwrap_or_else(|| "/run/postgresql".into());
         // "<dir>/.s.PGSQL.<port>" must fit in sun_path (108 bytes).
         if socket_dir.as_os_str().len() + 17 > 107 {
             return Err(ConfigError::new("TUSK_SOCKET_DIR", "path too long for a unix socket (max 90 bytes)"));
@@ -250,7 +250,8 @@ impl Config {
         if pg_port == api_port {
             return Err(ConfigError::new("APIPORT", format!("same port as PGPORT ({pg_port})")));
         }
-        let pg_connect = connect_address("PG_CONNECT_ADDRESS", raw.pg_connect_address.as_deref(), host.address, pg_port)?;
+        let pg_connect =
+            connect_address("PG_CONNECT_ADDRESS", raw.pg_connect_address.as_deref(), host.address, pg_port)?;
         let api_connect =
             connect_address("RESTAPI_CONNECT_ADDRESS", raw.restapi_connect_address.as_deref(), host.address, api_port)?;
         let initdb_locale = match raw.initdb_locale.as_deref() {
@@ -278,7 +279,13 @@ impl Config {
         let tls = pg_tls(&raw)?;
         let etcd = etcd::parse(&raw)?;
         if raw.etcd_host.is_some() || raw.etcd_hosts.is_some() || raw.etcd_url.is_some() {
-            let var = if raw.etcd_host.is_some() { "ETCD_HOST" } else if raw.etcd_hosts.is_some() { "ETCD_HOSTS" } else { "ETCD_URL" };
+            let var = if raw.etcd_host.is_some() {
+                "ETCD_HOST"
+            } else if raw.etcd_hosts.is_some() {
+                "ETCD_HOSTS"
+            } else {
+                "ETCD_URL"
+            };
             return Err(ConfigError::new(
                 var,
                 "the etcd v2 API is not supported; use ETCD3_HOSTS (etcd v3, as Patroni's etcd3 section)",
@@ -286,7 +293,8 @@ impl Config {
         }
 
         let parameters = pg_parameters(raw.tusk_pg_parameters.as_deref(), host.memory_bytes)?;
-        let shutdown_timeout = parse_duration("TUSK_SHUTDOWN_TIMEOUT", raw.tusk_shutdown_timeout.as_deref(), Duration::from_secs(8))?;
+        let shutdown_timeout =
+            parse_duration("TUSK_SHUTDOWN_TIMEOUT", raw.tusk_shutdown_timeout.as_deref(), Duration::from_secs(8))?;
         if shutdown_timeout < Duration::from_secs(2) || shutdown_timeout > Duration::from_secs(3600) {
             return Err(ConfigError::new("TUSK_SHUTDOWN_TIMEOUT", "must be between 2s and 3600s"));
         }
@@ -314,12 +322,7 @@ impl Config {
             credentials,
             tls,
             etcd,
-            tusk: TuskConfig {
-                shutdown_timeout,
-                log_format,
-                log_level,
-                notify_socket: raw.notify_socket.clone(),
-            },
+            tusk: TuskConfig { shutdown_timeout, log_format, log_level, notify_socket: raw.notify_socket.clone() },
         })
     }
 
@@ -343,8 +346,7 @@ fn paths(raw: &RawEnv) -> Result<(PathBuf, PathBuf, PathBuf), ConfigError> {
 }
 
 fn raw_best_effort(env: &BTreeMap<String, String>) -> RawEnv {
-    envy::from_iter(env.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())))
-        .unwrap_or_default()
+    envy::from_iter(env.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone()))).unwrap_or_default()
 }
 
 /// `PGDATA` as the supervisor would compute it, without failing: init mode
@@ -379,8 +381,19 @@ pub fn process_env() -> Result<BTreeMap<String, String>, ConfigError> {
 
 /// Variables in tusk's namespaces, whose values must be valid UTF-8.
 fn is_known_var(k: &str) -> bool {
-    const PREFIXES: [&str; 11] =
-        ["PG", "ETCD", "SSL_", "TUSK_", "PATRONI_", "SCOPE", "NAMESPACE", "ALLOW_NOSSL", "APIPORT", "RESTAPI_", "INITDB_"];
+    const PREFIXES: [&str; 11] = [
+        "PG",
+        "ETCD",
+        "SSL_",
+        "TUSK_",
+        "PATRONI_",
+        "SCOPE",
+        "NAMESPACE",
+        "ALLOW_NOSSL",
+        "APIPORT",
+        "RESTAPI_",
+        "INITDB_",
+    ];
     PREFIXES.iter().any(|p| k.starts_with(p))
 }
 
@@ -394,10 +407,10 @@ fn role(
     let name = user.clone().unwrap_or_else(|| default_user.to_owned());
     validate_role_name(user_var, &name)?;
     let password = secret(env, password_var)?;
-    if let Some(p) = &password {
-        if p.expose().contains('\0') {
-            return Err(ConfigError::new(password_var, "contains a NUL byte"));
-        }
+    if let Some(p) = &password
+        && p.expose().contains('\0')
+    {
+        return Err(ConfigError::new(password_var, "contains a NUL byte"));
     }
     Ok(Role { name, password })
 }
@@ -416,7 +429,10 @@ fn pg_tls(raw: &RawEnv) -> Result<PgTls, ConfigError> {
             return Err(ConfigError::new("SSL_CERTIFICATE_FILE", "a private key is given but no certificate"));
         }
         (Some(cert), Some(key)) => {
-            let certs = check_certs(if matches!(cert, Pem::File(_)) { "SSL_CERTIFICATE_FILE" } else { "SSL_CERTIFICATE" }, &cert)?;
+            let certs = check_certs(
+                if matches!(cert, Pem::File(_)) { "SSL_CERTIFICATE_FILE" } else { "SSL_CERTIFICATE" },
+                &cert,
+            )?;
             let key_var = if matches!(key, Pem::File(_)) { "SSL_PRIVATE_KEY_FILE" } else { "SSL_PRIVATE_KEY" };
             check_key(key_var, &key)?;
             if certs == 0 {

@@ -15,10 +15,9 @@ pub(super) fn alias(
     b: &Option<String>,
 ) -> Result<Option<String>, ConfigError> {
     match (a, b) {
-        (Some(x), Some(y)) if x != y => Err(ConfigError::new(
-            a_var,
-            format!("{a_var}={x:?} contradicts {b_var}={y:?}; set one of them"),
-        )),
+        (Some(x), Some(y)) if x != y => {
+            Err(ConfigError::new(a_var, format!("{a_var}={x:?} contradicts {b_var}={y:?}; set one of them")))
+        }
         (Some(x), _) => Ok(Some(x.clone())),
         (None, y) => Ok(y.clone()),
     }
@@ -31,7 +30,9 @@ pub(super) fn secret(env: &BTreeMap<String, String>, var: &str) -> Result<Option
     let value = env.get(var).filter(|v| !v.is_empty());
     let file = env.get(&file_var).filter(|v| !v.is_empty());
     match (value, file) {
-        (Some(_), Some(_)) => Err(ConfigError::new(&file_var, format!("both {var} and {file_var} are set; set only one"))),
+        (Some(_), Some(_)) => {
+            Err(ConfigError::new(&file_var, format!("both {var} and {file_var} are set; set only one")))
+        }
         (Some(v), None) => Ok(Some(Secret::new(v.clone()))),
         (None, Some(path)) => {
             let content = std::fs::read_to_string(path)
@@ -160,7 +161,7 @@ pub(super) fn parse_duration(var: &str, v: Option<&str>, default: Duration) -> R
         "m" | "min" => n * 60.0,
         _ => return Err(bad()),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))

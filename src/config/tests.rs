@@ -7,11 +7,7 @@ use std::path::Path;
 use super::*;
 
 fn host() -> HostFacts {
-    HostFacts {
-        hostname: "node-a".into(),
-        address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
-        memory_bytes: 8 << 30,
-    }
+    HostFacts { hostname: "node-a".into(), address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), memory_bytes: 8 << 30 }
 }
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -31,10 +27,7 @@ impl Pems {
     fn new() -> Pems {
         let dir = tempfile::tempdir().unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
         std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
@@ -118,7 +111,8 @@ fn secrets_from_files_are_read_and_redacted() {
 
 #[test]
 fn etcd_host_lists() {
-    let cases: &[(&str, &[(&str, u16)], EtcdProtocol)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, u16)], EtcdProtocol);
+    let cases: &[Case] = &[
         ("10.0.0.1:2379,10.0.0.2:2379", &[("10.0.0.1", 2379), ("10.0.0.2", 2379)], EtcdProtocol::Http),
         ("'10.0.0.1:2379','10.0.0.2:2380'", &[("10.0.0.1", 2379), ("10.0.0.2", 2380)], EtcdProtocol::Http),
         ("\"a:1\", \"b:2\"", &[("a", 1), ("b", 2)], EtcdProtocol::Http),
@@ -153,7 +147,8 @@ fn etcd_mtls_files() {
     let e = ok.etcd.unwrap();
     assert_eq!(e.protocol, EtcdProtocol::Https);
     // certificate files imply https; key inside the certificate file works
-    let c = parse(&[("ETCD3_HOSTS", "a:1"), ("ETCD3_CACERT", &p.path("ca.pem")), ("ETCD3_CERT", &p.path("both.pem"))]).unwrap();
+    let c = parse(&[("ETCD3_HOSTS", "a:1"), ("ETCD3_CACERT", &p.path("ca.pem")), ("ETCD3_CERT", &p.path("both.pem"))])
+        .unwrap();
     assert_eq!(c.etcd.unwrap().protocol, EtcdProtocol::Https);
     // Patroni's names work as aliases
     let c = parse(&[("PATRONI_ETCD3_HOSTS", "a:1"), ("PATRONI_ETCD3_CACERT", &p.path("ca.pem"))]).unwrap();
@@ -163,7 +158,8 @@ fn etcd_mtls_files() {
 #[test]
 fn tls_for_postgres() {
     let p = Pems::new();
-    let c = parse(&[("SSL_CERTIFICATE_FILE", &p.path("cert.pem")), ("SSL_PRIVATE_KEY_FILE", &p.path("key.pem"))]).unwrap();
+    let c =
+        parse(&[("SSL_CERTIFICATE_FILE", &p.path("cert.pem")), ("SSL_PRIVATE_KEY_FILE", &p.path("key.pem"))]).unwrap();
     assert!(c.tls.server.is_some());
     let cert = std::fs::read_to_string(p.path("cert.pem")).unwrap();
     let key = std::fs::read_to_string(p.path("key.pem")).unwrap();
@@ -180,7 +176,9 @@ fn tusk_own_variables() {
         ("TUSK_LOG_LEVEL", "tusk=debug,info"),
     ]);
     assert_eq!(c.unwrap_err().var, "TUSK_SHUTDOWN_TIMEOUT", "below 2s");
-    let c = parse(&[("TUSK_SHUTDOWN_TIMEOUT", "20"), ("TUSK_LOG_FORMAT", "JSON"), ("TUSK_LOG_LEVEL", "tusk=debug,info")]).unwrap();
+    let c =
+        parse(&[("TUSK_SHUTDOWN_TIMEOUT", "20"), ("TUSK_LOG_FORMAT", "JSON"), ("TUSK_LOG_LEVEL", "tusk=debug,info")])
+            .unwrap();
     assert_eq!(c.tusk.shutdown_timeout, Duration::from_secs(20));
     assert_eq!(c.tusk.log_format, LogFormat::Json);
     let c = parse(&[("TUSK_PG_PARAMETERS", r#"{"shared_buffers": "64MB", "work_mem": 4096, "jit": false}"#)]).unwrap();

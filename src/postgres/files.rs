@@ -149,12 +149,7 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32, run_as: &RunAs) -> R
     let io = |e| PgError::io(format!("write {}", path.display()), e);
     {
         let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
         f.write_all(content).map_err(io)?;
         f.sync_all().map_err(io)?;
     }

@@ -93,7 +93,10 @@ pub fn preflight(cfg: &PostgresConfig, lib_root: &Path) -> Result<Layout, Config
                 match std::fs::read_to_string(data.join("PG_VERSION")) {
                     Ok(v) => {
                         let found: u32 = v.trim().parse().map_err(|_| {
-                            ConfigError::new("PGDATA", format!("{}/PG_VERSION holds {:?}, not a major version", data.display(), v.trim()))
+                            ConfigError::new(
+                                "PGDATA",
+                                format!("{}/PG_VERSION holds {:?}, not a major version", data.display(), v.trim()),
+                            )
                         })?;
                         if found != cfg.version {
                             tracing::warn!(

@@ -59,7 +59,8 @@ pub fn resolve(cfg: &Config, run_as: &RunAs) -> Result<Passwords, PgError> {
     };
     let stale = stored.keys().any(|k| !file_entries.contains_key(k));
     if !generated.is_empty() || stale {
-        let content: String = file_entries.iter().map(|(u, p)| format!("*:*:*:{}:{}\n", escape(u), escape(p))).collect();
+        let content: String =
+            file_entries.iter().map(|(u, p)| format!("*:*:*:{}:{}\n", escape(u), escape(p))).collect();
         if content.is_empty() {
             let _ = std::fs::remove_file(&path);
         } else {

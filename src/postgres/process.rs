@@ -31,7 +31,8 @@ impl Postmaster {
         prepare(&mut cmd, cfg, run_as);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| PgError::io(format!("start {}", bin.tool("postgres").display()), e))?;
-        let pid = Pid::from_raw(child.id().and_then(|p| i32::try_from(p).ok()).expect("a just-spawned child has a pid"));
+        let pid =
+            Pid::from_raw(child.id().and_then(|p| i32::try_from(p).ok()).expect("a just-spawned child has a pid"));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(forward_log(out));
         }
@@ -48,10 +49,10 @@ impl Postmaster {
 
     /// Signals the postmaster (never its group: backends are the postmaster's to drive).
     pub fn signal(&self, sig: Signal) {
-        if let Err(e) = kill(self.pid, sig) {
-            if e != Errno::ESRCH {
-                tracing::warn!(signal = %sig, error = %e, "cannot signal the postmaster");
-            }
+        if let Err(e) = kill(self.pid, sig)
+            && e != Errno::ESRCH
+        {
+            tracing::warn!(signal = %sig, error = %e, "cannot signal the postmaster");
         }
     }
 
@@ -161,7 +162,11 @@ pub async fn initdb(cfg: &Config, bin: &Binaries, run_as: &RunAs) -> Result<(), 
 /// Flushes the file system holding `dir` (syncfs(2)).
 fn sync_filesystem(dir: &Path) -> Result<(), PgError> {
     let f = std::fs::File::open(dir).map_err(|e| PgError::io(format!("open {}", dir.display()), e))?;
-    { use std::os::fd::AsRawFd; nix::unistd::syncfs(f.as_raw_fd()) }.map_err(|e| PgError::io(format!("syncfs {}", dir.display()), e.into()))
+    {
+        use std::os::fd::AsRawFd;
+        nix::unistd::syncfs(f.as_raw_fd())
+    }
+    .map_err(|e| PgError::io(format!("syncfs {}", dir.display()), e.into()))
 }
 
 /// Sends SIGTERM to a child when the future waiting for it is dropped

@@ -47,7 +47,8 @@ pub async fn wait_ready(cfg: &Config) -> Result<Client, tokio_postgres::Error> {
     let mut next_report = Duration::from_secs(10);
     let pid_file = cfg.postgres.data.join("postmaster.pid");
     loop {
-        let status = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.lines().nth(7).map(|l| l.trim().to_owned()));
+        let status =
+            std::fs::read_to_string(&pid_file).ok().and_then(|s| s.lines().nth(7).map(|l| l.trim().to_owned()));
         if matches!(status.as_deref(), Some("ready") | Some("standby")) {
             match connect(cfg).await {
                 Ok(c) => return Ok(c),
@@ -76,7 +77,9 @@ fn ident(name: &str) -> String {
 /// the session, so they cannot end up in the log.
 pub async fn ensure_roles(client: &Client, cfg: &Config, pw: &Passwords) -> Result<(), tokio_postgres::Error> {
     client
-        .batch_execute("SET log_statement = 'none'; SET log_min_duration_statement = -1; SET log_min_error_statement = 'panic'")
+        .batch_execute(
+            "SET log_statement = 'none'; SET log_min_duration_statement = -1; SET log_min_error_statement = 'panic'",
+        )
         .await?;
     let creds = &cfg.credentials;
     let roles = [
@@ -86,15 +89,10 @@ pub async fn ensure_roles(client: &Client, cfg: &Config, pw: &Passwords) -> Resu
     ];
     for (name, password, attrs) in roles {
         let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
-        let exists = client
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[name])
-            .await?
-            .is_some();
+        let exists = client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[name]).await?.is_some();
         let verb = if exists { "ALTER" } else { "CREATE" };
         // A SCRAM verifier is base64 and "$:" only; no quoting issue.
-        client
-            .batch_execute(&format!("{verb} ROLE {} WITH {attrs} PASSWORD '{verifier}'", ident(name)))
-            .await?;
+        client.batch_execute(&format!("{verb} ROLE {} WITH {attrs} PASSWORD '{verifier}'", ident(name))).await?;
     }
     Ok(())
 }

@@ -79,10 +79,10 @@ fn usable_generated(dir: &Path, paths: &TlsPaths) -> bool {
 fn self_signed(name: &str) -> Result<(String, String), PgError> {
     let err = |e: rcgen::Error| PgError::Other(format!("cannot generate a certificate: {e}"));
     let mut sans = vec![name.to_owned(), "localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    if let Ok(h) = nix::unistd::gethostname() {
-        if let Some(h) = h.to_str().filter(|h| !h.is_empty() && *h != name) {
-            sans.push(h.to_owned());
-        }
+    if let Ok(h) = nix::unistd::gethostname()
+        && let Some(h) = h.to_str().filter(|h| !h.is_empty() && *h != name)
+    {
+        sans.push(h.to_owned());
     }
     let mut params = rcgen::CertificateParams::new(sans).map_err(err)?;
     params.distinguished_name.push(rcgen::DnType::CommonName, name);

@@ -31,7 +31,8 @@ pub fn free_port() -> u16 {
     let base = 20_000 + (std::process::id() % 400) as u16 * 100;
     loop {
         let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::TcpListener::bind(("0.0.0.0", p)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()
+        {
             return p;
         }
     }
@@ -73,7 +74,15 @@ impl Node {
         env.insert("TUSK_PG_PARAMETERS".into(), r#"{"shared_buffers":"32MB","max_connections":"30"}"#.into());
         env.insert("PATRONI_NAME".into(), "test-node".into());
         env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
-        Node { dir: dir.to_owned(), env, pg_port, child: None, log: dir.join("tusk.log"), as_user: None, wrapper: vec![] }
+        Node {
+            dir: dir.to_owned(),
+            env,
+            pg_port,
+            child: None,
+            log: dir.join("tusk.log"),
+            as_user: None,
+            wrapper: vec![],
+        }
     }
 
     pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
