@@ -22,6 +22,9 @@ use crate::postgres::{self, DataDirState, Layout, PgError, RunAs, sql};
 /// Exit status for failures other than configuration.
 pub const EXIT_FAILURE: i32 = 1;
 
+/// Failed first starts (never ready) before tusk gives up.
+const MAX_FIRST_START_FAILURES: u32 = 3;
+
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Request {
@@ -198,6 +201,7 @@ impl Node {
     async fn supervise(&mut self, notifier: &Notifier, signals: &mut Signals, started: Instant) -> i32 {
         let mut backoff = Backoff::default();
         let mut first = true;
+        let mut startup_failures = 0u32;
         loop {
             if let Err(e) = process::clear_stale_pid_file(&self.cfg.postgres.data) {
                 tracing::error!("{e}");
@@ -217,8 +221,11 @@ impl Node {
                     r = sql::wait_ready(&self.cfg) => match r {
                         Ok(c) => break Some(c),
                         Err(e) => {
-                            tracing::error!(error = %e, "postgres refuses the supervisor's connection");
-                            break None;
+                            // Retrying cannot fix this (the superuser role is missing, say).
+                            let role = &self.cfg.credentials.superuser.name;
+                            tracing::error!(error = %e, "PGUSER_SUPERUSER: postgres refuses the supervisor's connection as {role:?}; stopping");
+                            self.stop(&mut pm, None, Request::Stop, notifier, signals).await;
+                            return EXIT_CONFIG;
                         }
                     },
                     status = pm.wait() => {
@@ -235,8 +242,8 @@ impl Node {
                     }
                 }
             };
-            if let Some(client) = &client {
-                if let Err(e) = sql::ensure_roles(client, &self.cfg, &self.passwords).await {
+            let status = if let Some(client) = client {
+                if let Err(e) = sql::ensure_roles(&client, &self.cfg, &self.passwords).await {
                     tracing::error!(error = %e, "cannot set up roles and passwords");
                 }
                 let how = if first { "start" } else { "restart" };
@@ -247,17 +254,13 @@ impl Node {
                 );
                 notifier.ready("running as primary (standalone)");
                 first = false;
-            } else {
-                pm.signal(Signal::SIGQUIT);
-            }
-            // Running: until it exits or we are told to stop.
-            let status = if client.is_some() {
+                // Running: until it exits or we are told to stop.
                 loop {
                     tokio::select! {
                         status = pm.wait() => break status,
                         req = signals.recv() => match req {
                             Request::Stop | Request::StopNow => {
-                                return self.stop(&mut pm, client.as_ref(), req, notifier, signals).await;
+                                return self.stop(&mut pm, Some(&client), req, notifier, signals).await;
                             }
                             Request::Reload => self.reload(&pm),
                             Request::Status => tracing::info!(
@@ -270,9 +273,16 @@ impl Node {
                     }
                 }
             } else {
+                // It never became ready in this run. Before it was ever ready,
+                // a few failures in a row mean a setting or the data is wrong:
+                // fail the container rather than loop (its log says why).
+                startup_failures += 1;
+                if first && startup_failures >= MAX_FIRST_START_FAILURES {
+                    tracing::error!(attempts = startup_failures, "postgres failed to start; giving up (see its log above)");
+                    return EXIT_FAILURE;
+                }
                 pm.wait().await
             };
-            drop(client);
             // An exit we did not ask for: restart_after_crash is off, so a
             // backend crash ends here too.
             tracing::error!(%status, ran_s = pm.started.elapsed().as_secs(), "postgres exited unexpectedly; restarting it");

@@ -112,3 +112,17 @@ fn config_prints_json_without_secrets() {
     assert!(!out.contains("sup3r-secret"));
     assert!(v["etcd"].is_null(), "standalone");
 }
+
+/// A parameter postgres rejects: postgres cannot start; tusk says why (postgres's
+/// own FATAL line) and exits 1 after a few attempts instead of looping forever.
+#[test]
+fn parameter_postgres_rejects_fails_the_container() {
+    require_root();
+    let dir = test_dir("badparam");
+    let mut n = Node::new(dir.path());
+    n.set("TUSK_PG_PARAMETERS", r#"{"shared_buffers":"lots"}"#);
+    let (code, out) = run_daemon(&mut n);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(r#"invalid value for parameter "shared_buffers""#), "{out}");
+    assert!(out.contains("postgres failed to start; giving up"), "{out}");
+}
