@@ -26,7 +26,7 @@ fi
 
 missing=()
 for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = 'install ok installed' ] \
     || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -44,12 +44,14 @@ for svc in etcd haproxy patroni; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 
-# garage: reuse an existing binary, otherwise build it from crates.io.
+# garage 2.x (the scripts use its CLI): reuse an existing binary, otherwise
+# build it from crates.io. --version prints e.g. "garage cargo:2.5.0 [...]".
 export PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v garage >/dev/null 2>&1; then
+gv=$(garage --version 2>/dev/null || true)   # (no grep -q pipe: pipefail)
+if ! [[ $gv =~ ^garage\ (cargo:|v)?2\. ]]; then
   command -v cargo >/dev/null 2>&1 || { echo "install-testbed: cargo not found" >&2; exit 1; }
-  echo "install-testbed: building garage with cargo install (about 11 minutes on 2 cores)..."
-  cargo install --locked garage
+  echo "install-testbed: building garage 2.x with cargo install (about 11-17 minutes on 2 cores)..."
+  cargo install --locked garage --version '^2'
 fi
 
 echo "install-testbed: etcd $(etcd --version | awk '/etcd Version/{print $3}')," \
@@ -60,4 +62,4 @@ echo "install-testbed: etcd $(etcd --version | awk '/etcd Version/{print $3}'),"
   "runc $(runc --version | awk 'NR==1{print $3}')," \
   "openssl $(openssl version | awk '{print $2}')," \
   "curl $(curl --version | awk 'NR==1{print $2}')," \
-  "$(garage --version 2>/dev/null | head -1)"
+  "garage $(garage --version | awk '{sub(/^(cargo:|v)/, "", $2); print $2}')"

@@ -5,10 +5,14 @@
 # Idempotent: returns at once when the image already exists. Needs root.
 set -euo pipefail
 
+here=$(cd "$(dirname "$0")" && pwd)
 suite=${1:-bookworm}
 image=${BASE_IMAGE_NAME:-localhost/debian-base}:$suite
 : "${CONTAINERS_CONF:=/etc/tusk-test/containers.conf}"
 export CONTAINERS_CONF
+# podman (with its configuration) and debootstrap must be there.
+[ -f "$CONTAINERS_CONF" ] && command -v debootstrap >/dev/null ||
+    "$here/podman-setup.sh" "$CONTAINERS_CONF" >/dev/null
 
 if podman image exists "$image"; then
     echo "$image already exists" >&2
@@ -65,12 +69,24 @@ rm -f "$rootfs/etc/apt/sources.list"
 debian_stanzas | sed "s/\b$host_suite\b/$suite/g" >"$rootfs/etc/apt/sources.list.d/debian.sources"
 debian_lines | sed "s/\b$host_suite\b/$suite/g" >"$rootfs/etc/apt/sources.list"
 [ -s "$rootfs/etc/apt/sources.list.d/debian.sources" ] || rm -f "$rootfs/etc/apt/sources.list.d/debian.sources"
-[ -s "$rootfs/etc/apt/sources.list" ] || echo "deb $mirror $suite main" >"$rootfs/etc/apt/sources.list"
+[ -s "$rootfs/etc/apt/sources.list" ] || rm -f "$rootfs/etc/apt/sources.list"
+[ -e "$rootfs/etc/apt/sources.list.d/debian.sources" ] || [ -e "$rootfs/etc/apt/sources.list" ] ||
+    echo "deb $mirror $suite main" >"$rootfs/etc/apt/sources.list"
 
-# Slim down like the official -slim images: no apt lists, caches, docs, man pages.
-rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
-    "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/usr/share/doc/* \
-    "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*.log
+# Slim down like the official -slim images (debuerreotype's slimify + minimizing
+# config): dpkg skips docs/man/translations from now on, apt keeps no caches.
+cp "$here/../image/dpkg-slim.cfg" "$rootfs/etc/dpkg/dpkg.cfg.d/docker-slim"
+cp "$here/../image/apt-clean.conf" "$rootfs/etc/apt/apt.conf.d/docker-clean"
+# Package scripts must not try to start services during image builds.
+printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
+# Drop the docs etc. debootstrap already installed. ${rootfs:?} guards against an
+# empty variable ever pointing these at the host.
+find "${rootfs:?}/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+find "${rootfs:?}/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+rm -rf "${rootfs:?}"/var/lib/apt/lists/* "${rootfs:?}"/var/cache/apt/*.bin \
+    "${rootfs:?}"/var/cache/apt/archives/*.deb "${rootfs:?}"/usr/share/man/* \
+    "${rootfs:?}"/usr/share/info/* "${rootfs:?}"/usr/share/groff/* "${rootfs:?}"/var/log/*.log
 
 tar -C "$rootfs" --numeric-owner -c . |
     podman import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' - "$image" >&2

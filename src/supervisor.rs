@@ -185,12 +185,12 @@ impl Node {
         if layout.state == DataDirState::Fresh {
             notifier.status("bootstrapping: initdb");
             tracing::info!(data = %cfg.postgres.data.display(), version = layout.binaries.version, "fresh data directory: running initdb");
-            tokio::select! {
-                r = process::initdb(&cfg, &layout.binaries, &run_as) => r?,
-                req = wait_for_stop(signals) => {
-                    tracing::info!(?req, "stop requested during initdb; initdb cleans up after itself");
-                    return Ok(None);
-                }
+            let stop = async {
+                let req = wait_for_stop(signals).await;
+                tracing::info!(?req, "stop requested during initdb");
+            };
+            if !process::initdb(&cfg, &layout.binaries, &run_as, stop).await? {
+                return Ok(None);
             }
         }
         files::write_all(&cfg, &tls, &run_as)?;

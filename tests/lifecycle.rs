@@ -82,7 +82,9 @@ fn postgres_user_bootstrap_write_stop_restart_read() {
     let dir = test_dir("pguser");
     let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
     let mut n = Node::new(dir.path());
-    std::os::unix::fs::chown(n.home(), Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    for d in [dir.path().to_path_buf(), n.home()] {
+        std::os::unix::fs::chown(d, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+    }
     n.as_user = Some((pg.uid.as_raw(), pg.gid.as_raw()));
     n.set("PGPASSWORD_SUPERUSER", "given-superuser-pw");
     n.start();

@@ -75,7 +75,10 @@ fn etcd_single_member_mutual_tls() {
         .output()
         .unwrap();
     let body = ok(out);
-    assert!(body.contains(r#""value":"aGVsbG8=""#), "gateway range: {body}"); // "hello"
+    assert!(
+        body.contains(r#""value":"aGVsbG8=""#),
+        "gateway range: {body}"
+    ); // "hello"
 
     let log = || std::fs::read_to_string(etcd.log_file(0)).unwrap_or_default();
     let ep = etcd.endpoints_arg();
@@ -83,7 +86,11 @@ fn etcd_single_member_mutual_tls() {
     // No client certificate: refused during the TLS handshake.
     let cacert = format!("--cacert={}", etcd.ca.display());
     let out = etcd.etcdctl_raw(&ep, &[&cacert], &["get", "/testbed/a"]);
-    assert!(!out.status.success(), "no-cert client was served: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "no-cert client was served: {}",
+        text(&out)
+    );
     assert!(
         eventually(5, || log().contains("client didn't provide a certificate")),
         "etcd log does not show the rejection"
@@ -93,9 +100,14 @@ fn etcd_single_member_mutual_tls() {
     let cert = format!("--cert={}", etcd.other_client_cert.display());
     let key = format!("--key={}", etcd.other_client_key.display());
     let out = etcd.etcdctl_raw(&ep, &[&cacert, &cert, &key], &["get", "/testbed/a"]);
-    assert!(!out.status.success(), "foreign-CA client was served: {}", text(&out));
     assert!(
-        eventually(5, || log().contains("certificate signed by unknown authority")),
+        !out.status.success(),
+        "foreign-CA client was served: {}",
+        text(&out)
+    );
+    assert!(
+        eventually(5, || log()
+            .contains("certificate signed by unknown authority")),
         "etcd log does not show the rejection"
     );
 
@@ -125,8 +137,25 @@ fn etcd_cluster_survives_loss_of_one_member() {
 
     // Lose n1 (SIGKILL); n0 and n2 still form a quorum.
     etcd.kill_member(1);
-    let survivors = format!("https://{},https://{}", etcd.endpoints[0], etcd.endpoints[2]);
-    ok(etcd.etcdctl_at(&survivors, &["put", "/testbed/after-loss", "still-here"]));
+    let survivors = format!(
+        "https://{},https://{}",
+        etcd.endpoints[0], etcd.endpoints[2]
+    );
+    // (If n1 led, the survivors first elect a new leader: retry, bounded.)
+    let t0 = std::time::Instant::now();
+    let mut last = None;
+    let put = eventually(20, || {
+        let out = etcd.etcdctl_at(&survivors, &["put", "/testbed/after-loss", "still-here"]);
+        let done = out.status.success();
+        last = Some(out);
+        done
+    });
+    assert!(
+        put,
+        "survivors refuse writes: {}",
+        text(last.as_ref().unwrap())
+    );
+    eprintln!("write after losing n1 succeeded after {:?}", t0.elapsed());
     for ep in [&etcd.endpoints[0], &etcd.endpoints[2]] {
         let got = ok(etcd.etcdctl_at(
             &format!("https://{ep}"),
@@ -134,7 +163,10 @@ fn etcd_cluster_survives_loss_of_one_member() {
         ));
         assert_eq!(got.trim(), "still-here");
     }
-    let dead = etcd.etcdctl_at(&format!("https://{}", etcd.endpoints[1]), &["endpoint", "health"]);
+    let dead = etcd.etcdctl_at(
+        &format!("https://{}", etcd.endpoints[1]),
+        &["endpoint", "health"],
+    );
     assert!(!dead.status.success(), "killed member still healthy");
 }
 
@@ -151,7 +183,10 @@ fn garage_bucket_anonymous_refused_signed_roundtrip() {
 
     // The bucket exists, and the key may use it.
     let info = ok(g.cli(&["bucket", "info", &g.bucket]));
-    assert!(info.contains(&g.access_key), "bucket info lacks the key: {info}");
+    assert!(
+        info.contains(&g.access_key),
+        "bucket info lacks the key: {info}"
+    );
     assert!(ok(g.cli(&["bucket", "list"])).contains(&g.bucket));
 
     // Anonymous request (raw HTTP): an S3 error.
@@ -175,18 +210,23 @@ fn garage_bucket_anonymous_refused_signed_roundtrip() {
     assert_eq!(g.put_object("testbed/blob", &data), 200);
     let (code, body) = g.get_object("testbed/blob");
     assert_eq!(code, 200);
-    assert!(body == data, "object differs ({} vs {} bytes)", body.len(), data.len());
+    assert!(
+        body == data,
+        "object differs ({} vs {} bytes)",
+        body.len(),
+        data.len()
+    );
     let (code, _) = g.get_object("testbed/missing");
     assert_eq!(code, 404);
 
     // A wrong secret is refused.
-    let out = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--aws-sigv4", "aws:amz:garage:s3"])
-        .arg("--user")
-        .arg(format!("{}:{}", g.access_key, "0".repeat(64)))
-        .arg(g.object_url("testbed/blob"))
-        .output()
-        .unwrap();
+    let wrong = "0".repeat(64);
+    let url = g.object_url("testbed/blob");
+    let out = g.curl_as(
+        &g.access_key,
+        &wrong,
+        &["-o", "/dev/null", "-w", "%{http_code}", &url],
+    );
     assert_eq!(ok(out).trim(), "403");
 }
 

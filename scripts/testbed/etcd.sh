@@ -40,6 +40,7 @@ launch() {
   rm -f "$pidf"
   # timeout caps the lifetime; the inner shell writes its own pid (= etcd's,
   # thanks to exec) so the pid file names the etcd process itself.
+  # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
   timeout -s KILL "$max_seconds" bash -c 'echo $$ >"$0"; exec "$@"' "$pidf" \
     etcd --name "$name" --data-dir "$data" \
     --listen-client-urls "https://127.0.0.1:$cport" \
@@ -72,16 +73,21 @@ watchdog() {
     fi ) </dev/null >/dev/null 2>&1 &
 }
 
-# wait_healthy ENDPOINTS LOGS...: bounded wait (15 s) for every endpoint.
+# wait_healthy ENDPOINTS NAMES...: bounded wait (15 s) for every endpoint;
+# fails at once when a member has exited (e.g. its port was taken).
 wait_healthy() {
-  local eps=$1 end=$((SECONDS + 15)); shift
+  local eps=$1 end=$((SECONDS + 15)) n why=""; shift
   while [ "$SECONDS" -lt "$end" ]; do
     etcdctl_ "$eps" endpoint health >/dev/null 2>&1 && return 0
+    for n in "$@"; do alive "$dir/$n.pid" || why="member $n exited"; done
+    [ -z "$why" ] || break
     sleep 0.1
   done
   local msg="" l
-  for l in "$@"; do msg+=$'\n'"== $l"$'\n'"$(tail -n 15 "$l" 2>/dev/null)"; done
-  die "not healthy at $eps:$(etcdctl_ "$eps" endpoint health 2>&1 | tail -n 3)$msg"
+  for n in "$@"; do l=$dir/$n.log; msg+=$'\n'"== $l"$'\n'"$(tail -n 15 "$l" 2>/dev/null)"; done
+  [ -n "$why" ] || why=$(etcdctl_ "$eps" endpoint health 2>&1 | tail -n 3)
+  stop "$dir"       # leave nothing half-started behind
+  die "not healthy at $eps: $why$msg"
 }
 
 stop() { # stop DIR: TERM, wait up to 5 s, then KILL; only our pid files
@@ -104,7 +110,7 @@ stop() { # stop DIR: TERM, wait up to 5 s, then KILL; only our pid files
 
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: etcd.sh start|start-cluster|stop DIR ..."
+{ [ -n "$cmd" ] && [ -n "$dir" ]; } || die "usage: etcd.sh start|start-cluster|stop DIR ..."
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 certs=$dir/certs
@@ -115,7 +121,7 @@ case "$cmd" in
     launch "$name" "$dir/data" "$dir/etcd.log" "$dir/etcd.pid" "$cport" "$pport" \
       "$name=http://127.0.0.1:$pport"
     ep="https://127.0.0.1:$cport"
-    wait_healthy "$ep" "$dir/etcd.log"
+    wait_healthy "$ep" etcd
     echo "$ep"
     ;;
   start-cluster)
@@ -130,7 +136,7 @@ case "$cmd" in
       launch "n$i" "$dir/n$i" "$dir/n$i.log" "$dir/n$i.pid" \
         "$((base + 2 * i))" "$((base + 2 * i + 1))" "$initial"
     done
-    wait_healthy "$eps" "$dir"/n[012].log
+    wait_healthy "$eps" n0 n1 n2
     echo "$eps"
     ;;
   stop) stop "$dir" ;;

@@ -20,14 +20,21 @@ g() { garage -c "$dir/garage.toml" "$@"; }
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 logtail() { printf '\n== %s (tail)\n%s' "$dir/garage.log" "$(tail -n 20 "$dir/garage.log" 2>/dev/null)"; }
 
-# retry SECONDS CMD...: rerun CMD every 0.1 s until it succeeds (bounded).
+# retry SECONDS CMD...: rerun CMD every 0.1 s until it succeeds (bounded);
+# fails at once when the server has exited (e.g. its port was taken).
 retry() {
   local end=$((SECONDS + $1)) out; shift
   while :; do
     out=$("$@" 2>&1) && { printf '%s' "$out"; return 0; }
+    # garage stays up when its S3 listener fails to bind: watch the log too.
+    if ! alive "$dir/garage.pid" ||
+       tail -c +"$((log_start + 1))" "$dir/garage.log" | grep -qE 'exited with error|already in use'; then
+      break
+    fi
     [ "$SECONDS" -lt "$end" ] || break
     sleep 0.1
   done
+  stop              # leave nothing half-started behind
   die "failed: $*: $(printf '%s' "$out" | tail -n 5)$(logtail)"
 }
 
@@ -65,10 +72,12 @@ root_domain = ".s3.garage.localhost"
 EOF
   umask 022
 
+  log_start=$(stat -c %s "$dir/garage.log" 2>/dev/null || echo 0)
   if ! alive "$dir/garage.pid"; then
     rm -f "$dir/garage.pid"
     # The inner shell writes its pid and execs garage: the pid file names garage.
-    timeout -s KILL "$max_seconds" bash -c 'echo $$ >"$0"; exec "$@"' "$dir/garage.pid" \
+    # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
+    NO_COLOR=1 timeout -s KILL "$max_seconds" bash -c 'echo $$ >"$0"; exec "$@"' "$dir/garage.pid" \
       garage -c "$dir/garage.toml" server </dev/null >>"$dir/garage.log" 2>&1 &
     for _ in $(seq 50); do [ -s "$dir/garage.pid" ] && break; sleep 0.1; done
     [ -s "$dir/garage.pid" ] || die "garage did not start$(logtail)"
@@ -125,7 +134,7 @@ stop() { # TERM, wait up to 5 s, then KILL; only a pid that is garage
 
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: garage.sh start|stop|cli DIR ..."
+{ [ -n "$cmd" ] && [ -n "$dir" ]; } || die "usage: garage.sh start|stop|cli DIR ..."
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 case "$cmd" in

@@ -126,8 +126,15 @@ pub fn clear_stale_pid_file(data: &Path) -> Result<(), PgError> {
 }
 
 /// Runs `initdb` for a fresh data directory: checksums, UTF8, the
-/// superuser named by `PGUSER_SUPERUSER`.
-pub async fn initdb(cfg: &Config, bin: &Binaries, run_as: &RunAs) -> Result<(), PgError> {
+/// superuser named by `PGUSER_SUPERUSER`. When `stop` completes first,
+/// initdb gets SIGTERM and is waited for: it removes what it made, so a stop
+/// during bootstrap leaves nothing half-made. Returns `false` when stopped.
+pub async fn initdb(
+    cfg: &Config,
+    bin: &Binaries,
+    run_as: &RunAs,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<bool, PgError> {
     let mut cmd = Command::new(bin.tool("initdb"));
     cmd.arg("-D")
         .arg(&cfg.postgres.data)
@@ -141,22 +148,43 @@ pub async fn initdb(cfg: &Config, bin: &Binaries, run_as: &RunAs) -> Result<(), 
         .arg("--no-sync")
         .arg("--no-instructions");
     prepare(&mut cmd, cfg, run_as);
-    // initdb cleans up after itself on SIGTERM, so a stop request during
-    // bootstrap leaves nothing half-made.
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(false);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let started = Instant::now();
-    let child = cmd.spawn().map_err(|e| PgError::io(format!("start {}", bin.tool("initdb").display()), e))?;
-    let pid = child.id();
-    let guard = TermOnDrop(pid);
-    let out = child.wait_with_output().await.map_err(|e| PgError::io("initdb", e))?;
-    std::mem::forget(guard);
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(PgError::Other(format!("initdb failed ({}): {}", out.status, stderr.trim())));
+    let mut child = cmd.spawn().map_err(|e| PgError::io(format!("start {}", bin.tool("initdb").display()), e))?;
+    let stderr = child.stderr.take().map(|mut err| {
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut err, &mut buf).await;
+            buf
+        })
+    });
+    let status = tokio::select! {
+        st = child.wait() => st.map_err(|e| PgError::io("initdb", e))?,
+        () = stop => {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(_) => tracing::info!("initdb stopped and cleaned up"),
+                Err(_) => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    tracing::warn!(data = %cfg.postgres.data.display(), "initdb did not stop in time and was killed; the data directory may be incomplete");
+                }
+            }
+            return Ok(false);
+        }
+    };
+    if !status.success() {
+        let err = match stderr {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        return Err(PgError::Other(format!("initdb failed ({status}): {}", String::from_utf8_lossy(&err).trim())));
     }
     sync_filesystem(&cfg.postgres.data)?;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "initdb done");
-    Ok(())
+    Ok(true)
 }
 
 /// Flushes the file system holding `dir` (syncfs(2)).
@@ -167,18 +195,6 @@ fn sync_filesystem(dir: &Path) -> Result<(), PgError> {
         nix::unistd::syncfs(f.as_raw_fd())
     }
     .map_err(|e| PgError::io(format!("syncfs {}", dir.display()), e.into()))
-}
-
-/// Sends SIGTERM to a child when the future waiting for it is dropped
-/// (a stop request arrived).
-struct TermOnDrop(Option<u32>);
-
-impl Drop for TermOnDrop {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-    }
 }
 
 /// Forwards postgres's output line by line as tracing events (target

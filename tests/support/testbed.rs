@@ -78,9 +78,9 @@ pub fn free_ports(n: u16) -> u16 {
     next_port_block(n)
 }
 
-/// Runs a test-bed script with the watchdog environment; panics with its
-/// output when it fails. Returns its trimmed stdout.
-fn run_script(name: &str, args: &[&str], rm_on_exit: bool) -> String {
+/// Runs a test-bed script with the watchdog environment. Ok(trimmed stdout),
+/// or Err(a report with its output) when it fails.
+fn run_script(name: &str, args: &[&str], rm_on_exit: bool) -> Result<String, String> {
     let mut cmd = Command::new(script(name));
     cmd.args(args)
         .env("TESTBED_WATCH_PID", std::process::id().to_string())
@@ -88,18 +88,35 @@ fn run_script(name: &str, args: &[&str], rm_on_exit: bool) -> String {
     if rm_on_exit {
         cmd.env("TESTBED_RM_ON_EXIT", "1");
     }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("run {name}: {e}"));
-    if !out.status.success() {
-        panic!(
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {name}: {e}"));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
             "{name} {args:?} failed ({}):\n{}{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        );
+        ))
     }
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Starts a daemon on fresh ports, retrying (3 attempts) only when another
+/// process grabbed a port between our check and the daemon's bind.
+fn start_with_ports(
+    n: u16,
+    mut attempt: impl FnMut(u16) -> Result<String, String>,
+) -> (u16, String) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let base = free_ports(n);
+        match attempt(base) {
+            Ok(out) => return (base, out),
+            Err(e) if e.contains("already in use") => last = e,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("ports kept being taken: {last}");
 }
 
 /// Reads a pid file; `None` when absent or empty.
@@ -120,7 +137,10 @@ pub fn signal(pid: u32, sig: &str) {
 pub fn gone(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s.rsplit(')').next().is_none_or(|r| r.trim_start().starts_with('Z')),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_none_or(|r| r.trim_start().starts_with('Z')),
     }
 }
 
@@ -188,17 +208,30 @@ impl Etcd {
     fn start_in(dir: &Path, cluster: bool, rm_on_exit: bool) -> Etcd {
         let d = dir.to_str().expect("utf-8 dir");
         let t0 = Instant::now();
+        // After a port clash the member data (bound to the old peer URLs) goes.
+        let wipe = || {
+            for sub in ["data", "n0", "n1", "n2"] {
+                let _ = fs::remove_dir_all(dir.join(sub));
+            }
+        };
         let (ports, names): (Vec<u16>, Vec<String>) = if cluster {
-            let base = free_ports(6);
-            run_script("etcd.sh", &["start-cluster", d, &base.to_string()], rm_on_exit);
+            let (base, _) = start_with_ports(6, |base| {
+                run_script(
+                    "etcd.sh",
+                    &["start-cluster", d, &base.to_string()],
+                    rm_on_exit,
+                )
+                .inspect_err(|_| wipe())
+            });
             (
                 vec![base, base + 2, base + 4],
                 (0..3).map(|i| format!("n{i}")).collect(),
             )
         } else {
-            let base = free_ports(2);
-            let (c, p) = (base.to_string(), (base + 1).to_string());
-            run_script("etcd.sh", &["start", d, &c, &p], rm_on_exit);
+            let (base, _) = start_with_ports(2, |base| {
+                let (c, p) = (base.to_string(), (base + 1).to_string());
+                run_script("etcd.sh", &["start", d, &c, &p], rm_on_exit).inspect_err(|_| wipe())
+            });
             (vec![base], vec!["n0".to_string()])
         };
         let certs = dir.join("certs");
@@ -220,7 +253,10 @@ impl Etcd {
 
     /// `https://127.0.0.1:port` for every member.
     pub fn urls(&self) -> Vec<String> {
-        self.endpoints.iter().map(|e| format!("https://{e}")).collect()
+        self.endpoints
+            .iter()
+            .map(|e| format!("https://{e}"))
+            .collect()
     }
 
     /// The `https://` URLs joined with commas (etcdctl `--endpoints` form).
@@ -343,9 +379,10 @@ impl Garage {
     fn start_in(dir: &Path, bucket: &str, rm_on_exit: bool) -> Garage {
         let d = dir.to_str().expect("utf-8 dir");
         let t0 = Instant::now();
-        let base = free_ports(2);
-        let (s3, rpc) = (base.to_string(), (base + 1).to_string());
-        let endpoint = run_script("garage.sh", &["start", d, &s3, &rpc, bucket], rm_on_exit);
+        let (base, endpoint) = start_with_ports(2, |base| {
+            let (s3, rpc) = (base.to_string(), (base + 1).to_string());
+            run_script("garage.sh", &["start", d, &s3, &rpc, bucket], rm_on_exit)
+        });
         let env_file = dir.join("env");
         let env = parse_env(&env_file);
         Garage {
@@ -384,14 +421,21 @@ impl Garage {
         format!("{}/{}/{}", self.endpoint, self.bucket, key)
     }
 
-    /// curl with SigV4 signing for this server (`--aws-sigv4`), `-sS` and the
-    /// HTTP status appended to stdout as a last line (`-w '\n%{http_code}'`).
+    /// curl, SigV4-signed with this server's key (`--aws-sigv4`), `-sS`.
     pub fn curl(&self, args: &[&str]) -> Output {
+        self.curl_as(&self.access_key, &self.secret_key, args)
+    }
+
+    /// curl, SigV4-signed with the given credentials. Adds
+    /// `x-amz-content-sha256: UNSIGNED-PAYLOAD`: curl 7.88 does not send
+    /// that header and garage rejects requests without it (400).
+    pub fn curl_as(&self, access_key: &str, secret_key: &str, args: &[&str]) -> Output {
         Command::new("curl")
             .args(["-sS", "--aws-sigv4"])
             .arg(format!("aws:amz:{}:s3", self.region))
             .arg("--user")
-            .arg(format!("{}:{}", self.access_key, self.secret_key))
+            .arg(format!("{access_key}:{secret_key}"))
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
             .args(args)
             .stdin(Stdio::null())
             .output()

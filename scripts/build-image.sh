@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds the tusk container image with podman.
+# Usage: scripts/build-image.sh [TAG]      (default localhost/tusk:latest)
+# Environment:
+#   BASE_IMAGE     base image; default: the public debian:SUITE-slim when a registry
+#                  is reachable, else localhost/debian-base:SUITE (made on demand
+#                  by make-base-image.sh)
+#   SUITE          Debian suite for the default base (bookworm; trixie for PG 17)
+#   PGVERSION      PostgreSQL major version (15)
+#   WITH_JIT=true  keep PostgreSQL's LLVM JIT (+160 MB; left out by default)
+#   SKIP_CARGO=1   use the existing target/release/tusk as is
+#   CONTAINERS_CONF  podman configuration (default /etc/tusk-test/containers.conf,
+#                  written by podman-setup.sh)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+tag=${1:-localhost/tusk:latest}
+suite=${SUITE:-bookworm}
+pgversion=${PGVERSION:-15}
+: "${CONTAINERS_CONF:=/etc/tusk-test/containers.conf}"
+export CONTAINERS_CONF
+[ -f "$CONTAINERS_CONF" ] || "$here/podman-setup.sh" "$CONTAINERS_CONF" >/dev/null
+
+# 1. The binary, built on the host (no Rust toolchain in the image).
+if [ "${SKIP_CARGO:-0}" != 1 ]; then
+    (cd "$root" && cargo build --release --bin tusk)
+fi
+bin="$root/target/release/tusk"
+[ -x "$bin" ] || { echo "missing $bin" >&2; exit 1; }
+
+# 2. The base image.
+if [ -n "${BASE_IMAGE:-}" ]; then
+    base=$BASE_IMAGE
+elif curl -s -m 5 -o /dev/null https://registry-1.docker.io/v2/ 2>/dev/null; then
+    base=docker.io/library/debian:$suite-slim
+else
+    echo "no registry reachable: using a debootstrapped base" >&2
+    "$here/make-base-image.sh" "$suite"
+    base=localhost/debian-base:$suite
+fi
+
+# 3. A small build context: Containerfile, image/, the binary.
+ctx=$(mktemp -d /var/tmp/tusk-image-ctx.XXXXXX)
+trap 'rm -rf "$ctx"' EXIT
+cp "$root/Containerfile" "$ctx/"
+cp -r "$root/image" "$ctx/image"
+cp "$bin" "$ctx/tusk"
+
+# 4. Build. --network host: the build reaches the Debian mirror like the host does.
+t0=$(date +%s)
+podman build --network host \
+    --build-arg BASE_IMAGE="$base" --build-arg PGVERSION="$pgversion" \
+    --build-arg WITH_JIT="${WITH_JIT:-false}" \
+    -t "$tag" "$ctx" >&2
+t1=$(date +%s)
+
+size=$(podman image inspect --format '{{.Size}}' "$tag")
+echo "built $tag from $base (PostgreSQL $pgversion) in $((t1 - t0)) s" >&2
+echo "image size: $((size / 1000000)) MB ($size bytes)"
