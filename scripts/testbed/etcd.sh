@@ -12,6 +12,8 @@
 # in any case after TESTBED_MAX_SECONDS (default 1800), so leaks are bounded.
 # With TESTBED_RM_ON_EXIT=1 the watchdog also removes DIR once that pid is gone.
 set -euo pipefail
+# shellcheck source=scripts/testbed/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 here=$(cd "$(dirname "$0")" && pwd)
 max_seconds=${TESTBED_MAX_SECONDS:-1800}
@@ -60,18 +62,6 @@ $(tail -n 20 "$log")"
   watchdog "$(cat "$pidf")"
 }
 
-# watchdog PID: kill PID once TESTBED_WATCH_PID is gone (detached from stdout
-# so that callers reading our output are not kept waiting).
-watchdog() {
-  local pid=$1 watch=${TESTBED_WATCH_PID:-}
-  [ -n "$watch" ] || return 0
-  ( while kill -0 "$watch" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do sleep 1; done
-    kill -9 "$pid" 2>/dev/null
-    # Shared (never dropped) instances also ask for their directory to go.
-    if [ "${TESTBED_RM_ON_EXIT:-}" = 1 ] && ! kill -0 "$watch" 2>/dev/null; then
-      sleep 0.5; rm -rf "$dir"
-    fi ) </dev/null >/dev/null 2>&1 &
-}
 
 # wait_healthy ENDPOINTS NAMES...: bounded wait (15 s) for every endpoint;
 # fails at once when a member has exited (e.g. its port was taken).

@@ -11,6 +11,8 @@
 # case after TESTBED_MAX_SECONDS (default 1800).
 # With TESTBED_RM_ON_EXIT=1 the watchdog also removes DIR once that pid is gone.
 set -euo pipefail
+# shellcheck source=scripts/testbed/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 max_seconds=${TESTBED_MAX_SECONDS:-1800}
 export PATH="$PATH:$HOME/.cargo/bin"
@@ -109,17 +111,6 @@ EOF
   echo "http://127.0.0.1:$s3"
 }
 
-# watchdog PID: kill PID once TESTBED_WATCH_PID is gone (detached from stdout).
-watchdog() {
-  local pid=$1 watch=${TESTBED_WATCH_PID:-}
-  [ -n "$watch" ] || return 0
-  ( while kill -0 "$watch" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do sleep 1; done
-    kill -9 "$pid" 2>/dev/null
-    # Shared (never dropped) instances also ask for their directory to go.
-    if [ "${TESTBED_RM_ON_EXIT:-}" = 1 ] && ! kill -0 "$watch" 2>/dev/null; then
-      sleep 0.5; rm -rf "$dir"
-    fi ) </dev/null >/dev/null 2>&1 &
-}
 
 stop() { # TERM, wait up to 5 s, then KILL; only a pid that is garage
   local pid
