@@ -260,7 +260,7 @@ impl Node {
                         status = pm.wait() => break status,
                         req = signals.recv() => match req {
                             Request::Stop | Request::StopNow => {
-                                return self.stop(&mut pm, Some(&client), req, notifier, signals).await;
+                                return self.stop(&mut pm, Some(client), req, notifier, signals).await;
                             }
                             Request::Reload => self.reload(&pm),
                             Request::Status => tracing::info!(
@@ -321,7 +321,7 @@ impl Node {
     async fn stop(
         &self,
         pm: &mut Postmaster,
-        client: Option<&tokio_postgres::Client>,
+        client: Option<tokio_postgres::Client>,
         req: Request,
         notifier: &Notifier,
         signals: &mut Signals,
@@ -334,7 +334,7 @@ impl Node {
         let fast_deadline = deadline - (budget / 4).max(Duration::from_millis(1500));
         let mut immediate = req == Request::StopNow;
 
-        if !immediate && let Some(client) = client {
+        if !immediate && let Some(client) = &client {
             let checkpoint_deadline = t0 + budget / 2;
             tokio::select! {
                 r = sql::checkpoint(client) => match r {
@@ -345,6 +345,9 @@ impl Node {
                 req = signals.recv() => if matches!(req, Request::Stop | Request::StopNow) { immediate = true },
             }
         }
+        // Close our own session first, so postgres does not report it terminated.
+        drop(client);
+        tokio::task::yield_now().await;
         let mut outcome = if immediate { Stopped::Immediate } else { Stopped::Clean };
         pm.signal(if immediate { Signal::SIGQUIT } else { Signal::SIGINT });
         tracing::info!(mode = if immediate { "immediate" } else { "fast" }, "stopping postgres");

@@ -15,6 +15,9 @@ fn root_bootstrap_write_stop_restart_read() {
     require_root();
     let dir = test_dir("root");
     let mut n = Node::new(dir.path());
+    // A volume mounted with the host's root owner and mode 0700: tusk gives
+    // it to postgres instead of letting initdb fail on "Permission denied".
+    std::fs::set_permissions(n.home(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     n.start();
     n.wait_ready(1);
     n.psql("CREATE TABLE t (v text); INSERT INTO t VALUES ('kept across restarts')");
@@ -22,7 +25,7 @@ fn root_bootstrap_write_stop_restart_read() {
     // Ownership and modes: PGROOT and PGDATA belong to postgres, PGDATA is 0700.
     use std::os::unix::fs::MetadataExt;
     let pg_uid = nix::unistd::User::from_name("postgres").unwrap().unwrap().uid.as_raw();
-    for p in [n.root(), n.data()] {
+    for p in [n.home(), n.root(), n.data()] {
         assert_eq!(std::fs::metadata(&p).unwrap().uid(), pg_uid, "{}", p.display());
     }
     assert_eq!(std::fs::metadata(n.data()).unwrap().mode() & 0o777, 0o700);

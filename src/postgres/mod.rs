@@ -213,11 +213,14 @@ pub fn prepare_directories(cfg: &PostgresConfig, run_as: &RunAs) -> Result<(), C
         writable(var, dir, run_as)
     };
     create("PGROOT", &cfg.root, 0o700, true)?;
+    ensure_traversable("PGROOT", &cfg.root, &cfg.home, run_as)?;
     match cfg.data.parent() {
         Some(parent) if parent != cfg.root && !cfg.data.exists() => create("PGDATA", parent, 0o700, false)?,
         _ => {}
     }
+    ensure_traversable("PGDATA", &cfg.data, &cfg.home, run_as)?;
     create("TUSK_SOCKET_DIR", &cfg.socket_dir, 0o2775, false)?;
+    ensure_traversable("TUSK_SOCKET_DIR", &cfg.socket_dir, &cfg.home, run_as)?;
     if cfg.data.exists() {
         let meta = std::fs::metadata(&cfg.data).map_err(|e| ConfigError::new("PGDATA", e.to_string()))?;
         if run_as.switch && meta.uid() != run_as.uid.as_raw() {
@@ -232,19 +235,55 @@ pub fn prepare_directories(cfg: &PostgresConfig, run_as: &RunAs) -> Result<(), C
     Ok(())
 }
 
+/// Whether the postgres user has `bits` (r=4, w=2, x=1) on a file with `meta`.
+fn permits(meta: &std::fs::Metadata, run_as: &RunAs, bits: u32) -> bool {
+    let mode = meta.permissions().mode();
+    let granted = if meta.uid() == run_as.uid.as_raw() {
+        mode >> 6
+    } else if meta.gid() == run_as.gid.as_raw() {
+        mode >> 3
+    } else {
+        mode
+    };
+    granted & bits == bits
+}
+
 /// Checks that the postgres user can write `dir`.
 fn writable(var: &str, dir: &Path, run_as: &RunAs) -> Result<(), ConfigError> {
     let meta = std::fs::metadata(dir).map_err(|e| ConfigError::new(var, format!("{}: {e}", dir.display())))?;
-    let mode = meta.permissions().mode();
-    let ok = if meta.uid() == run_as.uid.as_raw() {
-        mode & 0o200 != 0
-    } else if meta.gid() == run_as.gid.as_raw() {
-        mode & 0o020 != 0
-    } else {
-        mode & 0o002 != 0
-    };
-    if !ok {
+    if !permits(&meta, run_as, 0o2) {
         return Err(ConfigError::new(var, format!("{} is not writable by uid {}", dir.display(), run_as.uid)));
+    }
+    Ok(())
+}
+
+/// Every directory above `path` must let the postgres user through. Those
+/// inside `PGHOME` (the volume, often mounted with the host's owner and mode
+/// 0700) are given to postgres, as Spilo gives it its volume; any other gives
+/// an error naming `var` rather than a bare "Permission denied" from initdb.
+fn ensure_traversable(var: &str, path: &Path, home: &Path, run_as: &RunAs) -> Result<(), ConfigError> {
+    let mut blocked = Vec::new();
+    for dir in path.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else { continue };
+        if !permits(&meta, run_as, 0o1) {
+            blocked.push((dir.to_owned(), meta.permissions().mode()));
+        }
+    }
+    // Outermost first, so that each chown makes the next directory reachable.
+    for (dir, mode) in blocked.into_iter().rev() {
+        if run_as.switch && dir.starts_with(home) {
+            tracing::info!(path = %dir.display(), "giving the directory to the postgres user, which could not enter it");
+            run_as.chown(&dir).map_err(|e| ConfigError::new(var, e.to_string()))?;
+            if mode & 0o100 == 0 {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o700))
+                    .map_err(|e| ConfigError::new(var, format!("cannot chmod {}: {e}", dir.display())))?;
+            }
+        } else {
+            return Err(ConfigError::new(
+                var,
+                format!("{} (mode {:o}) cannot be entered by uid {}, which runs PostgreSQL", dir.display(), mode & 0o7777, run_as.uid),
+            ));
+        }
     }
     Ok(())
 }

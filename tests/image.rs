@@ -1,0 +1,250 @@
+//! The container image, end to end with podman: build it (scripts/build-image.sh),
+//! run it standalone on a bind-mounted volume, write a row, stop it (SIGTERM must
+//! end in exit code 0 well inside podman's 10 s), start it again on the same volume
+//! and read the row back.
+//!
+//! Needs root, podman and a reachable Debian mirror (scripts/podman-setup.sh
+//! installs podman when missing).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const TAG: &str = "localhost/tusk:test";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// A TCP port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_string()
+}
+
+/// Runs a repository script, streaming its stderr; returns stdout.
+fn script(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let path = repo_root().join("scripts").join(name);
+    let out = Command::new("bash")
+        .arg(&path)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(repo_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{name} failed ({}): {stdout}", out.status);
+    stdout
+}
+
+/// podman with the test configuration from podman-setup.sh.
+struct Podman {
+    conf: String,
+}
+
+impl Podman {
+    fn setup() -> Podman {
+        let out = script("podman-setup.sh", &[], &[]);
+        let conf = out
+            .lines()
+            .find_map(|l| l.strip_prefix("export CONTAINERS_CONF="))
+            .unwrap_or_else(|| panic!("no CONTAINERS_CONF in podman-setup.sh output: {out}"))
+            .to_string();
+        assert!(Path::new(&conf).is_file(), "{conf} missing");
+        Podman { conf }
+    }
+
+    fn output(&self, args: &[&str]) -> Output {
+        Command::new("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", &self.conf)
+            .output()
+            .unwrap_or_else(|e| panic!("podman {args:?}: {e}"))
+    }
+
+    /// Runs podman and insists on success; returns trimmed stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "podman {args:?} failed ({}): {} {}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn image_id(&self, tag: &str) -> Option<String> {
+        let out = self.output(&["image", "inspect", "--format", "{{.Id}}", tag]);
+        out.status.success().then(|| text(&out.stdout))
+    }
+}
+
+/// Removes the container (and its anonymous volumes) however the test ends;
+/// prints its log first when the test failed.
+struct Container<'a> {
+    podman: &'a Podman,
+    name: String,
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let out = self.podman.output(&["logs", "--tail", "200", &self.name]);
+            eprintln!(
+                "---- podman logs {} ----\n{}{}",
+                self.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = self.podman.output(&["rm", "-f", "-v", "-t", "0", &self.name]);
+    }
+}
+
+impl Container<'_> {
+    fn state(&self) -> String {
+        self.podman.ok(&["inspect", "--format", "{{.State.Status}}", &self.name])
+    }
+
+    fn psql(&self, psql: &str, port: u16, sql: &str) -> Output {
+        self.podman.output(&[
+            "exec",
+            &self.name,
+            psql,
+            "-h",
+            "/run/postgresql",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            sql,
+        ])
+    }
+
+    /// Polls `select 1` until it answers; returns how long that took.
+    fn wait_ready(&self, psql: &str, port: u16) -> Duration {
+        let start = Instant::now();
+        loop {
+            let out = self.psql(psql, port, "select 1");
+            if out.status.success() && text(&out.stdout) == "1" {
+                return start.elapsed();
+            }
+            let state = self.state();
+            assert!(state == "running", "container is {state}, not running, while waiting for postgres");
+            assert!(
+                start.elapsed() < READY_TIMEOUT,
+                "postgres not ready after {READY_TIMEOUT:?}: {}",
+                text(&out.stderr)
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+#[test]
+fn image_runs_postgres_and_stops_cleanly() {
+    assert!(is_root(), "the image test needs root (rootful podman, debootstrap); CI runs as root");
+    let pgversion = std::env::var("PGVERSION").unwrap_or_else(|_| "15".into());
+    let psql = format!("/usr/lib/postgresql/{pgversion}/bin/psql");
+
+    // Build (the previous build under our tag is removed once replaced).
+    let podman = Podman::setup();
+    let previous = podman.image_id(TAG);
+    let t = Instant::now();
+    let build = script("build-image.sh", &[TAG], &[("CONTAINERS_CONF", &podman.conf), ("PGVERSION", &pgversion)]);
+    eprintln!("build-image.sh took {:?}", t.elapsed());
+    let size_line = build
+        .lines()
+        .find(|l| l.starts_with("image size: "))
+        .unwrap_or_else(|| panic!("build-image.sh reported no image size: {build}"));
+    eprintln!("{size_line}");
+    let size = podman.ok(&["image", "inspect", "--format", "{{.Size}}", TAG]);
+    let size_mb = size.parse::<u64>().expect("image size") / 1_000_000;
+    // LLVM JIT (WITH_JIT=true) adds ~160 MB.
+    let limit_mb = if std::env::var("WITH_JIT").as_deref() == Ok("true") { 460 } else { 300 };
+    assert!(size_mb > 0 && size_mb <= limit_mb, "image is {size_mb} MB, expected <= {limit_mb} MB");
+    if let (Some(old), Some(new)) = (previous, podman.image_id(TAG))
+        && old != new
+    {
+        let _ = podman.output(&["rmi", &old]);
+    }
+
+    // Run standalone (no ETCD3_* variables) on a fresh volume.
+    let volume = tempfile::Builder::new().prefix("tusk-image-").tempdir().expect("tempdir");
+    // Left as tempdir makes it: root-owned, mode 0700, like a private host
+    // directory; tusk must give the mount point to the postgres user.
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let ctr = Container { podman: &podman, name: format!("tusk-image-test-{}-{nanos}", std::process::id()) };
+    let (pg_port, api_port) = (free_port(), free_port());
+    let t = Instant::now();
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &ctr.name,
+        "--network",
+        "host",
+        "-v",
+        &format!("{}:/home/postgres/pgdata", volume.path().display()),
+        "-e",
+        &format!("PGPORT={pg_port}"),
+        "-e",
+        &format!("APIPORT={api_port}"),
+        "-e",
+        r#"TUSK_PG_PARAMETERS={"shared_buffers":"64MB"}"#,
+        TAG,
+    ]);
+    let started = t.elapsed();
+    let ready = ctr.wait_ready(&psql, pg_port);
+    eprintln!("podman run took {started:?}; postgres ready {:?} after run", started + ready);
+
+    // tusk is PID 1.
+    let cmdline = ctr.podman.ok(&["exec", &ctr.name, "cat", "/proc/1/cmdline"]);
+    let argv0 = cmdline.split('\0').next().unwrap_or_default();
+    assert!(argv0.ends_with("tusk"), "PID 1 is {cmdline:?}, not tusk");
+
+    let out = ctr.psql(&psql, pg_port, "create table image_test (v text); insert into image_test values ('kept')");
+    assert!(out.status.success(), "create/insert: {}", text(&out.stderr));
+
+    // SIGTERM: clean exit (0) well within the 10 s before podman's SIGKILL.
+    let t = Instant::now();
+    podman.ok(&["stop", "-t", "10", &ctr.name]);
+    let stop = t.elapsed();
+    let code = podman.ok(&["inspect", "--format", "{{.State.ExitCode}}", &ctr.name]);
+    eprintln!("podman stop took {stop:?}, exit code {code}");
+    assert_eq!(code, "0", "exit code after podman stop");
+    assert!(stop < Duration::from_secs(10), "stop took {stop:?}");
+
+    // Same container, same volume: the row survived.
+    let t = Instant::now();
+    podman.ok(&["start", &ctr.name]);
+    let ready = ctr.wait_ready(&psql, pg_port);
+    eprintln!("restart: ready {:?} after podman start (polling {ready:?})", t.elapsed());
+    let out = ctr.psql(&psql, pg_port, "select v from image_test");
+    assert!(out.status.success(), "select: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "kept");
+
+    let t = Instant::now();
+    podman.ok(&["stop", "-t", "10", &ctr.name]);
+    let code = podman.ok(&["inspect", "--format", "{{.State.ExitCode}}", &ctr.name]);
+    eprintln!("second stop took {:?}, exit code {code}", t.elapsed());
+    assert_eq!(code, "0", "exit code after the second podman stop");
+}
