@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod dcs;
+pub mod ha;
 pub mod init;
 pub mod logging;
 pub mod notify;

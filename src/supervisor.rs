@@ -278,7 +278,10 @@ impl Node {
                 // fail the container rather than loop (its log says why).
                 startup_failures += 1;
                 if first && startup_failures >= MAX_FIRST_START_FAILURES {
-                    tracing::error!(attempts = startup_failures, "postgres failed to start; giving up (see its log above)");
+                    tracing::error!(
+                        attempts = startup_failures,
+                        "postgres failed to start; giving up (see its log above)"
+                    );
                     return EXIT_FAILURE;
                 }
                 pm.wait().await

@@ -281,7 +281,12 @@ fn ensure_traversable(var: &str, path: &Path, home: &Path, run_as: &RunAs) -> Re
         } else {
             return Err(ConfigError::new(
                 var,
-                format!("{} (mode {:o}) cannot be entered by uid {}, which runs PostgreSQL", dir.display(), mode & 0o7777, run_as.uid),
+                format!(
+                    "{} (mode {:o}) cannot be entered by uid {}, which runs PostgreSQL",
+                    dir.display(),
+                    mode & 0o7777,
+                    run_as.uid
+                ),
             ));
         }
     }

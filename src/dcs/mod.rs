@@ -1,0 +1,3 @@
+//! The distributed configuration store: etcd v3, Patroni's key layout and values.
+
+pub mod values;

@@ -1,0 +1,456 @@
+//! The HA decision: a pure function of what the DCS says ([`ClusterView`])
+//! and what this node knows about itself ([`Local`]) to one [`Action`]. No
+//! I/O, no clock: the executor measures and carries out; this decides.
+//!
+//! Safety rules, each pinned by a test below:
+//! - a primary that does not hold the leader key with a live lease demotes;
+//! - nobody races for the leader key while a leader key exists;
+//! - a replica races only after asking its peers, when no reachable peer is
+//!   a primary or ahead of it, it is within `maximum_lag_on_failover` of the
+//!   last known leader position, it is not tagged `nofailover`, and a
+//!   requested failover candidate (if any) is itself;
+//! - a data directory of another cluster (system identifier) never joins.
+
+use std::collections::BTreeMap;
+
+use crate::dcs::values::{DynamicConfig, Failover, MemberValue};
+
+/// The cluster as read from etcd (after any loss of contact: re-read).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// `None`: no `initialize` key; `Some("")`: bootstrap in progress;
+    /// `Some(sysid)`: the cluster's system identifier.
+    pub initialize: Option<String>,
+    pub config: DynamicConfig,
+    /// The leader key's value: the leader's member name.
+    pub leader: Option<String>,
+    pub members: BTreeMap<String, MemberValue>,
+    /// `status.optime`: the leader's last published WAL position.
+    pub optime: Option<u64>,
+    pub failover: Option<Failover>,
+}
+
+/// The local data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDir {
+    Empty,
+    Cluster { sysid: String },
+}
+
+/// The local PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Postgres {
+    Stopped,
+    Starting,
+    Primary { wal: u64, timeline: u32 },
+    Replica { wal: u64, timeline: u32 },
+}
+
+/// What a peer's REST API answered (`None`: unreachable in time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerReport {
+    pub name: String,
+    pub reply: Option<PeerReply>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerReply {
+    pub primary: bool,
+    pub wal: u64,
+    pub nofailover: bool,
+}
+
+/// What this node knows about itself.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub name: String,
+    pub data: DataDir,
+    pub postgres: Postgres,
+    pub nofailover: bool,
+    /// The lease this node's keys live on is known alive: a keepalive
+    /// succeeded less than the lease TTL (minus a margin) ago, on the
+    /// executor's monotonic clock.
+    pub lease_alive: bool,
+    /// Peer reports gathered for this decision (`None`: not asked yet).
+    pub peers: Option<Vec<PeerReport>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to change.
+    Idle(&'static str),
+    /// No cluster yet and my data directory is empty: race for `initialize`.
+    RaceInitialize,
+    /// The cluster exists; my data directory is empty: copy it from the leader.
+    CloneFrom(String),
+    /// My data belongs to another cluster: refuse to join.
+    RefuseForeignData { ours: String, cluster: String },
+    /// No `initialize` and no leader, but I have data: claim the cluster with it.
+    AdoptData,
+    /// I hold the leader key and my postgres is stopped: start it as primary.
+    StartPrimary,
+    /// Start postgres as a replica of this member (`None`: no leader yet).
+    StartReplica(Option<String>),
+    /// I lead: renew the lease, publish status.
+    KeepLeading,
+    /// I hold the key but run as a replica: promote.
+    Promote,
+    /// The leader key is gone: ask the peers before racing.
+    AskPeers,
+    /// I am the healthiest: race for the leader key.
+    AcquireLeader,
+    /// Replicate from this member.
+    Follow(String),
+    /// I run as primary without a live claim to the leader key: stop writes now.
+    Demote(&'static str),
+    /// A switchover asks me to hand over: stop gracefully, release the key.
+    HandOver { candidate: Option<String> },
+}
+
+/// Decides the next action.
+pub fn decide(view: &ClusterView, me: &Local) -> Action {
+    let leader_is_me = view.leader.as_deref() == Some(me.name.as_str());
+
+    // Safety first: a primary without a live claim demotes, whatever else is true.
+    if let Postgres::Primary { .. } = me.postgres {
+        if !me.lease_alive {
+            return Action::Demote("the leader lease could not be renewed in time");
+        }
+        match &view.leader {
+            Some(other) if other != &me.name => return Action::Demote("another member holds the leader key"),
+            _ => {}
+        }
+    }
+
+    // Data directory and cluster identity.
+    match (&me.data, &view.initialize) {
+        (DataDir::Empty, None) => {
+            return if view.leader.is_none() && !me.nofailover {
+                Action::RaceInitialize
+            } else {
+                Action::Idle("waiting for another member to bootstrap the cluster")
+            };
+        }
+        (DataDir::Empty, Some(_)) => {
+            return match &view.leader {
+                Some(l) if !leader_is_me => Action::CloneFrom(l.clone()),
+                _ => Action::Idle("waiting for a leader to copy the data from"),
+            };
+        }
+        (DataDir::Cluster { sysid }, Some(cluster)) if !cluster.is_empty() && cluster != sysid => {
+            return Action::RefuseForeignData { ours: sysid.clone(), cluster: cluster.clone() };
+        }
+        (DataDir::Cluster { .. }, None) if view.leader.is_none() => return Action::AdoptData,
+        _ => {}
+    }
+
+    match (&view.leader, me.postgres) {
+        // I lead.
+        (Some(_), Postgres::Stopped) if leader_is_me => Action::StartPrimary,
+        (Some(_), Postgres::Starting) if leader_is_me => Action::Idle("postgres is starting"),
+        (Some(_), Postgres::Replica { .. }) if leader_is_me => {
+            if me.lease_alive {
+                Action::Promote
+            } else {
+                Action::Idle("holding the leader key on an unconfirmed lease; not promoting")
+            }
+        }
+        (Some(_), Postgres::Primary { .. }) if leader_is_me => match &view.failover {
+            Some(f) if wants_handover(f, &me.name) => match &me.peers {
+                None => Action::AskPeers,
+                Some(peers) => {
+                    let candidate = f.member.clone();
+                    if peers.iter().any(|p| usable_candidate(p, view, candidate.as_deref())) {
+                        Action::HandOver { candidate }
+                    } else {
+                        Action::KeepLeading
+                    }
+                }
+            },
+            _ => Action::KeepLeading,
+        },
+
+        // Someone else leads.
+        (Some(leader), Postgres::Stopped) => Action::StartReplica(Some(leader.clone())),
+        (Some(_), Postgres::Starting) => Action::Idle("postgres is starting"),
+        (Some(leader), Postgres::Replica { .. }) => Action::Follow(leader.clone()),
+        (Some(_), Postgres::Primary { .. }) => unreachable_demote(),
+
+        // Nobody leads.
+        (None, Postgres::Stopped) => Action::StartReplica(None),
+        (None, Postgres::Starting) => Action::Idle("postgres is starting"),
+        (None, Postgres::Replica { wal, .. } | Postgres::Primary { wal, .. }) => {
+            if me.nofailover {
+                return Action::Idle("tagged nofailover: not racing for the leader key");
+            }
+            if let Some(f) = &view.failover
+                && let Some(c) = &f.member
+                && c != &me.name
+            {
+                return Action::Idle("a failover to another member was requested");
+            }
+            if let Some(optime) = view.optime
+                && optime.saturating_sub(wal) > view.config.maximum_lag_on_failover
+            {
+                return Action::Idle("too far behind the last leader position to take over");
+            }
+            let Some(peers) = &me.peers else { return Action::AskPeers };
+            for p in peers {
+                if let Some(r) = p.reply {
+                    if r.primary {
+                        return Action::Idle("a peer still runs as primary");
+                    }
+                    if !r.nofailover && r.wal > wal {
+                        return Action::Idle("a peer has more WAL");
+                    }
+                }
+            }
+            Action::AcquireLeader
+        }
+    }
+}
+
+/// Already handled by the safety check at the top; kept as a total match.
+fn unreachable_demote() -> Action {
+    Action::Demote("another member holds the leader key")
+}
+
+/// A `failover` key addressed to the current leader: a switchover.
+fn wants_handover(f: &Failover, me: &str) -> bool {
+    if f.scheduled_at.is_some() {
+        // Scheduled switchovers are the executor's to time; not yet due here.
+        return false;
+    }
+    match (&f.leader, &f.member) {
+        (Some(l), _) => l == me,
+        (None, Some(m)) => m != me,
+        (None, None) => false,
+    }
+}
+
+/// A peer that can take over: reachable, a replica, not `nofailover`, the
+/// named candidate if one is named, and within the lag limit.
+fn usable_candidate(p: &PeerReport, view: &ClusterView, candidate: Option<&str>) -> bool {
+    let Some(r) = p.reply else { return false };
+    if candidate.is_some_and(|c| c != p.name) || r.primary || r.nofailover {
+        return false;
+    }
+    view.optime.is_none_or(|o| o.saturating_sub(r.wal) <= view.config.maximum_lag_on_failover)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYSID: &str = "7268616322854375442";
+
+    fn view(leader: Option<&str>) -> ClusterView {
+        ClusterView {
+            initialize: Some(SYSID.into()),
+            leader: leader.map(Into::into),
+            optime: Some(1000),
+            ..Default::default()
+        }
+    }
+
+    fn me(postgres: Postgres) -> Local {
+        Local {
+            name: "a".into(),
+            data: DataDir::Cluster { sysid: SYSID.into() },
+            postgres,
+            nofailover: false,
+            lease_alive: true,
+            peers: None,
+        }
+    }
+
+    fn replica(wal: u64) -> Postgres {
+        Postgres::Replica { wal, timeline: 1 }
+    }
+
+    fn primary() -> Postgres {
+        Postgres::Primary { wal: 1000, timeline: 1 }
+    }
+
+    fn peer(name: &str, primary: bool, wal: u64) -> PeerReport {
+        PeerReport { name: name.into(), reply: Some(PeerReply { primary, wal, nofailover: false }) }
+    }
+
+    fn with_peers(mut l: Local, peers: Vec<PeerReport>) -> Local {
+        l.peers = Some(peers);
+        l
+    }
+
+    #[test]
+    fn table() {
+        let empty = |l: Local| Local { data: DataDir::Empty, postgres: Postgres::Stopped, ..l };
+        let no_cluster = ClusterView::default();
+        let bootstrapping = ClusterView { initialize: Some(String::new()), ..Default::default() };
+        let switchover = |to: Option<&str>| ClusterView {
+            failover: Some(Failover { leader: Some("a".into()), member: to.map(Into::into), scheduled_at: None }),
+            ..view(Some("a"))
+        };
+        let cases: Vec<(&str, ClusterView, Local, Action)> = vec![
+            // bootstrap
+            (
+                "fresh cluster, empty data: race initialize",
+                no_cluster.clone(),
+                empty(me(Postgres::Stopped)),
+                Action::RaceInitialize,
+            ),
+            (
+                "fresh cluster, nofailover: wait",
+                no_cluster.clone(),
+                Local { nofailover: true, ..empty(me(Postgres::Stopped)) },
+                Action::Idle("waiting for another member to bootstrap the cluster"),
+            ),
+            (
+                "someone is bootstrapping",
+                bootstrapping,
+                empty(me(Postgres::Stopped)),
+                Action::Idle("waiting for a leader to copy the data from"),
+            ),
+            (
+                "cluster exists, empty data: clone",
+                view(Some("b")),
+                empty(me(Postgres::Stopped)),
+                Action::CloneFrom("b".into()),
+            ),
+            (
+                "foreign data refused",
+                view(Some("b")),
+                Local { data: DataDir::Cluster { sysid: "1".into() }, ..me(Postgres::Stopped) },
+                Action::RefuseForeignData { ours: "1".into(), cluster: SYSID.into() },
+            ),
+            ("existing data, no cluster: adopt", no_cluster, me(Postgres::Stopped), Action::AdoptData),
+            // leading
+            ("leader, primary: keep", view(Some("a")), me(primary()), Action::KeepLeading),
+            ("leader, stopped: start primary", view(Some("a")), me(Postgres::Stopped), Action::StartPrimary),
+            ("leader key won, replica: promote", view(Some("a")), me(replica(1000)), Action::Promote),
+            (
+                "leader key but lease unconfirmed: do not promote",
+                view(Some("a")),
+                Local { lease_alive: false, ..me(replica(1000)) },
+                Action::Idle("holding the leader key on an unconfirmed lease; not promoting"),
+            ),
+            // safety
+            (
+                "primary, lease not renewed in time: demote",
+                view(Some("a")),
+                Local { lease_alive: false, ..me(primary()) },
+                Action::Demote("the leader lease could not be renewed in time"),
+            ),
+            (
+                "primary, someone else leads: demote",
+                view(Some("b")),
+                me(primary()),
+                Action::Demote("another member holds the leader key"),
+            ),
+            (
+                "primary, key gone, lease dead: demote before anything",
+                view(None),
+                Local { lease_alive: false, ..me(primary()) },
+                Action::Demote("the leader lease could not be renewed in time"),
+            ),
+            // following
+            ("replica follows the leader", view(Some("b")), me(replica(900)), Action::Follow("b".into())),
+            (
+                "stopped member starts as replica",
+                view(Some("b")),
+                me(Postgres::Stopped),
+                Action::StartReplica(Some("b".into())),
+            ),
+            // failover
+            ("leader gone: ask peers first", view(None), me(replica(1000)), Action::AskPeers),
+            (
+                "leader gone, peers behind or unreachable: race",
+                view(None),
+                with_peers(
+                    me(replica(1000)),
+                    vec![peer("b", false, 900), PeerReport { name: "c".into(), reply: None }],
+                ),
+                Action::AcquireLeader,
+            ),
+            (
+                "leader gone, equal WAL: race (the txn decides)",
+                view(None),
+                with_peers(me(replica(1000)), vec![peer("b", false, 1000)]),
+                Action::AcquireLeader,
+            ),
+            (
+                "a peer has more WAL: do not race",
+                view(None),
+                with_peers(me(replica(900)), vec![peer("b", false, 1000)]),
+                Action::Idle("a peer has more WAL"),
+            ),
+            (
+                "a peer still runs as primary: do not race",
+                view(None),
+                with_peers(me(replica(1000)), vec![peer("b", true, 1000)]),
+                Action::Idle("a peer still runs as primary"),
+            ),
+            (
+                "too far behind: do not race",
+                ClusterView { optime: Some(100 << 20), ..view(None) },
+                with_peers(me(replica(1000)), vec![]),
+                Action::Idle("too far behind the last leader position to take over"),
+            ),
+            (
+                "nofailover: do not race",
+                view(None),
+                Local { nofailover: true, ..with_peers(me(replica(1000)), vec![]) },
+                Action::Idle("tagged nofailover: not racing for the leader key"),
+            ),
+            (
+                "failover to another candidate: do not race",
+                ClusterView {
+                    failover: Some(Failover { member: Some("b".into()), ..Default::default() }),
+                    ..view(None)
+                },
+                with_peers(me(replica(1000)), vec![]),
+                Action::Idle("a failover to another member was requested"),
+            ),
+            (
+                "failover to me: race",
+                ClusterView {
+                    failover: Some(Failover { member: Some("a".into()), ..Default::default() }),
+                    ..view(None)
+                },
+                with_peers(me(replica(1000)), vec![peer("b", false, 1000)]),
+                Action::AcquireLeader,
+            ),
+            // switchover
+            ("switchover: ask peers", switchover(Some("b")), me(primary()), Action::AskPeers),
+            (
+                "switchover to a healthy candidate: hand over",
+                switchover(Some("b")),
+                with_peers(me(primary()), vec![peer("b", false, 990)]),
+                Action::HandOver { candidate: Some("b".into()) },
+            ),
+            (
+                "switchover, candidate unreachable: keep leading",
+                switchover(Some("b")),
+                with_peers(me(primary()), vec![PeerReport { name: "b".into(), reply: None }]),
+                Action::KeepLeading,
+            ),
+            (
+                "switchover to anyone: hand over",
+                switchover(None),
+                with_peers(me(primary()), vec![peer("c", false, 1000)]),
+                Action::HandOver { candidate: None },
+            ),
+            (
+                "a switchover for another leader is not mine",
+                ClusterView {
+                    failover: Some(Failover { leader: Some("z".into()), member: Some("b".into()), scheduled_at: None }),
+                    ..view(Some("a"))
+                },
+                me(primary()),
+                Action::KeepLeading,
+            ),
+        ];
+        for (what, v, l, want) in cases {
+            assert_eq!(decide(&v, &l), want, "{what}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! High availability: the decision ([`decide`]) and, around it, the executor.
+
+pub mod decide;
