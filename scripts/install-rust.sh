@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Makes sure a Rust toolchain (cargo) is available: uses the one on PATH or
-# in ~/.cargo/bin, else installs rustup's stable toolchain.
+# Makes sure the build toolchain is available: cargo (the one on PATH or in
+# ~/.cargo/bin, else rustup's stable toolchain) and protoc (etcd-client
+# compiles etcd's protobuf definitions at build time).
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v protoc >/dev/null 2>&1; then
+  echo "install-rust: apt-get install protobuf-compiler"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler
+fi
 if command -v cargo >/dev/null 2>&1; then
   exit 0
 fi

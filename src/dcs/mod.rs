@@ -1,3 +1,4 @@
 //! The distributed configuration store: etcd v3, Patroni's key layout and values.
 
+pub mod client;
 pub mod values;

@@ -1,0 +1,402 @@
+//! etcd v3 over gRPC with mutual TLS, and Patroni's operations on it: one
+//! lease per member, the leader key and the member key on it, conditional
+//! writes for everything that decides leadership.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue, PutOptions, TlsOptions,
+    Txn, TxnOp,
+};
+
+use super::values::{DynamicConfig, Failover, MemberValue, Status};
+use crate::config::{EtcdConfig, EtcdProtocol};
+use crate::ha::decide::ClusterView;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DcsError {
+    /// A certificate or key file could not be read (named).
+    #[error("{0}")]
+    Tls(String),
+    /// etcd did not answer in time or the connection failed.
+    #[error("etcd unreachable: {0}")]
+    Unreachable(String),
+    /// etcd answered with an error.
+    #[error("etcd error: {0}")]
+    Etcd(String),
+    /// A value in etcd is not what Patroni writes there.
+    #[error("bad value under {key}: {message}")]
+    BadValue { key: String, message: String },
+}
+
+impl From<etcd_client::Error> for DcsError {
+    fn from(e: etcd_client::Error) -> Self {
+        match &e {
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+                DcsError::Unreachable(e.to_string())
+            }
+            etcd_client::Error::GRpcStatus(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                ) =>
+            {
+                DcsError::Unreachable(describe_status(s))
+            }
+            etcd_client::Error::GRpcStatus(s) => DcsError::Etcd(describe_status(s)),
+            _ => DcsError::Etcd(e.to_string()),
+        }
+    }
+}
+
+/// gRPC statuses carry the useful part (a TLS or connection error) in their
+/// source chain.
+fn describe_status(s: &tonic::Status) -> String {
+    let mut out = format!("{:?}: {}", s.code(), s.message());
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        out.push_str(&format!(": {e}"));
+        src = e.source();
+    }
+    out
+}
+
+/// The key layout under `/<namespace>/<scope>/`.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(namespace: &str, scope: &str) -> Keys {
+        Keys { prefix: format!("/{namespace}/{scope}/") }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn initialize(&self) -> String {
+        format!("{}initialize", self.prefix)
+    }
+    pub fn config(&self) -> String {
+        format!("{}config", self.prefix)
+    }
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+    pub fn member(&self, name: &str) -> String {
+        format!("{}members/{name}", self.prefix)
+    }
+    pub fn status(&self) -> String {
+        format!("{}status", self.prefix)
+    }
+    pub fn history(&self) -> String {
+        format!("{}history", self.prefix)
+    }
+    pub fn failover(&self) -> String {
+        format!("{}failover", self.prefix)
+    }
+}
+
+/// A connection to etcd for one cluster.
+#[derive(Clone)]
+pub struct Dcs {
+    client: Client,
+    pub keys: Keys,
+    /// Budget of one operation, retries included.
+    timeout: Duration,
+}
+
+/// A snapshot of the cluster's keys, with what the HA loop needs beyond the view.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub view: ClusterView,
+    /// etcd revision of the read (watch from `revision + 1`).
+    pub revision: i64,
+    /// The lease of the leader key.
+    pub leader_lease: Option<i64>,
+    /// `mod_revision` of `config` and `failover`, for compare-and-set.
+    pub config_revision: Option<i64>,
+    pub failover_revision: Option<i64>,
+}
+
+impl Dcs {
+    /// Connects with the configured endpoints, TLS files and credentials.
+    /// Every call is bounded by `timeout` (derived from `retry_timeout`).
+    pub async fn connect(cfg: &EtcdConfig, namespace: &str, scope: &str, timeout: Duration) -> Result<Dcs, DcsError> {
+        let mut opts = ConnectOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout.min(Duration::from_secs(3)))
+            .with_keep_alive(Duration::from_secs(5), timeout)
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        if cfg.protocol == EtcdProtocol::Https {
+            opts = opts.with_tls(tls_options(cfg)?);
+        }
+        if let (Some(user), Some(pw)) = (&cfg.username, &cfg.password) {
+            opts = opts.with_user(user.clone(), pw.expose().to_owned());
+        }
+        let endpoints: Vec<String> = cfg.endpoints.iter().map(|e| e.url(cfg.protocol)).collect();
+        let client = tokio::time::timeout(timeout, Client::connect(&endpoints, Some(opts))).await.map_err(|_| {
+            DcsError::Unreachable(format!("no answer from {} within {timeout:?}", endpoints.join(", ")))
+        })??;
+        Ok(Dcs { client, keys: Keys::new(namespace, scope), timeout })
+    }
+
+    /// Runs `op` until it succeeds, fails for a reason other than reachability,
+    /// or the budget is spent. The client balances over all endpoints; a
+    /// request that hit a dead member is retried and lands on a live one.
+    /// Retrying a conditional write is safe: its outcome is re-read from the
+    /// keys by the caller, never assumed.
+    async fn call<T, F, Fut>(&self, mut op: F) -> Result<T, DcsError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, op(self.client.clone())).await;
+            let err = match attempt {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => DcsError::from(e),
+                Err(_) => DcsError::Unreachable(format!("no answer within {:?}", self.timeout)),
+            };
+            if !matches!(err, DcsError::Unreachable(_)) || tokio::time::Instant::now() + delay >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(error = %err, "etcd call failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Reads every key of the cluster in one linearizable range request.
+    pub async fn snapshot(&self) -> Result<Snapshot, DcsError> {
+        let prefix = self.keys.prefix().to_owned();
+        let resp = self
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut snap = Snapshot { revision, ..Default::default() };
+        for kv in resp.kvs() {
+            let key = kv.key_str().map_err(|e| DcsError::Etcd(e.to_string()))?;
+            let Some(rel) = key.strip_prefix(self.keys.prefix()) else { continue };
+            let value = kv.value_str().unwrap_or("");
+            match rel {
+                "initialize" => snap.view.initialize = Some(value.to_owned()),
+                "leader" => {
+                    snap.view.leader = Some(value.to_owned());
+                    snap.leader_lease = Some(kv.lease()).filter(|l| *l != 0);
+                }
+                "config" => {
+                    snap.view.config = parse(key, value)?;
+                    snap.config_revision = Some(kv.mod_revision());
+                }
+                "status" => snap.view.optime = parse::<Status>(key, value).ok().map(|s| s.optime),
+                "failover" => {
+                    let f: Failover = if value.is_empty() { Failover::default() } else { parse(key, value)? };
+                    snap.failover_revision = Some(kv.mod_revision());
+                    snap.view.failover = Some(f).filter(|f| !f.is_empty());
+                }
+                r if r.starts_with("members/") && !r["members/".len()..].contains('/') => {
+                    // A member key that does not parse is skipped, as Patroni does.
+                    if let Ok(m) = serde_json::from_str::<MemberValue>(value) {
+                        snap.view.members.insert(r["members/".len()..].to_owned(), m);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Grants this member's lease.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<i64, DcsError> {
+        let ttl = ttl.as_secs().max(1) as i64;
+        Ok(self.call(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id())
+    }
+
+    /// Renews `lease`; returns the TTL etcd granted (0 or an error: the lease is gone).
+    pub async fn keepalive(&self, lease: i64) -> Result<i64, DcsError> {
+        let resp = self
+            .call(|mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await?;
+        match resp {
+            Some(r) => Ok(r.ttl()),
+            None => Err(DcsError::Unreachable("keepalive stream closed".into())),
+        }
+    }
+
+    pub async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
+        self.call(|mut c| async move { c.lease_revoke(lease).await }).await?;
+        Ok(())
+    }
+
+    /// Races for `initialize` (`create_revision == 0`): true when this member won.
+    pub async fn race_initialize(&self) -> Result<bool, DcsError> {
+        self.create(&self.keys.initialize(), "", None).await
+    }
+
+    /// Records the system identifier once the winner's initdb is done.
+    pub async fn set_initialize(&self, sysid: &str) -> Result<(), DcsError> {
+        self.put(self.keys.initialize(), sysid.to_owned(), None).await
+    }
+
+    /// Gives up a bootstrap that failed, so another member can race.
+    pub async fn cancel_initialize(&self) -> Result<(), DcsError> {
+        self.delete(self.keys.initialize()).await
+    }
+
+    /// Takes the leader key if nobody holds it: true when this member won.
+    pub async fn acquire_leader(&self, name: &str, lease: i64) -> Result<bool, DcsError> {
+        self.create(&self.keys.leader(), name, Some(lease)).await
+    }
+
+    /// Moves the leader key to a new lease of the same owner (after a lease
+    /// was lost and re-granted): only if the key still names this member, or
+    /// nobody holds it. Never a blind put.
+    pub async fn reclaim_leader(&self, name: &str, lease: i64) -> Result<bool, DcsError> {
+        let key = self.keys.leader();
+        let put = TxnOp::put(key.clone(), name, Some(PutOptions::new().with_lease(lease)));
+        let txn =
+            Txn::new().when([Compare::value(key.clone(), CompareOp::Equal, name)]).and_then([put.clone()]).or_else([
+                TxnOp::txn(Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([put])),
+            ]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        // The nested transaction's outcome.
+        Ok(resp.op_responses().into_iter().any(|r| matches!(r, etcd_client::TxnOpResponse::Txn(t) if t.succeeded())))
+    }
+
+    /// Deletes the leader key only if it still names this member.
+    pub async fn release_leader(&self, name: &str) -> Result<bool, DcsError> {
+        let key = self.keys.leader();
+        let txn =
+            Txn::new().when([Compare::value(key.clone(), CompareOp::Equal, name)]).and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    pub async fn put_member(&self, name: &str, value: &MemberValue, lease: i64) -> Result<(), DcsError> {
+        let json = serde_json::to_string(value).expect("member values serialize");
+        self.put(self.keys.member(name), json, Some(lease)).await
+    }
+
+    pub async fn delete_member(&self, name: &str) -> Result<(), DcsError> {
+        self.delete(self.keys.member(name)).await
+    }
+
+    /// Writes `config` when it does not exist yet (bootstrap).
+    pub async fn init_config(&self, config: &DynamicConfig) -> Result<bool, DcsError> {
+        let json = serde_json::to_string(config).expect("config serializes");
+        self.create(&self.keys.config(), &json, None).await
+    }
+
+    pub async fn put_status(&self, status: &Status) -> Result<(), DcsError> {
+        let json = serde_json::to_string(status).expect("status serializes");
+        self.put(self.keys.status(), json, None).await
+    }
+
+    /// Writes `failover`, compare-and-set on its `mod_revision` when given
+    /// (`Some(0)`: only if absent). `{}` clears it, as Patroni does.
+    pub async fn put_failover(&self, f: &Failover, expected_revision: Option<i64>) -> Result<bool, DcsError> {
+        let key = self.keys.failover();
+        let json = serde_json::to_string(f).expect("failover serializes");
+        let mut txn = Txn::new();
+        if let Some(rev) = expected_revision {
+            txn = txn.when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)]);
+        }
+        let txn = txn.and_then([TxnOp::put(key, json, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Puts `value` at `key` only if the key does not exist.
+    async fn create(&self, key: &str, value: &str, lease: Option<i64>) -> Result<bool, DcsError> {
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, opts)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, DcsError> {
+        self.call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn put(&self, key: String, value: String, lease: Option<i64>) -> Result<(), DcsError> {
+        self.call(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, lease.map(|l| PutOptions::new().with_lease(l))).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: String) -> Result<(), DcsError> {
+        self.call(|mut c| {
+            let key = key.clone();
+            async move { c.delete(key, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Raw access for tests and tools.
+    pub async fn get_raw(&self, key: &str) -> Result<Option<KeyValue>, DcsError> {
+        let key = key.to_owned();
+        let resp = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().cloned())
+    }
+
+    /// Every member key, raw (for `tusk list` and tests).
+    pub async fn members(&self) -> Result<BTreeMap<String, MemberValue>, DcsError> {
+        Ok(self.snapshot().await?.view.members)
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &str) -> Result<T, DcsError> {
+    serde_json::from_str(value).map_err(|e| DcsError::BadValue { key: key.to_owned(), message: e.to_string() })
+}
+
+/// CA and client identity from the configured files, read now (so a SIGHUP
+/// reconnect picks up rotated files).
+fn tls_options(cfg: &EtcdConfig) -> Result<TlsOptions, DcsError> {
+    let read = |var: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| DcsError::Tls(format!("{var}: cannot read {}: {e}", path.display())))
+    };
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &cfg.cacert {
+        tls = tls.ca_certificate(Certificate::from_pem(read("ETCD3_CACERT", ca)?));
+    }
+    if let Some(cert) = &cfg.cert {
+        let cert_pem = read("ETCD3_CERT", cert)?;
+        // The key may sit in the certificate file (Patroni allows it).
+        let key_pem = match &cfg.key {
+            Some(k) => read("ETCD3_KEY", k)?,
+            None => cert_pem.clone(),
+        };
+        tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+    }
+    Ok(tls)
+}
