@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the code map. `main.rs` only dispatches:
 //! [`init`] when tusk is PID 1, else [`supervisor`] or a [`cli`] command.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dcs;

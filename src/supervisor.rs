@@ -27,7 +27,7 @@ const MAX_FIRST_START_FAILURES: u32 = 3;
 
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Request {
+pub(crate) enum Request {
     /// TERM or INT.
     Stop,
     /// QUIT.
@@ -39,12 +39,12 @@ enum Request {
 
 /// The signals the supervisor handles. Registered first thing: the default
 /// action of HUP, USR1 and USR2 would kill the process.
-struct Signals {
+pub(crate) struct Signals {
     streams: Vec<(tokio::signal::unix::Signal, Signal)>,
 }
 
 impl Signals {
-    fn register() -> std::io::Result<Signals> {
+    pub(crate) fn register() -> std::io::Result<Signals> {
         let kinds = [
             (SignalKind::terminate(), Signal::SIGTERM),
             (SignalKind::interrupt(), Signal::SIGINT),
@@ -61,7 +61,7 @@ impl Signals {
     }
 
     /// The next signal. Cancel-safe.
-    async fn recv(&mut self) -> Request {
+    pub(crate) async fn recv(&mut self) -> Request {
         let futs = self.streams.iter_mut().map(|(s, sig)| {
             let sig = *sig;
             Box::pin(async move {
@@ -69,7 +69,7 @@ impl Signals {
                 sig
             })
         });
-        let (sig, _, _) = futures_select_all(futs).await;
+        let (sig, _, _) = futures_util::future::select_all(futs).await;
         tracing::info!(signal = %sig, "signal received");
         match sig {
             Signal::SIGTERM | Signal::SIGINT => Request::Stop,
@@ -79,23 +79,6 @@ impl Signals {
             _ => Request::Ignore,
         }
     }
-}
-
-/// A minimal `select_all` over boxed futures (avoids a dependency on `futures`).
-async fn futures_select_all<F, T>(futs: impl Iterator<Item = std::pin::Pin<Box<F>>>) -> (T, usize, ())
-where
-    F: std::future::Future<Output = T> + ?Sized,
-{
-    let mut futs: Vec<_> = futs.collect();
-    std::future::poll_fn(move |cx| {
-        for (i, f) in futs.iter_mut().enumerate() {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
-                return std::task::Poll::Ready((v, i, ()));
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// Runs the node until it is told to stop; returns the exit status.
@@ -110,10 +93,7 @@ pub async fn run(cfg: Config) -> i32 {
     };
     let notifier = Notifier::new(cfg.tusk.notify_socket.as_deref());
     if !cfg.standalone() {
-        tracing::error!(
-            "ETCD3_HOSTS is set, but this build of tusk has no HA mode yet; refusing to start a lone primary that other members would not know about (unset the ETCD3_* variables for a standalone node)"
-        );
-        return EXIT_FAILURE;
+        return run_ha(cfg, &notifier, &mut signals).await;
     }
     tracing::info!(
         scope = %cfg.scope,
@@ -133,6 +113,29 @@ pub async fn run(cfg: Config) -> i32 {
         }
     };
     node.supervise(&notifier, &mut signals, started).await
+}
+
+/// HA mode: the same preparation as a standalone node up to the data
+/// directory, which the HA loop bootstraps, clones or adopts.
+async fn run_ha(cfg: Config, notifier: &Notifier, signals: &mut Signals) -> i32 {
+    let prepared = (|| -> Result<_, NodeError> {
+        let layout = postgres::preflight(&cfg.postgres, std::path::Path::new(postgres::DEFAULT_LIB_ROOT))?;
+        let run_as = RunAs::resolve()?;
+        postgres::prepare_directories(&cfg.postgres, &run_as)?;
+        let tls = postgres::tls::install(&cfg, &run_as)?;
+        Ok((layout, run_as, tls))
+    })();
+    match prepared {
+        Ok((layout, run_as, tls)) => crate::ha::run::run(cfg, layout.binaries, run_as, tls, notifier, signals).await,
+        Err(NodeError::Config(e)) => {
+            tracing::error!(variable = %e.var, "configuration error: {e}");
+            EXIT_CONFIG
+        }
+        Err(NodeError::Other(e)) => {
+            tracing::error!("{e}");
+            EXIT_FAILURE
+        }
+    }
 }
 
 enum NodeError {
@@ -193,7 +196,7 @@ impl Node {
                 return Ok(None);
             }
         }
-        files::write_all(&cfg, &tls, &run_as)?;
+        files::write_all(&cfg, &tls, &run_as, None)?;
         Ok(Some(Node { cfg, layout, run_as, passwords }))
     }
 
@@ -224,7 +227,7 @@ impl Node {
                             // Retrying cannot fix this (the superuser role is missing, say).
                             let role = &self.cfg.credentials.superuser.name;
                             tracing::error!(error = %e, "PGUSER_SUPERUSER: postgres refuses the supervisor's connection as {role:?}; stopping");
-                            self.stop(&mut pm, None, Request::Stop, notifier, signals).await;
+                            stop_postgres(self.cfg.tusk.shutdown_timeout, &mut pm, None, Request::Stop, notifier, signals).await;
                             return EXIT_CONFIG;
                         }
                     },
@@ -234,7 +237,7 @@ impl Node {
                     }
                     req = signals.recv() => match req {
                         Request::Stop | Request::StopNow => {
-                            return self.stop(&mut pm, None, req, notifier, signals).await;
+                            return stop_postgres(self.cfg.tusk.shutdown_timeout, &mut pm, None, req, notifier, signals).await;
                         }
                         Request::Reload => self.reload(&pm),
                         Request::Status => tracing::info!(pid = pm.pid().as_raw(), "status: postgres starting"),
@@ -260,7 +263,7 @@ impl Node {
                         status = pm.wait() => break status,
                         req = signals.recv() => match req {
                             Request::Stop | Request::StopNow => {
-                                return self.stop(&mut pm, Some(client), req, notifier, signals).await;
+                                return stop_postgres(self.cfg.tusk.shutdown_timeout, &mut pm, Some(client), req, notifier, signals).await;
                             }
                             Request::Reload => self.reload(&pm),
                             Request::Status => tracing::info!(
@@ -318,92 +321,92 @@ impl Node {
         tracing::info!("postgres reloaded");
     }
 
-    /// Stops postgres within `TUSK_SHUTDOWN_TIMEOUT`: a bounded CHECKPOINT
-    /// (TERM/INT only), fast shutdown, then immediate, then a kill of the
-    /// group at the deadline. A second TERM/INT or a QUIT escalates.
-    async fn stop(
-        &self,
-        pm: &mut Postmaster,
-        client: Option<tokio_postgres::Client>,
-        req: Request,
-        notifier: &Notifier,
-        signals: &mut Signals,
-    ) -> i32 {
-        notifier.stopping();
-        let budget = self.cfg.tusk.shutdown_timeout;
-        let t0 = tokio::time::Instant::now();
-        let deadline = t0 + budget;
-        // Keep the last 25% (at least 1.5 s) for immediate shutdown.
-        let fast_deadline = deadline - (budget / 4).max(Duration::from_millis(1500));
-        let mut immediate = req == Request::StopNow;
+}
 
-        if !immediate && let Some(client) = &client {
-            let checkpoint_deadline = t0 + budget / 2;
-            tokio::select! {
-                r = sql::checkpoint(client) => match r {
-                    Ok(()) => tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "checkpoint before shutdown done"),
-                    Err(e) => tracing::warn!(error = %e, "checkpoint before shutdown failed"),
-                },
-                _ = sleep_until(checkpoint_deadline) => tracing::warn!("checkpoint before shutdown took too long; shutting down anyway"),
-                req = signals.recv() => if matches!(req, Request::Stop | Request::StopNow) { immediate = true },
+/// Stops postgres within `budget` (TUSK_SHUTDOWN_TIMEOUT): a bounded CHECKPOINT
+/// (TERM/INT only), fast shutdown, then immediate, then a kill of the
+/// group at the deadline. A second TERM/INT or a QUIT escalates.
+pub(crate) async fn stop_postgres(
+    budget: Duration,
+    pm: &mut Postmaster,
+    client: Option<tokio_postgres::Client>,
+    req: Request,
+    notifier: &Notifier,
+    signals: &mut Signals,
+) -> i32 {
+    notifier.stopping();
+    let t0 = tokio::time::Instant::now();
+    let deadline = t0 + budget;
+    // Keep the last 25% (at least 1.5 s) for immediate shutdown.
+    let fast_deadline = deadline - (budget / 4).max(Duration::from_millis(1500));
+    let mut immediate = req == Request::StopNow;
+
+    if !immediate && let Some(client) = &client {
+        let checkpoint_deadline = t0 + budget / 2;
+        tokio::select! {
+            r = sql::checkpoint(client) => match r {
+                Ok(()) => tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "checkpoint before shutdown done"),
+                Err(e) => tracing::warn!(error = %e, "checkpoint before shutdown failed"),
+            },
+            _ = sleep_until(checkpoint_deadline) => tracing::warn!("checkpoint before shutdown took too long; shutting down anyway"),
+            req = signals.recv() => if matches!(req, Request::Stop | Request::StopNow) { immediate = true },
+        }
+    }
+    // Close our own session first, so postgres does not report it terminated.
+    drop(client);
+    tokio::task::yield_now().await;
+    let mut outcome = if immediate { Stopped::Immediate } else { Stopped::Clean };
+    pm.signal(if immediate { Signal::SIGQUIT } else { Signal::SIGINT });
+    tracing::info!(mode = if immediate { "immediate" } else { "fast" }, "stopping postgres");
+    let status = loop {
+        let phase_deadline = if immediate { deadline } else { fast_deadline };
+        tokio::select! {
+            status = pm.wait() => break Some(status),
+            _ = sleep_until(phase_deadline) => {
+                if immediate {
+                    break None;
+                }
+                tracing::warn!("fast shutdown did not finish in time; immediate shutdown");
+                immediate = true;
+                outcome = Stopped::Forced;
+                pm.signal(Signal::SIGQUIT);
+            }
+            req = signals.recv() => if matches!(req, Request::Stop | Request::StopNow) && !immediate {
+                tracing::info!("second stop request: immediate shutdown");
+                immediate = true;
+                outcome = Stopped::Immediate;
+                pm.signal(Signal::SIGQUIT);
             }
         }
-        // Close our own session first, so postgres does not report it terminated.
-        drop(client);
-        tokio::task::yield_now().await;
-        let mut outcome = if immediate { Stopped::Immediate } else { Stopped::Clean };
-        pm.signal(if immediate { Signal::SIGQUIT } else { Signal::SIGINT });
-        tracing::info!(mode = if immediate { "immediate" } else { "fast" }, "stopping postgres");
-        let status = loop {
-            let phase_deadline = if immediate { deadline } else { fast_deadline };
-            tokio::select! {
-                status = pm.wait() => break Some(status),
-                _ = sleep_until(phase_deadline) => {
-                    if immediate {
-                        break None;
-                    }
-                    tracing::warn!("fast shutdown did not finish in time; immediate shutdown");
-                    immediate = true;
-                    outcome = Stopped::Forced;
-                    pm.signal(Signal::SIGQUIT);
-                }
-                req = signals.recv() => if matches!(req, Request::Stop | Request::StopNow) && !immediate {
-                    tracing::info!("second stop request: immediate shutdown");
-                    immediate = true;
-                    outcome = Stopped::Immediate;
-                    pm.signal(Signal::SIGQUIT);
-                }
-            }
-        };
-        let status = match status {
-            Some(s) => s,
-            None => {
-                tracing::error!("postgres did not stop before TUSK_SHUTDOWN_TIMEOUT; killing it");
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pm.pid().as_raw()), Signal::SIGKILL);
-                outcome = Stopped::Forced;
-                pm.wait().await
-            }
-        };
-        let elapsed_ms = t0.elapsed().as_millis() as u64;
-        match outcome {
-            Stopped::Clean if status.success() => {
-                tracing::info!(elapsed_ms, "postgres stopped cleanly");
-                0
-            }
-            Stopped::Immediate => {
-                tracing::info!(elapsed_ms, %status, "postgres stopped (immediate)");
-                0
-            }
-            _ => {
-                tracing::error!(elapsed_ms, %status, "postgres did not stop cleanly");
-                EXIT_FAILURE
-            }
+    };
+    let status = match status {
+        Some(s) => s,
+        None => {
+            tracing::error!("postgres did not stop before TUSK_SHUTDOWN_TIMEOUT; killing it");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pm.pid().as_raw()), Signal::SIGKILL);
+            outcome = Stopped::Forced;
+            pm.wait().await
+        }
+    };
+    let elapsed_ms = t0.elapsed().as_millis() as u64;
+    match outcome {
+        Stopped::Clean if status.success() => {
+            tracing::info!(elapsed_ms, "postgres stopped cleanly");
+            0
+        }
+        Stopped::Immediate => {
+            tracing::info!(elapsed_ms, %status, "postgres stopped (immediate)");
+            0
+        }
+        _ => {
+            tracing::error!(elapsed_ms, %status, "postgres did not stop cleanly");
+            EXIT_FAILURE
         }
     }
 }
 
 /// Waits for TERM/INT/QUIT, handling nothing else.
-async fn wait_for_stop(signals: &mut Signals) -> Request {
+pub(crate) async fn wait_for_stop(signals: &mut Signals) -> Request {
     loop {
         if let r @ (Request::Stop | Request::StopNow) = signals.recv().await {
             return r;

@@ -57,6 +57,9 @@ pub struct Config {
     pub tls: PgTls,
     /// `None`: standalone mode (no DCS variable set).
     pub etcd: Option<EtcdConfig>,
+    /// `TUSK_BOOTSTRAP_DCS`: the dynamic configuration the bootstrapping member
+    /// writes to the `config` key (Patroni's `bootstrap.dcs`).
+    pub bootstrap_dcs: crate::dcs::values::DynamicConfig,
     pub tusk: TuskConfig,
 }
 
@@ -211,6 +214,7 @@ pub(crate) struct RawEnv {
     pub tusk_log_level: Option<String>,
     pub tusk_pg_parameters: Option<String>,
     pub tusk_socket_dir: Option<String>,
+    pub tusk_bootstrap_dcs: Option<String>,
     pub notify_socket: Option<String>,
 }
 
@@ -292,6 +296,11 @@ impl Config {
             ));
         }
 
+        let bootstrap_dcs = match raw.tusk_bootstrap_dcs.as_deref() {
+            None => Default::default(),
+            Some(v) => serde_json::from_str::<crate::dcs::values::DynamicConfig>(v)
+                .map_err(|e| ConfigError::new("TUSK_BOOTSTRAP_DCS", format!("not a Patroni dynamic configuration (JSON): {e}")))?,
+        };
         let parameters = pg_parameters(raw.tusk_pg_parameters.as_deref(), host.memory_bytes)?;
         let shutdown_timeout =
             parse_duration("TUSK_SHUTDOWN_TIMEOUT", raw.tusk_shutdown_timeout.as_deref(), Duration::from_secs(8))?;
@@ -322,6 +331,7 @@ impl Config {
             credentials,
             tls,
             etcd,
+            bootstrap_dcs,
             tusk: TuskConfig { shutdown_timeout, log_format, log_level, notify_socket: raw.notify_socket.clone() },
         })
     }

@@ -185,6 +185,8 @@ fn tusk_own_variables() {
     assert_eq!(c.postgres.parameters["shared_buffers"], "64MB");
     assert_eq!(c.postgres.parameters["work_mem"], "4096");
     assert_eq!(c.postgres.parameters["jit"], "off");
+    let c = parse(&[("TUSK_BOOTSTRAP_DCS", r#"{"ttl":10,"loop_wait":2,"retry_timeout":5}"#)]).unwrap();
+    assert_eq!((c.bootstrap_dcs.ttl, c.bootstrap_dcs.loop_wait, c.bootstrap_dcs.retry_timeout), (10, 2, 5));
     // empty values count as unset
     assert_eq!(parse(&[("PGPORT", "")]).unwrap().postgres.port, 5432);
 }
@@ -249,6 +251,7 @@ fn bad_values_name_the_variable() {
         (vec![("TUSK_PG_PARAMETERS", r#"{"x; drop": 1}"#)], "TUSK_PG_PARAMETERS"),
         (vec![("TUSK_PG_PARAMETERS", r#"{"work_mem": [1]}"#)], "TUSK_PG_PARAMETERS"),
         (vec![("TUSK_SOCKET_DIR", "run")], "TUSK_SOCKET_DIR"),
+        (vec![("TUSK_BOOTSTRAP_DCS", r#"{"ttl":"soon"}"#)], "TUSK_BOOTSTRAP_DCS"),
         (vec![("INITDB_LOCALE", "en_US; rm")], "INITDB_LOCALE"),
     ];
     for (pairs, var) in cases {

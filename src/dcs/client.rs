@@ -99,6 +99,11 @@ impl Keys {
     pub fn failover(&self) -> String {
         format!("{}failover", self.prefix)
     }
+    /// tusk's own: the generated role passwords, shared with the members
+    /// (Patroni's readers ignore keys they do not know).
+    pub fn credentials(&self) -> String {
+        format!("{}tusk/credentials", self.prefix)
+    }
 }
 
 /// A connection to etcd for one cluster.
@@ -253,6 +258,11 @@ impl Dcs {
         self.put(self.keys.initialize(), sysid.to_owned(), None).await
     }
 
+    /// Claims the cluster for existing data (`initialize` = its system identifier), if unclaimed.
+    pub async fn adopt_initialize(&self, sysid: &str) -> Result<bool, DcsError> {
+        self.create(&self.keys.initialize(), sysid, None).await
+    }
+
     /// Gives up a bootstrap that failed, so another member can race.
     pub async fn cancel_initialize(&self) -> Result<(), DcsError> {
         self.delete(self.keys.initialize()).await
@@ -355,6 +365,36 @@ impl Dcs {
         })
         .await?;
         Ok(())
+    }
+
+    /// Stores the shared credentials unless some exist; returns the stored ones.
+    pub async fn share_credentials(&self, json: &str) -> Result<String, DcsError> {
+        let key = self.keys.credentials();
+        if self.create(&key, json, None).await? {
+            return Ok(json.to_owned());
+        }
+        let kv = self.get_raw(&key).await?.ok_or_else(|| DcsError::Etcd("credentials vanished".into()))?;
+        Ok(kv.value_str().unwrap_or_default().to_owned())
+    }
+
+    pub async fn credentials(&self) -> Result<Option<String>, DcsError> {
+        Ok(self.get_raw(&self.keys.credentials()).await?.map(|kv| kv.value_str().unwrap_or_default().to_owned()))
+    }
+
+    pub async fn put_history(&self, history: &[super::values::HistoryLine]) -> Result<(), DcsError> {
+        let json = serde_json::to_string(history).expect("history serializes");
+        self.put(self.keys.history(), json, None).await
+    }
+
+    /// Watches every key of the cluster from `revision`.
+    pub async fn watch(&self, revision: i64) -> Result<etcd_client::WatchStream, DcsError> {
+        let prefix = self.keys.prefix().to_owned();
+        let opts = etcd_client::WatchOptions::new().with_prefix().with_start_revision(revision);
+        self.call(|mut c| {
+            let (prefix, opts) = (prefix.clone(), opts.clone());
+            async move { c.watch(prefix, Some(opts)).await }
+        })
+        .await
     }
 
     /// Raw access for tests and tools.

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use super::replication::Upstream;
 use super::{PgError, RunAs};
 use crate::config::Config;
 
@@ -57,7 +58,7 @@ fn spilo_defaults() -> BTreeMap<&'static str, &'static str> {
 }
 
 /// The parameters of `tusk.conf`, in file order.
-pub fn parameters(cfg: &Config, tls: &TlsPaths) -> BTreeMap<String, String> {
+pub fn parameters(cfg: &Config, tls: &TlsPaths, upstream: Option<&Upstream>) -> BTreeMap<String, String> {
     let mut p: BTreeMap<String, String> =
         spilo_defaults().into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
     p.insert("cluster_name".into(), cfg.scope.clone());
@@ -77,6 +78,12 @@ pub fn parameters(cfg: &Config, tls: &TlsPaths) -> BTreeMap<String, String> {
     p.insert("ssl_key_file".into(), tls.key.display().to_string());
     if let Some(ca) = &tls.ca {
         p.insert("ssl_ca_file".into(), ca.display().to_string());
+    }
+    if let Some(up) = upstream {
+        p.insert("primary_conninfo".into(), super::replication::conninfo(cfg, up));
+        if let Some(slot) = &up.slot {
+            p.insert("primary_slot_name".into(), slot.clone());
+        }
     }
     p
 }
@@ -124,9 +131,12 @@ fn hba_user(name: &str) -> String {
 
 /// Writes `tusk.conf`, `pg_hba.conf` and the include line in
 /// `postgresql.conf`, owned by the postgres user.
-pub fn write_all(cfg: &Config, tls: &TlsPaths, run_as: &RunAs) -> Result<(), PgError> {
+/// `upstream`: run as a replica of it (`standby.signal`, `primary_conninfo`);
+/// `None`: as a primary.
+pub fn write_all(cfg: &Config, tls: &TlsPaths, run_as: &RunAs, upstream: Option<&Upstream>) -> Result<(), PgError> {
     let data = &cfg.postgres.data;
-    write_atomic(&data.join(TUSK_CONF), render_conf(&parameters(cfg, tls)).as_bytes(), 0o600, run_as)?;
+    write_atomic(&data.join(TUSK_CONF), render_conf(&parameters(cfg, tls, upstream)).as_bytes(), 0o600, run_as)?;
+    super::replication::set_standby(data, upstream.is_some(), run_as)?;
     write_atomic(&data.join("pg_hba.conf"), render_hba(cfg).as_bytes(), 0o600, run_as)?;
     let conf_path = data.join("postgresql.conf");
     let conf = std::fs::read_to_string(&conf_path).map_err(|e| PgError::io(conf_path.display().to_string(), e))?;
@@ -176,7 +186,7 @@ mod tests {
     #[test]
     fn conf_has_managed_and_derived_settings() {
         let c = config(&[("PGPORT", "5433"), ("TUSK_PG_PARAMETERS", r#"{"log_statement":"all","work_mem":"8MB"}"#)]);
-        let conf = render_conf(&parameters(&c, &tls()));
+        let conf = render_conf(&parameters(&c, &tls(), None));
         for line in [
             "port = '5433'",
             "restart_after_crash = 'off'",

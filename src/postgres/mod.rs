@@ -6,6 +6,7 @@
 pub mod files;
 pub mod passwords;
 pub mod process;
+pub mod replication;
 pub mod sql;
 pub mod tls;
 

@@ -80,7 +80,7 @@ pub fn resolve(cfg: &Config, run_as: &RunAs) -> Result<Passwords, PgError> {
 }
 
 /// 32 alphanumeric characters: about 190 bits.
-fn generate() -> String {
+pub fn generate() -> String {
     rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
 }
 

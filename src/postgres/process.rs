@@ -56,6 +56,11 @@ impl Postmaster {
         }
     }
 
+    /// The exit status if the postmaster has exited, without waiting.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits for the postmaster to exit. Cancel-safe.
     pub async fn wait(&mut self) -> ExitStatus {
         loop {

@@ -1,0 +1,865 @@
+//! The HA executor: observes the DCS and the local PostgreSQL, asks
+//! [`decide`] what to do, and does it. It wakes on etcd watch events, on its
+//! tick (`loop_wait`, shorter while leading or starting), on signals and on
+//! the lease deadline.
+//!
+//! Fencing: while PostgreSQL runs as primary, the loop (and every etcd call
+//! inside it) races the lease deadline — the send time of the last
+//! successful keepalive plus the granted TTL minus a margin, on the monotonic
+//! clock. When it passes, the postmaster gets SIGQUIT (immediate shutdown)
+//! at once: the node stops accepting writes before the lease can have
+//! expired on etcd, so before any replica can take the leader key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, sleep_until};
+use tokio_postgres::Client;
+
+use super::decide::{Action, ClusterView, DataDir, Local, PeerReply, PeerReport, Postgres, decide};
+use crate::api::{self, NodeStatus, Xlog};
+use crate::config::{Config, Secret};
+use crate::dcs::client::{Dcs, DcsError};
+use crate::dcs::values::{Failover, HistoryLine, MemberValue, PATRONI_COMPAT_VERSION, Status};
+use crate::notify::Notifier;
+use crate::postgres::files::{self, TlsPaths};
+use crate::postgres::passwords::Passwords;
+use crate::postgres::process::{self, Postmaster};
+use crate::postgres::replication::{self, Upstream};
+use crate::postgres::{Binaries, RunAs, sql};
+use crate::supervisor::{EXIT_FAILURE, Request, Signals, stop_postgres};
+
+/// Time kept between the fencing deadline and the lease's expiry on etcd.
+fn fence_margin(ttl: Duration) -> Duration {
+    (ttl / 5).clamp(Duration::from_millis(500), Duration::from_secs(3))
+}
+
+/// The role passwords shared through etcd when they were generated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SharedCredentials {
+    superuser: String,
+    replication: String,
+    admin: String,
+}
+
+pub struct Ha {
+    cfg: Config,
+    bin: Binaries,
+    run_as: RunAs,
+    tls: TlsPaths,
+    dcs: Dcs,
+    lease: i64,
+    /// Monotonic time until which the lease is known alive (fencing deadline).
+    lease_alive_until: Option<Instant>,
+    pm: Option<Postmaster>,
+    client: Option<Client>,
+    /// The upstream postgres was last configured with (`None`: primary or none).
+    upstream: Option<Upstream>,
+    passwords: Option<Passwords>,
+    sysid: Option<String>,
+    /// Member state as Patroni names it.
+    state: &'static str,
+    /// The last shutdown was a clean hand-over: no rewind needed to follow.
+    clean_handover: bool,
+    status: watch::Sender<NodeStatus>,
+    wake: Arc<Notify>,
+    last_idle: &'static str,
+    config: crate::dcs::values::DynamicConfig,
+    members_seen: Vec<String>,
+    last_status_optime: Option<u64>,
+}
+
+/// Runs the node in HA mode until told to stop; returns the exit status.
+pub(crate) async fn run(
+    cfg: Config,
+    bin: Binaries,
+    run_as: RunAs,
+    tls: TlsPaths,
+    notifier: &Notifier,
+    signals: &mut Signals,
+) -> i32 {
+    let etcd = cfg.etcd.clone().expect("HA mode has an etcd section");
+    let (status_tx, status_rx) = watch::channel(NodeStatus::new(&cfg.scope, &cfg.name));
+    let api_addr = SocketAddr::from(([0, 0, 0, 0], cfg.api.port));
+    let listener = match tokio::net::TcpListener::bind(api_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(variable = "APIPORT", "configuration error: APIPORT: cannot listen on {api_addr}: {e}");
+            return crate::config::EXIT_CONFIG;
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = api::serve_on(listener, status_rx).await {
+            tracing::error!(error = %e, "REST API stopped");
+        }
+    });
+
+    // Connect and take a lease, retrying with a clear line per failure; a
+    // stop request ends the wait.
+    let timeout = Duration::from_secs(cfg.bootstrap_dcs.retry_timeout.max(1));
+    let mut delay = Duration::from_millis(500);
+    let (dcs, lease, ttl) = loop {
+        let attempt = async {
+            let dcs = Dcs::connect(&etcd, &cfg.namespace, &cfg.scope, timeout).await?;
+            let snap = dcs.snapshot().await?;
+            let ttl = Duration::from_secs(if snap.config_revision.is_some() { snap.view.config.normalized().ttl } else { cfg.bootstrap_dcs.normalized().ttl });
+            let lease = dcs.grant_lease(ttl).await?;
+            Ok::<_, DcsError>((dcs, lease, ttl))
+        };
+        tokio::select! {
+            r = attempt => match r {
+                Ok(v) => break v,
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach etcd; retrying (nothing is started until it answers)");
+                    notifier.status("waiting for etcd");
+                }
+            },
+            req = crate::supervisor::wait_for_stop(signals) => {
+                tracing::info!(?req, "stop requested while waiting for etcd");
+                return 0;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = crate::supervisor::wait_for_stop(signals) => return 0,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    };
+    tracing::info!(
+        endpoints = %etcd.endpoints.iter().map(|e| e.url(etcd.protocol)).collect::<Vec<_>>().join(","),
+        lease,
+        ttl_s = ttl.as_secs(),
+        "connected to etcd; HA mode (Patroni-compatible keys under /{}/{}/)",
+        cfg.namespace,
+        cfg.scope
+    );
+    let wake = Arc::new(Notify::new());
+    let mut ha = Ha {
+        lease_alive_until: Some(Instant::now() + ttl - fence_margin(ttl)),
+        cfg,
+        bin,
+        run_as,
+        tls,
+        dcs,
+        lease,
+        pm: None,
+        client: None,
+        upstream: None,
+        passwords: None,
+        sysid: None,
+        state: "starting",
+        clean_handover: false,
+        status: status_tx,
+        wake: wake.clone(),
+        last_idle: "",
+        config: Default::default(),
+        members_seen: Vec::new(),
+        last_status_optime: None,
+    };
+    ha.spawn_watch();
+    ha.main_loop(notifier, signals).await
+}
+
+impl Ha {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// Wakes the loop on changes of the keys that decide leadership.
+    fn spawn_watch(&self) {
+        let dcs = self.dcs.clone();
+        let wake = self.wake.clone();
+        let prefix = dcs.keys.prefix().to_owned();
+        tokio::spawn(async move {
+            let mut from = 0i64;
+            loop {
+                let stream = match dcs.snapshot().await {
+                    Ok(s) => {
+                        from = from.max(s.revision + 1);
+                        dcs.watch(from).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match stream {
+                    Ok(mut stream) => loop {
+                        match stream.message().await {
+                            Ok(Some(resp)) => {
+                                let relevant = resp.events().iter().any(|ev| {
+                                    ev.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
+                                        let rel = k.strip_prefix(&prefix).unwrap_or("");
+                                        matches!(rel, "leader" | "config" | "failover" | "initialize")
+                                            || rel.starts_with("members/")
+                                    })
+                                });
+                                if let Some(h) = resp.header() {
+                                    from = from.max(h.revision() + 1);
+                                }
+                                if relevant {
+                                    wake.notify_one();
+                                }
+                            }
+                            Ok(None) | Err(_) => break,
+                        }
+                    },
+                    Err(e) => tracing::debug!(error = %e, "watch failed; retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    async fn main_loop(&mut self, notifier: &Notifier, signals: &mut Signals) -> i32 {
+        let mut last_ready_role = String::new();
+        loop {
+            // One iteration, raced against the fencing deadline while primary.
+            let fence_pid = self.running_primary_pid();
+            let deadline = self.lease_alive_until.unwrap_or_else(Instant::now);
+            let outcome = tokio::select! {
+                o = self.iterate() => Some(o),
+                _ = sleep_until(deadline), if fence_pid.is_some() => None,
+            };
+            match outcome {
+                None => {
+                    self.fence("the leader lease could not be renewed before its deadline").await;
+                    continue;
+                }
+                Some(Some(code)) => {
+                    self.shutdown(Request::StopNow, notifier, signals).await;
+                    return code;
+                }
+                Some(None) => {}
+            }
+            // Readiness for systemd once postgres serves in a settled role.
+            let st = self.status.borrow().clone();
+            if st.state == "running" && st.role != last_ready_role {
+                tracing::info!(role = %st.role, leader = st.leader, "PostgreSQL is ready: {}", st.role);
+                notifier.ready(&format!("running as {}", st.role));
+                last_ready_role = st.role.clone();
+            }
+
+            // Wait for a reason to look again.
+            let tick = self.tick();
+            let fence_pid = self.running_primary_pid();
+            let deadline = self.lease_alive_until.unwrap_or_else(Instant::now);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(tick) => {}
+                _ = sleep_until(deadline), if fence_pid.is_some() => {
+                    self.fence("the leader lease could not be renewed before its deadline").await;
+                }
+                req = signals.recv() => match req {
+                    Request::Stop | Request::StopNow => return self.shutdown(req, notifier, signals).await,
+                    Request::Reload => {
+                        if let Err(e) = crate::postgres::tls::install(&self.cfg, &self.run_as) {
+                            tracing::error!("keeping the installed certificates: {e}");
+                        }
+                        if let Some(pm) = &self.pm { pm.signal(Signal::SIGHUP); }
+                    }
+                    Request::Status => tracing::info!(status = ?self.status.borrow(), "status"),
+                    Request::Ignore => {}
+                }
+            }
+        }
+    }
+
+    fn tick(&self) -> Duration {
+        let c = self.config.normalized();
+        let st = self.status.borrow();
+        if st.state != "running" && self.pm.is_some() {
+            return Duration::from_millis(100);
+        }
+        let lw = Duration::from_secs(c.loop_wait);
+        if st.leader { lw.min(Duration::from_secs(c.ttl) / 4) } else { lw }
+    }
+
+    fn running_primary_pid(&self) -> Option<nix::unistd::Pid> {
+        let st = self.status.borrow();
+        (st.role == "primary").then(|| self.pm.as_ref().map(|p| p.pid())).flatten()
+    }
+
+    /// Stops writes now: immediate shutdown of a primary.
+    async fn fence(&mut self, why: &str) {
+        if let Some(pm) = &self.pm {
+            tracing::error!("{why}: immediate shutdown of the primary (fencing)");
+            pm.signal(Signal::SIGQUIT);
+        }
+        self.stop_local(Duration::from_secs(5)).await;
+        self.state = "stopped";
+        self.publish_status(None);
+    }
+
+    /// One observe → decide → act round. `Some(code)`: exit.
+    async fn iterate(&mut self) -> Option<i32> {
+        self.renew_lease().await;
+        let snap = match self.dcs.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cluster from etcd; keeping the current role until the lease deadline");
+                self.observe().await;
+                return None;
+            }
+        };
+        self.config = snap.view.config.clone();
+        // The leader key on an old lease of ours (lease re-granted): move it.
+        if snap.view.leader.as_deref() == Some(self.name()) && snap.leader_lease.is_some_and(|l| l != self.lease) {
+            match self.dcs.reclaim_leader(&self.cfg.name, self.lease).await {
+                Ok(true) => tracing::info!("leader key moved to the new lease"),
+                Ok(false) => tracing::warn!("leader key taken over meanwhile"),
+                Err(e) => tracing::warn!(error = %e, "cannot move the leader key to the new lease"),
+            }
+        }
+        let mut local = self.observe().await;
+        let mut action = decide(&snap.view, &local);
+        if action == Action::AskPeers {
+            local.peers = Some(self.ask_peers(&snap.view).await);
+            action = decide(&snap.view, &local);
+        }
+        let code = self.act(action, &snap.view).await;
+        let view = self.dcs.snapshot().await.map(|s| s.view).unwrap_or(snap.view);
+        self.publish(&view).await;
+        code
+    }
+
+    async fn renew_lease(&mut self) {
+        let sent = Instant::now();
+        match self.dcs.keepalive(self.lease).await {
+            Ok(ttl) if ttl > 0 => {
+                let ttl = Duration::from_secs(ttl as u64);
+                self.lease_alive_until = Some(sent + ttl - fence_margin(ttl));
+            }
+            Ok(_) => {
+                tracing::warn!(lease = self.lease, "the lease expired; granting a new one");
+                let ttl = Duration::from_secs(self.config.normalized().ttl);
+                if let Ok(l) = self.dcs.grant_lease(ttl).await {
+                    self.lease = l;
+                    self.lease_alive_until = Some(sent + ttl - fence_margin(ttl));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "lease keepalive failed"),
+        }
+    }
+
+    fn lease_alive(&self) -> bool {
+        self.lease_alive_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The local data directory and postgres.
+    async fn observe(&mut self) -> Local {
+        let data = self.cfg.postgres.data.clone();
+        let data_state = if data.join("PG_VERSION").exists() {
+            if self.sysid.is_none() {
+                self.sysid = replication::controldata(&self.bin, &data).await.ok().map(|c| c.sysid).filter(|s| !s.is_empty());
+            }
+            DataDir::Cluster { sysid: self.sysid.clone().unwrap_or_default() }
+        } else {
+            self.sysid = None;
+            DataDir::Empty
+        };
+        if let Some(pm) = &mut self.pm {
+            if let Some(status) = pm.try_status() {
+                let pid = pm.pid();
+                tracing::error!(%status, "postgres exited unexpectedly");
+                self.pm = None;
+                self.client = None;
+                self.state = "crashed";
+                process::reap_leftover_group(pid).await;
+            }
+        }
+        let postgres = match &self.pm {
+            None => Postgres::Stopped,
+            Some(_) => {
+                if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+                    self.client = self.try_connect().await;
+                }
+                match &self.client {
+                    None => Postgres::Starting,
+                    Some(c) => match replication::position(c).await {
+                        Ok(p) if p.in_recovery => Postgres::Replica { wal: p.wal, timeline: p.timeline },
+                        Ok(p) => Postgres::Primary { wal: p.wal, timeline: p.timeline },
+                        Err(e) => {
+                            tracing::debug!(error = %e, "status query failed");
+                            self.client = None;
+                            Postgres::Starting
+                        }
+                    },
+                }
+            }
+        };
+        Local {
+            name: self.cfg.name.clone(),
+            data: data_state,
+            postgres,
+            nofailover: false,
+            lease_alive: self.lease_alive(),
+            peers: None,
+        }
+    }
+
+    /// Connects when postmaster.pid says postgres accepts connections.
+    async fn try_connect(&self) -> Option<Client> {
+        let pid_file = std::fs::read_to_string(self.cfg.postgres.data.join("postmaster.pid")).ok()?;
+        let status = pid_file.lines().nth(7)?.trim().to_owned();
+        if status != "ready" && status != "standby" {
+            return None;
+        }
+        sql::connect(&self.cfg).await.ok()
+    }
+
+    async fn ask_peers(&self, view: &ClusterView) -> Vec<PeerReport> {
+        let asks = view.members.iter().filter(|(n, _)| n.as_str() != self.name()).map(|(name, m)| {
+            let (name, url) = (name.clone(), m.api_url.clone());
+            async move {
+                let reply = api::peer_status(&url, Duration::from_secs(2)).await.map(|s| PeerReply {
+                    primary: s.role == "primary" && s.state == "running",
+                    wal: s.xlog.position(),
+                    nofailover: s.tags.get("nofailover").and_then(|v| v.as_bool()).unwrap_or(false),
+                });
+                PeerReport { name, reply }
+            }
+        });
+        let reports: Vec<PeerReport> = futures_util::future::join_all(asks).await;
+        tracing::debug!(?reports, "peers");
+        reports
+    }
+
+    async fn act(&mut self, action: Action, view: &ClusterView) -> Option<i32> {
+        if !matches!(action, Action::Idle(_) | Action::KeepLeading | Action::Follow(_)) {
+            tracing::info!(?action, "HA action");
+        }
+        match action {
+            Action::Idle(why) => {
+                if why != self.last_idle {
+                    tracing::info!("{why}");
+                    self.last_idle = why;
+                }
+            }
+            Action::RaceInitialize => match self.dcs.race_initialize().await {
+                Ok(true) => {
+                    tracing::info!("won the initialize race: bootstrapping the cluster");
+                    if let Err(e) = self.bootstrap().await {
+                        tracing::error!("bootstrap failed: {e}; giving the cluster back");
+                        let _ = self.dcs.cancel_initialize().await;
+                        return Some(EXIT_FAILURE);
+                    }
+                }
+                Ok(false) => tracing::info!("another member bootstraps the cluster"),
+                Err(e) => tracing::warn!(error = %e, "initialize race failed"),
+            },
+            Action::CloneFrom(leader) => {
+                if let Err(e) = self.clone_from(view, &leader).await {
+                    tracing::error!("cannot create a replica from {leader}: {e}");
+                    self.state = "stopped";
+                    let _ = std::fs::remove_dir_all(&self.cfg.postgres.data);
+                }
+            }
+            Action::RefuseForeignData { ours, cluster } => {
+                tracing::error!(
+                    ours,
+                    cluster,
+                    "PGDATA belongs to another cluster (system identifier {ours}, cluster {cluster}); refusing to join"
+                );
+                return Some(EXIT_FAILURE);
+            }
+            Action::AdoptData => {
+                let sysid = self.sysid.clone().unwrap_or_default();
+                match self.dcs.adopt_initialize(&sysid).await {
+                    Ok(true) => tracing::info!(sysid, "claimed the cluster with the existing data directory"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot claim the cluster"),
+                }
+            }
+            Action::StartPrimary => {
+                if let Err(e) = self.start(None).await {
+                    tracing::error!("cannot start postgres as primary: {e}");
+                }
+            }
+            Action::StartReplica(leader) => {
+                let upstream = match &leader {
+                    Some(l) => self.upstream_for(view, l),
+                    None => None,
+                };
+                if let (Some(l), Some(up)) = (&leader, &upstream) {
+                    if let Err(e) = self.rewind_if_needed(l, up).await {
+                        tracing::error!("{e}; rebuilding this replica from the leader");
+                        let _ = std::fs::remove_dir_all(&self.cfg.postgres.data);
+                        self.sysid = None;
+                        return None;
+                    }
+                }
+                if let Err(e) = self.start(upstream).await {
+                    tracing::error!("cannot start postgres as replica: {e}");
+                }
+            }
+            Action::KeepLeading => self.keep_leading(view).await,
+            Action::Promote => self.promote(view).await,
+            Action::AskPeers => {}
+            Action::AcquireLeader => match self.dcs.acquire_leader(&self.cfg.name, self.lease).await {
+                Ok(true) => {
+                    tracing::info!("won the leader race");
+                    self.wake.notify_one();
+                }
+                Ok(false) => tracing::info!("lost the leader race"),
+                Err(e) => tracing::warn!(error = %e, "leader race failed"),
+            },
+            Action::Follow(leader) => {
+                let up = self.upstream_for(view, &leader);
+                if up.is_some() && up != self.upstream {
+                    tracing::info!(leader, "following the new leader");
+                    if let Err(e) = files::write_all(&self.cfg, &self.tls, &self.run_as, up.as_ref()) {
+                        tracing::error!("cannot point postgres at the new leader: {e}");
+                    } else {
+                        self.upstream = up;
+                        if let Some(pm) = &self.pm {
+                            pm.signal(Signal::SIGHUP);
+                        }
+                    }
+                }
+            }
+            Action::Demote(why) => self.fence(why).await,
+            Action::HandOver { candidate } => self.hand_over(candidate).await,
+        }
+        None
+    }
+
+    /// The leader's upstream description from its member key.
+    fn upstream_for(&self, view: &ClusterView, leader: &str) -> Option<Upstream> {
+        let address = view.members.get(leader)?.pg_address()?.to_owned();
+        let slot = self.config.postgresql.use_slots.then(|| replication::slot_name(&self.cfg.name));
+        Some(Upstream { address, slot })
+    }
+
+    /// Resolves the role passwords: the environment first, then the ones
+    /// shared in etcd; `generate`: create and share the missing ones.
+    async fn passwords(&mut self, generate: bool) -> Result<Passwords, String> {
+        if let Some(p) = &self.passwords {
+            return Ok(p.clone());
+        }
+        let c = &self.cfg.credentials;
+        let shared: Option<SharedCredentials> = match self.dcs.credentials().await {
+            Ok(Some(json)) => serde_json::from_str(&json).ok(),
+            Ok(None) => None,
+            Err(e) => return Err(e.to_string()),
+        };
+        let shared = match shared {
+            Some(s) => s,
+            None if generate => {
+                let new = crate::postgres::passwords::generate;
+                let s = SharedCredentials { superuser: new(), replication: new(), admin: new() };
+                let json = serde_json::to_string(&s).expect("credentials serialize");
+                let stored = self.dcs.share_credentials(&json).await.map_err(|e| e.to_string())?;
+                if c.superuser.password.is_none() || c.replication.password.is_none() || c.admin.password.is_none() {
+                    tracing::info!("generated role passwords; shared with the members under the cluster's etcd prefix");
+                }
+                serde_json::from_str(&stored).map_err(|e| e.to_string())?
+            }
+            None if c.superuser.password.is_some() && c.replication.password.is_some() && c.admin.password.is_some() => {
+                SharedCredentials { superuser: String::new(), replication: String::new(), admin: String::new() }
+            }
+            None => return Err("no passwords in the environment and none shared in etcd yet".into()),
+        };
+        let pick = |given: &Option<Secret>, shared: String| given.clone().unwrap_or_else(|| Secret::new(shared));
+        let p = Passwords {
+            superuser: pick(&c.superuser.password, shared.superuser),
+            replication: pick(&c.replication.password, shared.replication),
+            admin: pick(&c.admin.password, shared.admin),
+        };
+        replication::write_passfile(&self.cfg, &p.replication, &self.run_as).map_err(|e| e.to_string())?;
+        self.passwords = Some(p.clone());
+        Ok(p)
+    }
+
+    async fn bootstrap(&mut self) -> Result<(), String> {
+        self.state = "initializing new cluster";
+        self.publish_status(None);
+        let pw = self.passwords(true).await?;
+        let stop = std::future::pending::<()>();
+        process::initdb(&self.cfg, &self.bin, &self.run_as, stop).await.map_err(|e| e.to_string())?;
+        files::write_all(&self.cfg, &self.tls, &self.run_as, None).map_err(|e| e.to_string())?;
+        let mut pm = Postmaster::start(&self.cfg, &self.bin, &self.run_as).map_err(|e| e.to_string())?;
+        let client = tokio::select! {
+            c = sql::wait_ready(&self.cfg) => c.map_err(|e| e.to_string())?,
+            st = pm.wait() => return Err(format!("postgres exited during bootstrap: {st}")),
+        };
+        sql::ensure_roles(&client, &self.cfg, &pw).await.map_err(|e| e.to_string())?;
+        let sysid = replication::system_identifier(&client).await.map_err(|e| e.to_string())?;
+        self.pm = Some(pm);
+        self.client = Some(client);
+        self.upstream = None;
+        if !self.dcs.acquire_leader(&self.cfg.name, self.lease).await.map_err(|e| e.to_string())? {
+            return Err("the leader key was taken during bootstrap".into());
+        }
+        self.dcs.set_initialize(&sysid).await.map_err(|e| e.to_string())?;
+        self.dcs.init_config(&self.cfg.bootstrap_dcs).await.map_err(|e| e.to_string())?;
+        self.sysid = Some(sysid.clone());
+        self.state = "running";
+        tracing::info!(sysid, "cluster bootstrapped; this member leads");
+        Ok(())
+    }
+
+    async fn clone_from(&mut self, view: &ClusterView, leader: &str) -> Result<(), String> {
+        let up = self.upstream_for(view, leader).ok_or("the leader has no member key yet")?;
+        self.passwords(false).await?;
+        self.state = "creating replica";
+        self.publish(view).await;
+        replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await.map_err(|e| e.to_string())?;
+        self.clean_handover = true;
+        self.start(Some(up)).await.map_err(|e| e.to_string())
+    }
+
+    /// A former primary diverged from the new leader: pg_rewind it (a no-op
+    /// when it did not diverge). Skipped after a clean hand-over.
+    async fn rewind_if_needed(&mut self, leader: &str, up: &Upstream) -> Result<(), String> {
+        if std::mem::take(&mut self.clean_handover) {
+            return Ok(());
+        }
+        let cd = replication::controldata(&self.bin, &self.cfg.postgres.data).await.map_err(|e| e.to_string())?;
+        if !cd.was_primary() {
+            return Ok(());
+        }
+        let pw = self.passwords(false).await?;
+        tracing::info!(leader, state = %cd.state, "this node ran as primary: pg_rewind from the new leader");
+        self.state = "running pg_rewind";
+        replication::rewind(&self.cfg, &self.bin, &self.run_as, &up.address, &pw.superuser)
+            .await
+            .map_err(|e| format!("pg_rewind failed: {e}"))
+    }
+
+    /// Writes the files for the role and starts the postmaster (readiness
+    /// is observed by later rounds).
+    async fn start(&mut self, upstream: Option<Upstream>) -> Result<(), crate::postgres::PgError> {
+        if self.passwords.is_none() {
+            // Needed for primary_conninfo's passfile.
+            let _ = self.passwords(false).await;
+        }
+        process::clear_stale_pid_file(&self.cfg.postgres.data)?;
+        files::write_all(&self.cfg, &self.tls, &self.run_as, upstream.as_ref())?;
+        self.pm = Some(Postmaster::start(&self.cfg, &self.bin, &self.run_as)?);
+        self.upstream = upstream;
+        self.state = "starting";
+        Ok(())
+    }
+
+    async fn keep_leading(&mut self, view: &ClusterView) {
+        let Some(client) = &self.client else { return };
+        let mut members: Vec<String> = view.members.keys().cloned().collect();
+        members.sort();
+        if self.config.postgresql.use_slots && members != self.members_seen {
+            match replication::sync_slots(client, &self.cfg.name, &members).await {
+                Ok(()) => self.members_seen = members,
+                Err(e) => tracing::warn!(error = %e, "cannot sync replication slots"),
+            }
+        }
+        if let Ok(p) = replication::position(client).await {
+            if self.last_status_optime != Some(p.wal) {
+                if self.dcs.put_status(&Status { optime: p.wal, slots: BTreeMap::new() }).await.is_ok() {
+                    self.last_status_optime = Some(p.wal);
+                }
+            }
+        }
+    }
+
+    async fn promote(&mut self, view: &ClusterView) {
+        let Some(client) = &self.client else { return };
+        let t0 = std::time::Instant::now();
+        if let Err(e) = replication::promote(client).await {
+            tracing::error!(error = %e, "promotion failed");
+            return;
+        }
+        tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "promoted: this member is the primary");
+        if let Err(e) = files::write_all(&self.cfg, &self.tls, &self.run_as, None) {
+            tracing::warn!("cannot rewrite tusk.conf after promotion: {e}");
+        } else if let Some(pm) = &self.pm {
+            pm.signal(Signal::SIGHUP);
+        }
+        self.upstream = None;
+        self.members_seen.clear();
+        if view.failover.is_some() {
+            let _ = self.dcs.put_failover(&Failover::default(), None).await;
+        }
+        if let Ok(p) = replication::position(client).await {
+            let _ = self.dcs.put_status(&Status { optime: p.wal, slots: BTreeMap::new() }).await;
+            if let Some(h) = self.history(p.timeline) {
+                let _ = self.dcs.put_history(&h).await;
+            }
+        }
+    }
+
+    /// The `history` key from the new timeline's `.history` file.
+    fn history(&self, timeline: u32) -> Option<Vec<HistoryLine>> {
+        let path = self.cfg.postgres.data.join(format!("pg_wal/{timeline:08X}.history"));
+        let text = std::fs::read_to_string(path).ok()?;
+        let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).ok()?;
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
+        let n = lines.len();
+        Some(
+            lines
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let mut f = l.split('\t');
+                    let tl = f.next()?.trim().parse().ok()?;
+                    let lsn = parse_lsn(f.next()?.trim())?;
+                    let reason = f.next().unwrap_or("").trim().to_owned();
+                    let (ts, who) = if i + 1 == n { (now.clone(), self.cfg.name.clone()) } else { (String::new(), String::new()) };
+                    Some(HistoryLine(tl, lsn, reason, ts, who))
+                })
+                .collect(),
+        )
+    }
+
+    /// Switchover: clean stop (the replicas get the shutdown checkpoint),
+    /// then release the leader key; the candidate races at once.
+    async fn hand_over(&mut self, candidate: Option<String>) {
+        tracing::info!(candidate = candidate.as_deref().unwrap_or("any"), "switchover: handing over leadership");
+        self.state = "stopping";
+        if let Some(client) = &self.client {
+            let _ = tokio::time::timeout(Duration::from_secs(5), sql::checkpoint(client)).await;
+        }
+        if let Some(pm) = &self.pm {
+            pm.signal(Signal::SIGINT);
+        }
+        self.stop_local(self.cfg.tusk.shutdown_timeout).await;
+        match self.dcs.release_leader(&self.cfg.name).await {
+            Ok(true) => tracing::info!("leader key released"),
+            Ok(false) => tracing::warn!("the leader key was no longer ours"),
+            Err(e) => tracing::error!(error = %e, "cannot release the leader key; it will expire"),
+        }
+        self.clean_handover = true;
+        self.state = "stopped";
+        self.publish_status(None);
+    }
+
+    /// Waits for the postmaster to exit (escalating to SIGQUIT, then SIGKILL
+    /// of the group at the end of `budget`).
+    async fn stop_local(&mut self, budget: Duration) {
+        self.client = None;
+        let Some(mut pm) = self.pm.take() else { return };
+        let t0 = Instant::now();
+        let fast_until = t0 + budget * 3 / 4;
+        let status = tokio::select! {
+            s = pm.wait() => Some(s),
+            _ = sleep_until(fast_until) => None,
+        };
+        if status.is_none() {
+            pm.signal(Signal::SIGQUIT);
+            let s = tokio::select! {
+                s = pm.wait() => Some(s),
+                _ = sleep_until(t0 + budget) => None,
+            };
+            if s.is_none() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pm.pid().as_raw()), Signal::SIGKILL);
+                pm.wait().await;
+            }
+        }
+        process::reap_leftover_group(pm.pid()).await;
+        self.upstream = None;
+    }
+
+    /// Publishes the member key and the API status.
+    async fn publish(&mut self, view: &ClusterView) {
+        let pos = match &self.client {
+            Some(c) => replication::position(c).await.ok(),
+            None => None,
+        };
+        let leader = view.leader.as_deref() == Some(self.name());
+        if self.pm.is_some() && pos.is_some() {
+            self.state = "running";
+        }
+        let role = match (pos, self.sysid.is_some() || self.cfg.postgres.data.join("PG_VERSION").exists()) {
+            (Some(p), _) if !p.in_recovery => "primary",
+            (Some(_), _) => "replica",
+            (None, true) => "replica",
+            (None, false) => "uninitialized",
+        };
+        let member = MemberValue {
+            conn_url: format!("postgres://{}/postgres", self.cfg.postgres.connect_address),
+            api_url: format!("http://{}/patroni", self.cfg.api.connect_address),
+            state: self.state.to_owned(),
+            role: role.to_owned(),
+            version: PATRONI_COMPAT_VERSION.to_owned(),
+            xlog_location: pos.map(|p| p.wal),
+            timeline: pos.map(|p| p.timeline),
+            tags: BTreeMap::new(),
+            replication_state: pos.filter(|p| p.in_recovery).map(|p| if p.streaming { "streaming" } else { "in archive recovery" }.to_owned()),
+            receive_lsn: pos.and_then(|p| p.receive.filter(|_| p.in_recovery)),
+            replay_lsn: pos.and_then(|p| p.replay.filter(|_| p.in_recovery)),
+            pending_restart: false,
+        };
+        if let Err(e) = self.dcs.put_member(&self.cfg.name, &member, self.lease).await {
+            tracing::warn!(error = %e, "cannot publish the member key");
+        }
+        let mut st = self.status.borrow().clone();
+        st.state = member.state.clone();
+        st.role = member.role.clone();
+        st.leader = leader;
+        st.cluster_unlocked = view.leader.is_none();
+        st.pause = view.config.pause;
+        st.timeline = member.timeline;
+        st.replication_state = member.replication_state.clone();
+        st.database_system_identifier = self.sysid.clone();
+        st.server_version = Some(self.bin.version * 10000);
+        st.xlog = match pos {
+            Some(p) if !p.in_recovery => Xlog { location: Some(p.wal), ..Default::default() },
+            Some(p) => Xlog { location: None, received_location: p.receive, replayed_location: p.replay },
+            None => Xlog::default(),
+        };
+        self.status.send_replace(st);
+    }
+
+    fn publish_status(&self, _view: Option<&ClusterView>) {
+        let mut st = self.status.borrow().clone();
+        st.state = self.state.to_owned();
+        if self.pm.is_none() {
+            st.leader = false;
+            st.xlog = Xlog::default();
+        }
+        self.status.send_replace(st);
+    }
+
+    /// SIGTERM/SIGINT/SIGQUIT: stop postgres (a leader's replicas receive the
+    /// shutdown checkpoint before its walsenders exit), then revoke the lease,
+    /// which removes the leader key and the member key at once: the replicas
+    /// race immediately instead of waiting for the TTL.
+    async fn shutdown(&mut self, req: Request, notifier: &Notifier, signals: &mut Signals) -> i32 {
+        tracing::info!("shutting down: stopping postgres, then giving up the leader and member keys");
+        let code = match self.pm.take() {
+            Some(mut pm) => {
+                let client = self.client.take();
+                stop_postgres(self.cfg.tusk.shutdown_timeout, &mut pm, client, req, notifier, signals).await
+            }
+            None => {
+                notifier.stopping();
+                0
+            }
+        };
+        let leader = self.status.borrow().leader;
+        if leader {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.dcs.release_leader(&self.cfg.name)).await;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), self.dcs.revoke_lease(self.lease)).await {
+            Ok(Ok(())) => tracing::info!(leader, "leader and member keys removed"),
+            _ => tracing::warn!("cannot revoke the lease; the keys expire with it"),
+        }
+        code
+    }
+}
+
+/// `0/3000060` → bytes.
+fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lsn() {
+        assert_eq!(super::parse_lsn("0/3000060"), Some(0x3000060));
+        assert_eq!(super::parse_lsn("1/0"), Some(1 << 32));
+    }
+}

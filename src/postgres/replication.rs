@@ -1,0 +1,286 @@
+//! Replication: cloning a replica (pg_basebackup), following a leader
+//! (standby.signal + primary_conninfo), promoting, rewinding a former
+//! primary, replication slots, and reading the node's own position.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+use tokio_postgres::Client;
+
+use super::files::write_atomic;
+use super::{Binaries, PgError, RunAs, child_env};
+use crate::config::{Config, Secret};
+
+/// Where a replica streams from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port` of the leader's PostgreSQL.
+    pub address: String,
+    /// Physical slot on the leader (`use_slots`).
+    pub slot: Option<String>,
+}
+
+/// Patroni's slot name for a member: lower case, `[a-z0-9_]` only.
+pub fn slot_name(member: &str) -> String {
+    member.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+/// The replication password file `primary_conninfo` points at.
+pub fn passfile(cfg: &Config) -> PathBuf {
+    cfg.postgres.root.join("replication.pgpass")
+}
+
+/// Writes the replication role's password where libpq finds it (0600, postgres).
+pub fn write_passfile(cfg: &Config, password: &Secret, run_as: &RunAs) -> Result<(), PgError> {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    let line = format!("*:*:*:{}:{}\n", esc(&cfg.credentials.replication.name), esc(password.expose()));
+    write_atomic(&passfile(cfg), line.as_bytes(), 0o600, run_as)
+}
+
+/// `primary_conninfo` for `up`: TLS required (pg_hba only allows replication over TLS).
+pub fn conninfo(cfg: &Config, up: &Upstream) -> String {
+    let (host, port) = split(&up.address);
+    format!(
+        "host={host} port={port} user={} passfile={} sslmode=require application_name={} connect_timeout=3 keepalives_idle=5 keepalives_interval=2 keepalives_count=3",
+        cfg.credentials.replication.name,
+        passfile(cfg).display(),
+        slot_name(&cfg.name),
+    )
+}
+
+fn split(address: &str) -> (&str, &str) {
+    match address.rsplit_once(':') {
+        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
+        None => (address, "5432"),
+    }
+}
+
+/// Marks the data directory as a standby (or not).
+pub fn set_standby(data: &Path, standby: bool, run_as: &RunAs) -> Result<(), PgError> {
+    let signal = data.join("standby.signal");
+    if standby {
+        if !signal.exists() {
+            write_atomic(&signal, b"", 0o600, run_as)?;
+        }
+    } else if signal.exists() {
+        std::fs::remove_file(&signal).map_err(|e| PgError::io(format!("remove {}", signal.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Copies the leader's data directory with pg_basebackup (streaming the WAL
+/// it needs), as the replication role over TLS.
+pub async fn basebackup(cfg: &Config, bin: &Binaries, run_as: &RunAs, leader: &str) -> Result<(), PgError> {
+    let (host, port) = split(leader);
+    let started = Instant::now();
+    let mut cmd = Command::new(bin.tool("pg_basebackup"));
+    cmd.arg("-D")
+        .arg(&cfg.postgres.data)
+        .args(["-X", "stream", "-c", "fast", "--no-password", "-d"])
+        .arg(format!(
+            "host={host} port={port} user={} passfile={} sslmode=require application_name={}",
+            cfg.credentials.replication.name,
+            passfile(cfg).display(),
+            slot_name(&cfg.name)
+        ));
+    run_tool(cmd, cfg, run_as, "pg_basebackup", &[]).await?;
+    tracing::info!(leader, elapsed_ms = started.elapsed().as_millis() as u64, "replica created with pg_basebackup");
+    Ok(())
+}
+
+/// Rewinds a former primary onto the leader's timeline (pg_rewind runs crash
+/// recovery itself first when the node was not shut down cleanly).
+pub async fn rewind(cfg: &Config, bin: &Binaries, run_as: &RunAs, leader: &str, superuser_pw: &Secret) -> Result<(), PgError> {
+    let (host, port) = split(leader);
+    let started = Instant::now();
+    let mut cmd = Command::new(bin.tool("pg_rewind"));
+    cmd.arg("-D").arg(&cfg.postgres.data).arg("--source-server").arg(format!(
+        "host={host} port={port} user={} dbname=postgres sslmode=require",
+        cfg.credentials.superuser.name
+    ));
+    run_tool(cmd, cfg, run_as, "pg_rewind", &[("PGPASSWORD", superuser_pw.expose())]).await?;
+    tracing::info!(leader, elapsed_ms = started.elapsed().as_millis() as u64, "pg_rewind done");
+    Ok(())
+}
+
+async fn run_tool(
+    mut cmd: Command,
+    cfg: &Config,
+    run_as: &RunAs,
+    name: &str,
+    secret_env: &[(&str, &str)],
+) -> Result<(), PgError> {
+    cmd.env_clear()
+        .envs(child_env(&cfg.postgres.home))
+        .envs(secret_env.iter().copied())
+        .current_dir(&cfg.postgres.root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    run_as.apply(&mut cmd);
+    let out = cmd.output().await.map_err(|e| PgError::io(format!("run {name}"), e))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(PgError::Other(format!("{name} failed ({}): {}", out.status, err.trim())));
+    }
+    Ok(())
+}
+
+/// What `pg_controldata` says about a stopped data directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlData {
+    pub sysid: String,
+    /// "in production", "shut down", "shut down in recovery", "in archive recovery", ...
+    pub state: String,
+    pub timeline: u32,
+}
+
+impl ControlData {
+    /// Whether the cluster last ran as a primary.
+    pub fn was_primary(&self) -> bool {
+        matches!(self.state.as_str(), "in production" | "shut down" | "shutting down")
+    }
+}
+
+pub async fn controldata(bin: &Binaries, data: &Path) -> Result<ControlData, PgError> {
+    let out = Command::new(bin.tool("pg_controldata"))
+        .arg(data)
+        .env("LC_ALL", "C")
+        .output()
+        .await
+        .map_err(|e| PgError::io("pg_controldata", e))?;
+    if !out.status.success() {
+        return Err(PgError::Other(format!("pg_controldata failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim_start_matches(':').trim().to_owned()))
+    };
+    Ok(ControlData {
+        sysid: field("Database system identifier").unwrap_or_default(),
+        state: field("Database cluster state").unwrap_or_default(),
+        timeline: field("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0),
+    })
+}
+
+/// The running node's role and position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub in_recovery: bool,
+    /// Primary: flush LSN; replica: max(receive, replay).
+    pub wal: u64,
+    pub receive: Option<u64>,
+    pub replay: Option<u64>,
+    pub timeline: u32,
+    /// A replica's WAL receiver is streaming.
+    pub streaming: bool,
+}
+
+pub async fn position(client: &Client) -> Result<Position, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(),
+                    CASE WHEN pg_is_in_recovery() THEN NULL
+                         ELSE pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint END,
+                    pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint,
+                    pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
+                    CASE WHEN pg_is_in_recovery()
+                         THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
+                                       (SELECT timeline_id FROM pg_control_checkpoint()))
+                         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+                    COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false)",
+            &[],
+        )
+        .await?;
+    let in_recovery: bool = row.get(0);
+    let flush: Option<i64> = row.get(1);
+    let receive: Option<i64> = row.get(2);
+    let replay: Option<i64> = row.get(3);
+    let timeline: i32 = row.get(4);
+    let u = |v: Option<i64>| v.map(|x| x.max(0) as u64);
+    let wal = if in_recovery { u(receive).max(u(replay)).unwrap_or(0) } else { u(flush).unwrap_or(0) };
+    Ok(Position {
+        in_recovery,
+        wal,
+        receive: u(receive),
+        replay: u(replay),
+        timeline: timeline.max(0) as u32,
+        streaming: row.get(5),
+    })
+}
+
+pub async fn system_identifier(client: &Client) -> Result<String, tokio_postgres::Error> {
+    let row = client.query_one("SELECT system_identifier::text FROM pg_control_system()", &[]).await?;
+    Ok(row.get(0))
+}
+
+/// Promotes a replica and waits until it accepts writes.
+pub async fn promote(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.query_one("SELECT pg_promote(true, 30)", &[]).await?;
+    Ok(())
+}
+
+/// Creates a physical slot for every member but this one; drops physical
+/// slots of members that are gone.
+pub async fn sync_slots(client: &Client, me: &str, members: &[String]) -> Result<(), tokio_postgres::Error> {
+    let want: Vec<String> = members.iter().filter(|m| m.as_str() != me).map(|m| slot_name(m)).collect();
+    let rows = client.query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'", &[]).await?;
+    let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    for s in want.iter().filter(|s| !have.contains(s)) {
+        client.query_one("SELECT pg_create_physical_replication_slot($1, true)", &[s]).await?;
+        tracing::info!(slot = %s, "replication slot created");
+    }
+    for s in have.iter().filter(|s| !want.contains(s)) {
+        // An active slot (a member still streaming) is kept until it disconnects.
+        let dropped = client
+            .query_opt(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                &[s],
+            )
+            .await?;
+        if dropped.is_some() {
+            tracing::info!(slot = %s, "replication slot of a departed member dropped");
+        }
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until some replica has received `lsn`.
+pub async fn wait_replica_received(client: &Client, lsn: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM pg_stat_replication WHERE pg_wal_lsn_diff(flush_lsn, '0/0')::bigint >= $1",
+                &[&(lsn as i64)],
+            )
+            .await;
+        if matches!(row, Ok(Some(_))) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_patronis() {
+        assert_eq!(slot_name("Node-1.example"), "node_1_example");
+    }
+
+    #[test]
+    fn controldata_roles() {
+        let c = |s: &str| ControlData { state: s.into(), ..Default::default() };
+        assert!(c("in production").was_primary());
+        assert!(c("shut down").was_primary());
+        assert!(!c("shut down in recovery").was_primary());
+        assert!(!c("in archive recovery").was_primary());
+    }
+}
