@@ -314,6 +314,16 @@ impl Dcs {
         self.create(&self.keys.config(), &json, None).await
     }
 
+    /// Replaces `config`, compare-and-set on its `mod_revision`.
+    pub async fn put_config(&self, config: &DynamicConfig, expected_revision: i64) -> Result<bool, DcsError> {
+        let key = self.keys.config();
+        let json = serde_json::to_string(config).expect("config serializes");
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected_revision)])
+            .and_then([TxnOp::put(key, json, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
     pub async fn put_status(&self, status: &Status) -> Result<(), DcsError> {
         let json = serde_json::to_string(status).expect("status serializes");
         self.put(self.keys.status(), json, None).await

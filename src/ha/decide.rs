@@ -122,6 +122,14 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
         }
     }
 
+    // Maintenance mode: no automatic action but keeping what runs.
+    if view.config.pause && view.initialize.is_some() && me.data != DataDir::Empty {
+        return match (leader_is_me, me.postgres) {
+            (true, Postgres::Primary { .. }) => Action::KeepLeading,
+            _ => Action::Idle("maintenance mode (paused): no automatic action"),
+        };
+    }
+
     // Data directory and cluster identity.
     match (&me.data, &view.initialize) {
         (DataDir::Empty, None) => {
@@ -418,6 +426,19 @@ mod tests {
                 },
                 with_peers(me(replica(1000)), vec![peer("b", false, 1000)]),
                 Action::AcquireLeader,
+            ),
+            // maintenance mode
+            (
+                "paused: the leader keeps its key",
+                ClusterView { config: DynamicConfig { pause: true, ..Default::default() }, ..view(Some("a")) },
+                me(primary()),
+                Action::KeepLeading,
+            ),
+            (
+                "paused: no failover",
+                ClusterView { config: DynamicConfig { pause: true, ..Default::default() }, ..view(None) },
+                with_peers(me(replica(1000)), vec![]),
+                Action::Idle("maintenance mode (paused): no automatic action"),
             ),
             // switchover
             ("switchover: ask peers", switchover(Some("b")), me(primary()), Action::AskPeers),

@@ -360,8 +360,8 @@ impl Ha {
             self.sysid = None;
             DataDir::Empty
         };
-        if let Some(pm) = &mut self.pm {
-            if let Some(status) = pm.try_status() {
+        if let Some(pm) = &mut self.pm
+            && let Some(status) = pm.try_status() {
                 let pid = pm.pid();
                 tracing::error!(%status, "postgres exited unexpectedly");
                 self.pm = None;
@@ -369,7 +369,6 @@ impl Ha {
                 self.state = "crashed";
                 process::reap_leftover_group(pid).await;
             }
-        }
         let postgres = match &self.pm {
             None => Postgres::Stopped,
             Some(_) => {
@@ -483,14 +482,13 @@ impl Ha {
                     Some(l) => self.upstream_for(view, l),
                     None => None,
                 };
-                if let (Some(l), Some(up)) = (&leader, &upstream) {
-                    if let Err(e) = self.rewind_if_needed(l, up).await {
+                if let (Some(l), Some(up)) = (&leader, &upstream)
+                    && let Err(e) = self.rewind_if_needed(l, up).await {
                         tracing::error!("{e}; rebuilding this replica from the leader");
                         let _ = std::fs::remove_dir_all(&self.cfg.postgres.data);
                         self.sysid = None;
                         return None;
                     }
-                }
                 if let Err(e) = self.start(upstream).await {
                     tracing::error!("cannot start postgres as replica: {e}");
                 }
@@ -654,17 +652,22 @@ impl Ha {
                 Err(e) => tracing::warn!(error = %e, "cannot sync replication slots"),
             }
         }
-        if let Ok(p) = replication::position(client).await {
-            if self.last_status_optime != Some(p.wal) {
-                if self.dcs.put_status(&Status { optime: p.wal, slots: BTreeMap::new() }).await.is_ok() {
+        if let Ok(p) = replication::position(client).await
+            && self.last_status_optime != Some(p.wal)
+                && self.dcs.put_status(&Status { optime: p.wal, slots: BTreeMap::new() }).await.is_ok() {
                     self.last_status_optime = Some(p.wal);
                 }
-            }
-        }
     }
 
     async fn promote(&mut self, view: &ClusterView) {
         let Some(client) = &self.client else { return };
+        // Slots first (allowed on a standby), so followers stream at once.
+        if self.config.postgresql.use_slots {
+            let members: Vec<String> = view.members.keys().cloned().collect();
+            if let Err(e) = replication::sync_slots(client, &self.cfg.name, &members).await {
+                tracing::warn!(error = %e, "cannot create replication slots before promotion");
+            }
+        }
         let t0 = std::time::Instant::now();
         if let Err(e) = replication::promote(client).await {
             tracing::error!(error = %e, "promotion failed");

@@ -2,6 +2,8 @@
 //! subcommands are one-shot tools that read the same environment, so that
 //! `podman exec <ctr> tusk config` shows what the daemon sees.
 
+pub mod cluster;
+
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, EXIT_CONFIG};
@@ -20,6 +22,22 @@ pub enum Command {
     Run,
     /// Print the effective configuration as JSON, secrets redacted; exit 78 if invalid.
     Config,
+    /// List the cluster's members (like `patronictl list`).
+    List,
+    /// Hand leadership to another member (any healthy replica, or --candidate).
+    Switchover {
+        #[arg(long)]
+        candidate: Option<String>,
+    },
+    /// Make --candidate the leader, even when the current leader is gone.
+    Failover {
+        #[arg(long)]
+        candidate: String,
+    },
+    /// Maintenance mode on: no automatic failover or promotion.
+    Pause,
+    /// Maintenance mode off.
+    Resume,
 }
 
 impl Cli {
@@ -33,6 +51,11 @@ impl Cli {
 pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         None | Some(Command::Run) => run_daemon(),
+        Some(Command::List) => cluster::list(),
+        Some(Command::Switchover { candidate }) => cluster::switchover(candidate, false),
+        Some(Command::Failover { candidate }) => cluster::switchover(Some(candidate), true),
+        Some(Command::Pause) => cluster::set_pause(true),
+        Some(Command::Resume) => cluster::set_pause(false),
         Some(Command::Config) => match Config::from_process_env() {
             Ok(cfg) => {
                 println!("{}", cfg.to_redacted_json());
