@@ -320,7 +320,6 @@ impl Node {
         pm.signal(Signal::SIGHUP);
         tracing::info!("postgres reloaded");
     }
-
 }
 
 /// Stops postgres within `budget` (TUSK_SHUTDOWN_TIMEOUT): a bounded CHECKPOINT

@@ -102,7 +102,8 @@ pub fn render_list(scope: &str, snap: &Snapshot) -> String {
     };
     let sep = format!("+{}+\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
     let sysid = v.initialize.as_deref().filter(|s| !s.is_empty()).map(|s| format!(" ({s})")).unwrap_or_default();
-    let mut out = format!("+ Cluster: {scope}{sysid} {}\n", "-".repeat(sep.len().saturating_sub(14 + scope.len() + sysid.len())));
+    let mut out =
+        format!("+ Cluster: {scope}{sysid} {}\n", "-".repeat(sep.len().saturating_sub(14 + scope.len() + sysid.len())));
     out.push_str(&line(&header.map(String::from)));
     out.push_str(&sep);
     for r in &rows {
@@ -142,7 +143,11 @@ pub fn switchover(candidate: Option<String>, failover: bool) -> i32 {
             eprintln!("tusk: no other member to switch over to");
             return EXIT_REFUSED;
         }
-        let request = Failover { leader: if failover { None } else { leader.clone() }, member: candidate.clone(), scheduled_at: None };
+        let request = Failover {
+            leader: if failover { None } else { leader.clone() },
+            member: candidate.clone(),
+            scheduled_at: None,
+        };
         let expected = snap.failover_revision.unwrap_or(0);
         match dcs.put_failover(&request, Some(expected)).await {
             Ok(true) => {}
@@ -157,12 +162,19 @@ pub fn switchover(candidate: Option<String>, failover: bool) -> i32 {
         }
         let t0 = Instant::now();
         let what = if failover { "failover" } else { "switchover" };
-        println!("{what} requested: {} -> {}", leader.as_deref().unwrap_or("(none)"), candidate.as_deref().unwrap_or("any healthy replica"));
+        println!(
+            "{what} requested: {} -> {}",
+            leader.as_deref().unwrap_or("(none)"),
+            candidate.as_deref().unwrap_or("any healthy replica")
+        );
         while t0.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let Ok(s) = dcs.snapshot().await else { continue };
             let new = s.view.leader.clone();
-            let running = new.as_ref().and_then(|n| s.view.members.get(n)).is_some_and(|m| m.role == "primary" && m.state == "running");
+            let running = new
+                .as_ref()
+                .and_then(|n| s.view.members.get(n))
+                .is_some_and(|m| m.role == "primary" && m.state == "running");
             if new.is_some() && new != leader && running && candidate.as_ref().is_none_or(|c| Some(c) == new.as_ref()) {
                 println!("{what} done: {} leads ({} ms)", new.unwrap_or_default(), t0.elapsed().as_millis());
                 return 0;

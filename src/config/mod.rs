@@ -298,8 +298,9 @@ impl Config {
 
         let bootstrap_dcs = match raw.tusk_bootstrap_dcs.as_deref() {
             None => Default::default(),
-            Some(v) => serde_json::from_str::<crate::dcs::values::DynamicConfig>(v)
-                .map_err(|e| ConfigError::new("TUSK_BOOTSTRAP_DCS", format!("not a Patroni dynamic configuration (JSON): {e}")))?,
+            Some(v) => serde_json::from_str::<crate::dcs::values::DynamicConfig>(v).map_err(|e| {
+                ConfigError::new("TUSK_BOOTSTRAP_DCS", format!("not a Patroni dynamic configuration (JSON): {e}"))
+            })?,
         };
         let parameters = pg_parameters(raw.tusk_pg_parameters.as_deref(), host.memory_bytes)?;
         let shutdown_timeout =

@@ -107,7 +107,11 @@ pub(crate) async fn run(
         let attempt = async {
             let dcs = Dcs::connect(&etcd, &cfg.namespace, &cfg.scope, timeout).await?;
             let snap = dcs.snapshot().await?;
-            let ttl = Duration::from_secs(if snap.config_revision.is_some() { snap.view.config.normalized().ttl } else { cfg.bootstrap_dcs.normalized().ttl });
+            let ttl = Duration::from_secs(if snap.config_revision.is_some() {
+                snap.view.config.normalized().ttl
+            } else {
+                cfg.bootstrap_dcs.normalized().ttl
+            });
             let lease = dcs.grant_lease(ttl).await?;
             Ok::<_, DcsError>((dcs, lease, ttl))
         };
@@ -353,7 +357,8 @@ impl Ha {
         let data = self.cfg.postgres.data.clone();
         let data_state = if data.join("PG_VERSION").exists() {
             if self.sysid.is_none() {
-                self.sysid = replication::controldata(&self.bin, &data).await.ok().map(|c| c.sysid).filter(|s| !s.is_empty());
+                self.sysid =
+                    replication::controldata(&self.bin, &data).await.ok().map(|c| c.sysid).filter(|s| !s.is_empty());
             }
             DataDir::Cluster { sysid: self.sysid.clone().unwrap_or_default() }
         } else {
@@ -361,14 +366,15 @@ impl Ha {
             DataDir::Empty
         };
         if let Some(pm) = &mut self.pm
-            && let Some(status) = pm.try_status() {
-                let pid = pm.pid();
-                tracing::error!(%status, "postgres exited unexpectedly");
-                self.pm = None;
-                self.client = None;
-                self.state = "crashed";
-                process::reap_leftover_group(pid).await;
-            }
+            && let Some(status) = pm.try_status()
+        {
+            let pid = pm.pid();
+            tracing::error!(%status, "postgres exited unexpectedly");
+            self.pm = None;
+            self.client = None;
+            self.state = "crashed";
+            process::reap_leftover_group(pid).await;
+        }
         let postgres = match &self.pm {
             None => Postgres::Stopped,
             Some(_) => {
@@ -482,13 +488,18 @@ impl Ha {
                     Some(l) => self.upstream_for(view, l),
                     None => None,
                 };
-                if let (Some(l), Some(up)) = (&leader, &upstream)
-                    && let Err(e) = self.rewind_if_needed(l, up).await {
-                        tracing::error!("{e}; rebuilding this replica from the leader");
-                        let _ = std::fs::remove_dir_all(&self.cfg.postgres.data);
-                        self.sysid = None;
-                        return None;
+                if let (Some(l), Some(up)) = (&leader, &upstream) {
+                    match self.rewind_if_needed(view, l, up).await {
+                        Ok(true) => {}
+                        Ok(false) => return None,
+                        Err(e) => {
+                            tracing::error!("{e}; rebuilding this replica from the leader");
+                            let _ = std::fs::remove_dir_all(&self.cfg.postgres.data);
+                            self.sysid = None;
+                            return None;
+                        }
                     }
+                }
                 if let Err(e) = self.start(upstream).await {
                     tracing::error!("cannot start postgres as replica: {e}");
                 }
@@ -555,7 +566,10 @@ impl Ha {
                 }
                 serde_json::from_str(&stored).map_err(|e| e.to_string())?
             }
-            None if c.superuser.password.is_some() && c.replication.password.is_some() && c.admin.password.is_some() => {
+            None if c.superuser.password.is_some()
+                && c.replication.password.is_some()
+                && c.admin.password.is_some() =>
+            {
                 SharedCredentials { superuser: String::new(), replication: String::new(), admin: String::new() }
             }
             None => return Err("no passwords in the environment and none shared in etcd yet".into()),
@@ -611,20 +625,27 @@ impl Ha {
 
     /// A former primary diverged from the new leader: pg_rewind it (a no-op
     /// when it did not diverge). Skipped after a clean hand-over.
-    async fn rewind_if_needed(&mut self, leader: &str, up: &Upstream) -> Result<(), String> {
-        if std::mem::take(&mut self.clean_handover) {
-            return Ok(());
+    /// `Ok(false)`: not yet (the leader has not finished promoting).
+    async fn rewind_if_needed(&mut self, view: &ClusterView, leader: &str, up: &Upstream) -> Result<bool, String> {
+        if self.clean_handover {
+            self.clean_handover = false;
+            return Ok(true);
         }
         let cd = replication::controldata(&self.bin, &self.cfg.postgres.data).await.map_err(|e| e.to_string())?;
         if !cd.was_primary() {
-            return Ok(());
+            return Ok(true);
+        }
+        if view.members.get(leader).is_none_or(|m| m.role != "primary" || m.state != "running") {
+            tracing::info!(leader, "waiting for the new leader to finish its promotion before pg_rewind");
+            return Ok(false);
         }
         let pw = self.passwords(false).await?;
         tracing::info!(leader, state = %cd.state, "this node ran as primary: pg_rewind from the new leader");
         self.state = "running pg_rewind";
         replication::rewind(&self.cfg, &self.bin, &self.run_as, &up.address, &pw.superuser)
             .await
-            .map_err(|e| format!("pg_rewind failed: {e}"))
+            .map_err(|e| format!("pg_rewind failed: {e}"))?;
+        Ok(true)
     }
 
     /// Writes the files for the role and starts the postmaster (readiness
@@ -654,9 +675,10 @@ impl Ha {
         }
         if let Ok(p) = replication::position(client).await
             && self.last_status_optime != Some(p.wal)
-                && self.dcs.put_status(&Status { optime: p.wal, slots: BTreeMap::new() }).await.is_ok() {
-                    self.last_status_optime = Some(p.wal);
-                }
+            && self.dcs.put_status(&Status { optime: p.wal, slots: BTreeMap::new() }).await.is_ok()
+        {
+            self.last_status_optime = Some(p.wal);
+        }
     }
 
     async fn promote(&mut self, view: &ClusterView) {
@@ -674,6 +696,13 @@ impl Ha {
             return;
         }
         tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "promoted: this member is the primary");
+        // The post-promotion checkpoint writes the new timeline into the
+        // control file, where pg_rewind on a former primary reads it. The
+        // member key says "primary" only after it, and rejoining nodes wait
+        // for that (Patroni's checkpoint_after_promote).
+        if let Err(e) = sql::checkpoint(client).await {
+            tracing::warn!(error = %e, "post-promotion checkpoint failed");
+        }
         if let Err(e) = files::write_all(&self.cfg, &self.tls, &self.run_as, None) {
             tracing::warn!("cannot rewrite tusk.conf after promotion: {e}");
         } else if let Some(pm) = &self.pm {
@@ -708,7 +737,8 @@ impl Ha {
                     let tl = f.next()?.trim().parse().ok()?;
                     let lsn = parse_lsn(f.next()?.trim())?;
                     let reason = f.next().unwrap_or("").trim().to_owned();
-                    let (ts, who) = if i + 1 == n { (now.clone(), self.cfg.name.clone()) } else { (String::new(), String::new()) };
+                    let (ts, who) =
+                        if i + 1 == n { (now.clone(), self.cfg.name.clone()) } else { (String::new(), String::new()) };
                     Some(HistoryLine(tl, lsn, reason, ts, who))
                 })
                 .collect(),
@@ -788,7 +818,9 @@ impl Ha {
             xlog_location: pos.map(|p| p.wal),
             timeline: pos.map(|p| p.timeline),
             tags: BTreeMap::new(),
-            replication_state: pos.filter(|p| p.in_recovery).map(|p| if p.streaming { "streaming" } else { "in archive recovery" }.to_owned()),
+            replication_state: pos
+                .filter(|p| p.in_recovery)
+                .map(|p| if p.streaming { "streaming" } else { "in archive recovery" }.to_owned()),
             receive_lsn: pos.and_then(|p| p.receive.filter(|_| p.in_recovery)),
             replay_lsn: pos.and_then(|p| p.replay.filter(|_| p.in_recovery)),
             pending_restart: false,

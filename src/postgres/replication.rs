@@ -76,15 +76,12 @@ pub async fn basebackup(cfg: &Config, bin: &Binaries, run_as: &RunAs, leader: &s
     let (host, port) = split(leader);
     let started = Instant::now();
     let mut cmd = Command::new(bin.tool("pg_basebackup"));
-    cmd.arg("-D")
-        .arg(&cfg.postgres.data)
-        .args(["-X", "stream", "-c", "fast", "--no-password", "-d"])
-        .arg(format!(
-            "host={host} port={port} user={} passfile={} sslmode=require application_name={}",
-            cfg.credentials.replication.name,
-            passfile(cfg).display(),
-            slot_name(&cfg.name)
-        ));
+    cmd.arg("-D").arg(&cfg.postgres.data).args(["-X", "stream", "-c", "fast", "--no-password", "-d"]).arg(format!(
+        "host={host} port={port} user={} passfile={} sslmode=require application_name={}",
+        cfg.credentials.replication.name,
+        passfile(cfg).display(),
+        slot_name(&cfg.name)
+    ));
     run_tool(cmd, cfg, run_as, "pg_basebackup", &[]).await?;
     tracing::info!(leader, elapsed_ms = started.elapsed().as_millis() as u64, "replica created with pg_basebackup");
     Ok(())
@@ -92,7 +89,13 @@ pub async fn basebackup(cfg: &Config, bin: &Binaries, run_as: &RunAs, leader: &s
 
 /// Rewinds a former primary onto the leader's timeline (pg_rewind runs crash
 /// recovery itself first when the node was not shut down cleanly).
-pub async fn rewind(cfg: &Config, bin: &Binaries, run_as: &RunAs, leader: &str, superuser_pw: &Secret) -> Result<(), PgError> {
+pub async fn rewind(
+    cfg: &Config,
+    bin: &Binaries,
+    run_as: &RunAs,
+    leader: &str,
+    superuser_pw: &Secret,
+) -> Result<(), PgError> {
     let (host, port) = split(leader);
     let started = Instant::now();
     let mut cmd = Command::new(bin.tool("pg_rewind"));
@@ -227,7 +230,8 @@ pub async fn promote(client: &Client) -> Result<(), tokio_postgres::Error> {
 /// slots of members that are gone.
 pub async fn sync_slots(client: &Client, me: &str, members: &[String]) -> Result<(), tokio_postgres::Error> {
     let want: Vec<String> = members.iter().filter(|m| m.as_str() != me).map(|m| slot_name(m)).collect();
-    let rows = client.query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'", &[]).await?;
+    let rows =
+        client.query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'", &[]).await?;
     let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     for s in want.iter().filter(|s| !have.contains(s)) {
         client.query_one("SELECT pg_create_physical_replication_slot($1, true)", &[s]).await?;

@@ -1,0 +1,380 @@
+//! High availability with 3 tusk nodes on loopback, real PostgreSQL, real
+//! etcd with mutual TLS: bootstrap, `patronictl list`, crash failover and
+//! rejoin, graceful hand-over, switchover, a partition of the leader from
+//! etcd (never two primaries), loss of an etcd member, bad certificates and
+//! etcd down at start.
+
+#[path = "support/node.rs"]
+mod node;
+#[path = "support/proxy.rs"]
+mod proxy;
+#[path = "support/testbed.rs"]
+mod testbed;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use node::{Node, PG_BIN, require_root, test_dir};
+use testbed::Etcd;
+
+const TTL: u64 = 10;
+const DCS: &str = r#"{"ttl":10,"loop_wait":2,"retry_timeout":3}"#;
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    scope: String,
+    nodes: Vec<Node>,
+    etcd: &'static Etcd,
+}
+
+impl Cluster {
+    /// `n` nodes named n1..; `endpoints(i)` gives node i's ETCD3_HOSTS.
+    fn new(name: &str, etcd: &'static Etcd, n: usize, endpoints: impl Fn(usize) -> String) -> Cluster {
+        let dir = test_dir(name);
+        let scope = format!("{name}-{}", std::process::id());
+        let nodes = (0..n)
+            .map(|i| {
+                let d = dir.path().join(format!("n{}", i + 1));
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+                let mut node = Node::new(&d);
+                let api = node.env["APIPORT"].clone();
+                let pg = node.pg_port;
+                node.set("SCOPE", &scope)
+                    .set("PATRONI_NAME", &format!("n{}", i + 1))
+                    .set("PG_CONNECT_ADDRESS", &format!("127.0.0.1:{pg}"))
+                    .set("RESTAPI_CONNECT_ADDRESS", &format!("127.0.0.1:{api}"))
+                    .set("TUSK_BOOTSTRAP_DCS", DCS)
+                    .set("ETCD3_HOSTS", &endpoints(i))
+                    .set("ETCD3_CACERT", &etcd.ca.display().to_string())
+                    .set("ETCD3_CERT", &etcd.cert.display().to_string())
+                    .set("ETCD3_KEY", &etcd.key.display().to_string());
+                node
+            })
+            .collect();
+        Cluster { dir, scope, nodes, etcd }
+    }
+
+    /// The leader key's value.
+    fn leader_key(&self) -> Option<String> {
+        let out = self.etcd.etcdctl(&["get", "--print-value-only", &format!("/service/{}/leader", self.scope)]);
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (!v.is_empty()).then_some(v)
+    }
+
+    fn index(&self, name: &str) -> usize {
+        name.trim_start_matches('n').parse::<usize>().expect("node name") - 1
+    }
+
+    /// Waits until a leader key exists and that node runs as primary.
+    fn wait_leader(&self, timeout: Duration, not: Option<&str>) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Some(l) = self.leader_key().filter(|l| Some(l.as_str()) != not) {
+                let n = &self.nodes[self.index(&l)];
+                if try_sql(n, "SELECT pg_is_in_recovery()").as_deref() == Some("f") {
+                    return l;
+                }
+            }
+            assert!(t0.elapsed() < timeout, "no leader after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `name` streams from the leader.
+    fn wait_streaming(&self, name: &str, timeout: Duration) {
+        let n = &self.nodes[self.index(name)];
+        let t0 = Instant::now();
+        while try_sql(n, "SELECT status FROM pg_stat_wal_receiver").as_deref() != Some("streaming") {
+            assert!(t0.elapsed() < timeout, "{name} is not streaming after {timeout:?}:\n{}", n.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn patronictl_config(&self) -> PathBuf {
+        let path = self.dir.path().join("patronictl.yml");
+        let e = self.etcd;
+        std::fs::write(
+            &path,
+            format!(
+                "scope: {}\nnamespace: /service/\netcd3:\n  hosts: {}\n  protocol: https\n  cacert: {}\n  cert: {}\n  key: {}\n",
+                self.scope,
+                e.endpoints.join(","),
+                e.ca.display(),
+                e.cert.display(),
+                e.key.display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn patronictl_list(&self) -> Vec<serde_json::Value> {
+        let out = Command::new("patronictl").arg("-c").arg(self.patronictl_config()).args(["list", "-f", "json"]).output().unwrap();
+        assert!(out.status.success(), "patronictl: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("patronictl JSON")
+    }
+
+    fn kill_node(&mut self, name: &str) {
+        let i = self.index(name);
+        let n = &mut self.nodes[i];
+        let pm = n.postmaster_pid();
+        if let Some(c) = n.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        n.child = None;
+        if let Some(pm) = pm {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pm), Signal::SIGKILL);
+        }
+    }
+}
+
+fn try_sql(n: &Node, sql: &str) -> Option<String> {
+    let out = Command::new(format!("{PG_BIN}/psql"))
+        .args(["-XAtq", "-h"])
+        .arg(n.socket_dir())
+        .args(["-p", &n.pg_port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Waits until some node other than `not` accepts a write; returns it and the time.
+fn first_write(c: &Cluster, not: &str, t0: Instant, timeout: Duration) -> (String, Duration) {
+    loop {
+        for (i, n) in c.nodes.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            if name != not && try_sql(n, "INSERT INTO t VALUES (now())").is_some() {
+                return (name, t0.elapsed());
+            }
+        }
+        assert!(t0.elapsed() < timeout, "no node accepted a write within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn psql_ok(n: &Node, sql: &str) -> String {
+    try_sql(n, sql).unwrap_or_else(|| panic!("{sql} failed; log:\n{}", n.log_text()))
+}
+
+#[test]
+fn bootstrap_patronictl_crash_rejoin_handover_switchover() {
+    require_root();
+    let etcd = testbed::shared_etcd();
+    let eps = etcd.endpoints.join(",");
+    let mut c = Cluster::new("ha", etcd, 3, |_| eps.clone());
+    // All three at once: the initialize race has exactly one winner.
+    for n in &mut c.nodes {
+        n.start();
+    }
+    for n in &mut c.nodes {
+        n.wait_ready(1);
+    }
+    let leader = c.wait_leader(Duration::from_secs(30), None);
+    let li = c.index(&leader);
+    let replicas: Vec<String> = (1..=3).map(|i| format!("n{i}")).filter(|n| n != &leader).collect();
+    for r in &replicas {
+        c.wait_streaming(r, Duration::from_secs(30));
+    }
+    assert_eq!(c.nodes.iter().map(|n| n.log_text().matches("running initdb").count()).sum::<usize>(), 0);
+    assert_eq!(c.nodes.iter().map(|n| n.log_text().matches("initdb done").count()).sum::<usize>(), 1, "one initdb");
+    psql_ok(&c.nodes[li], "CREATE TABLE t (at timestamptz); INSERT INTO t VALUES (now())");
+
+    // patronictl 3.0.2 reads the cluster as tusk sees it.
+    let list = c.patronictl_list();
+    assert_eq!(list.len(), 3, "{list:?}");
+    for m in &list {
+        let name = m["Member"].as_str().unwrap();
+        assert_eq!(m["State"], "running", "{m}");
+        assert_eq!(m["TL"], 1, "{m}");
+        if name == leader {
+            assert_eq!(m["Role"], "Leader", "{m}");
+        } else {
+            assert_eq!(m["Role"], "Replica", "{m}");
+            assert_eq!(m["Lag in MB"], 0, "{m}");
+        }
+    }
+
+    // Crash of the leader node: a new leader accepts writes within ttl + 2 s.
+    let t0 = Instant::now();
+    c.kill_node(&leader);
+    let (new_leader, took) = first_write(&c, &leader, t0, Duration::from_secs(TTL + 10));
+    eprintln!("crash: {new_leader} accepted a write {took:?} after the kill");
+    assert!(took <= Duration::from_secs(TTL + 2), "failover took {took:?}");
+    // The old leader, restarted, rejoins as a replica (pg_rewind).
+    c.nodes[li].start();
+    c.nodes[li].wait_ready(2);
+    c.wait_streaming(&leader, Duration::from_secs(30));
+    assert!(c.nodes[li].log_text().contains("pg_rewind"), "rejoin used pg_rewind");
+    let count = psql_ok(&c.nodes[c.index(&new_leader)], "SELECT count(*) FROM t");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_sql(&c.nodes[li], "SELECT count(*) FROM t").as_deref() != Some(count.as_str()) {
+        assert!(Instant::now() < deadline, "the rejoined node does not catch up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // SIGTERM of the leader: hand-over, exit 0.
+    let ni = c.index(&new_leader);
+    let t0 = Instant::now();
+    c.nodes[ni].signal(Signal::SIGTERM);
+    let (third, took) = first_write(&c, &new_leader, t0, Duration::from_secs(TTL + 10));
+    eprintln!("graceful: {third} accepted a write {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(5), "hand-over took {took:?}");
+    assert_eq!(c.nodes[ni].wait_exit(Duration::from_secs(10)).code(), Some(0));
+    c.nodes[ni].start();
+    c.nodes[ni].wait_ready(2);
+    c.wait_streaming(&new_leader, Duration::from_secs(30));
+
+    // Switchover to a named candidate through the CLI.
+    let candidate = (1..=3).map(|i| format!("n{i}")).find(|n| n != &third).unwrap();
+    let out = {
+        let n = &c.nodes[0];
+        Command::new(node::tusk_bin()).args(["switchover", "--candidate", &candidate]).env_clear().envs(&n.env).output().unwrap()
+    };
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.wait_leader(Duration::from_secs(10), None), candidate);
+    // The demoted leader streams again within seconds.
+    let t0 = Instant::now();
+    c.wait_streaming(&third, Duration::from_secs(15));
+    eprintln!("switchover: demoted {third} streaming again after {:?}", t0.elapsed());
+    let list = c.patronictl_list();
+    assert!(list.iter().any(|m| m["Member"] == candidate.as_str() && m["Role"] == "Leader"), "{list:?}");
+    // `tusk list` agrees.
+    let out = Command::new(node::tusk_bin()).arg("list").env_clear().envs(&c.nodes[0].env).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().any(|l| l.contains(&format!("| {candidate} ")) && l.contains("Leader")), "{table}");
+}
+
+/// The leader loses etcd (a proxy between it and etcd is cut): it must stop
+/// accepting writes before another node is promoted. A checker writes to
+/// every node all along; no two nodes may acknowledge writes in overlapping
+/// time.
+#[test]
+fn partitioned_leader_fences_before_anyone_promotes() {
+    require_root();
+    let etcd = testbed::shared_etcd();
+    let proxy = proxy::Proxy::start(&etcd.endpoints[0]);
+    let direct = etcd.endpoints.join(",");
+    let via_proxy = proxy.endpoint();
+    let mut c = Cluster::new("partition", etcd, 3, |i| if i == 0 { via_proxy.clone() } else { direct.clone() });
+    c.nodes[0].start();
+    c.nodes[0].wait_ready(1);
+    assert_eq!(c.wait_leader(Duration::from_secs(30), None), "n1");
+    psql_ok(&c.nodes[0], "CREATE TABLE t (at timestamptz)");
+    c.nodes[1].start();
+    c.nodes[2].start();
+    c.wait_streaming("n2", Duration::from_secs(30));
+    c.wait_streaming("n3", Duration::from_secs(30));
+
+    // Writers: one thread per node, recording when each write was acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks: Arc<Mutex<Vec<(usize, Instant)>>> = Arc::default();
+    let mut threads = Vec::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        let (sock, port) = (n.socket_dir(), n.pg_port);
+        let (stop, acks) = (stop.clone(), acks.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let ok = Command::new(format!("{PG_BIN}/psql"))
+                    .args(["-XAtq", "-h"])
+                    .arg(&sock)
+                    .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", "INSERT INTO t VALUES (now())"])
+                    .env("PGCONNECT_TIMEOUT", "1")
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if ok {
+                    acks.lock().unwrap().push((i, Instant::now()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let cut_at = Instant::now();
+    proxy.cut();
+    let new_leader = c.wait_leader(Duration::from_secs(TTL * 3), Some("n1"));
+    let _ = first_write(&c, "n1", cut_at, Duration::from_secs(TTL * 3));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acks = acks.lock().unwrap();
+    let last_old = acks.iter().filter(|(i, _)| *i == 0).map(|(_, t)| *t).max().expect("n1 acknowledged writes before the cut");
+    let new_i = c.index(&new_leader);
+    let first_new = acks.iter().filter(|(i, _)| *i == new_i).map(|(_, t)| *t).min().expect("the new leader acknowledged writes");
+    eprintln!(
+        "partition: n1 last write {:?} after the cut, {new_leader} first write {:?} after the cut",
+        last_old.duration_since(cut_at),
+        first_new.duration_since(cut_at)
+    );
+    assert!(last_old < first_new, "two primaries accepted writes in overlapping time");
+    assert!(acks.iter().all(|(i, _)| *i == 0 || *i == new_i), "writes only on the old and the new leader");
+    assert!(c.nodes[0].log_text().contains("fencing"), "n1 fenced itself:\n{}", c.nodes[0].log_text());
+    // Healed: n1 rejoins as a replica.
+    proxy.restore();
+    c.wait_streaming("n1", Duration::from_secs(60));
+}
+
+/// One of three etcd members dies: no failover, writes keep working.
+#[test]
+fn loss_of_one_etcd_member_is_invisible() {
+    require_root();
+    let etcd = testbed::shared_etcd_cluster();
+    let eps = etcd.endpoints.join(",");
+    let mut c = Cluster::new("etcdloss", etcd, 3, |_| eps.clone());
+    for n in &mut c.nodes {
+        n.start();
+    }
+    let leader = c.wait_leader(Duration::from_secs(30), None);
+    let li = c.index(&leader);
+    for r in (1..=3).map(|i| format!("n{i}")).filter(|n| n != &leader) {
+        c.wait_streaming(&r, Duration::from_secs(30));
+    }
+    psql_ok(&c.nodes[li], "CREATE TABLE t (at timestamptz)");
+    etcd.kill_member(0);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(TTL * 2) {
+        psql_ok(&c.nodes[li], "INSERT INTO t VALUES (now())");
+        assert_eq!(c.leader_key().as_deref(), Some(leader.as_str()), "leadership changed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for n in &c.nodes {
+        assert!(!n.log_text().contains("fencing"), "a node fenced itself:\n{}", n.log_text());
+    }
+}
+
+/// Wrong CA: clear errors, retries, nothing created. etcd down at start,
+/// then up: the node bootstraps once.
+#[test]
+fn bad_certificates_and_etcd_down_at_start() {
+    require_root();
+    let etcd = testbed::shared_etcd();
+    let eps = etcd.endpoints.join(",");
+    let mut c = Cluster::new("badtls", etcd, 1, |_| eps.clone());
+    let n = &mut c.nodes[0];
+    n.set("ETCD3_CACERT", &etcd.other_ca.display().to_string());
+    n.start();
+    n.wait_log("cannot reach etcd", 2, Duration::from_secs(30));
+    assert!(!n.data().exists(), "no data directory without etcd");
+    n.signal(Signal::SIGTERM);
+    assert_eq!(n.wait_exit(Duration::from_secs(10)).code(), Some(0));
+
+    // etcd unreachable at start (the proxy refuses), then reachable.
+    let proxy = proxy::Proxy::start(&etcd.endpoints[0]);
+    proxy.cut();
+    n.set("ETCD3_CACERT", &etcd.ca.display().to_string()).set("ETCD3_HOSTS", &proxy.endpoint());
+    n.start();
+    n.wait_log("cannot reach etcd", 4, Duration::from_secs(30));
+    assert!(!n.data().exists());
+    proxy.restore();
+    n.wait_ready(1);
+    assert_eq!(n.log_text().matches("initdb done").count(), 1);
+    let _ = Path::new("");
+}
