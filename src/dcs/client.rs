@@ -25,6 +25,9 @@ pub enum DcsError {
     /// etcd answered with an error.
     #[error("etcd error: {0}")]
     Etcd(String),
+    /// The lease does not exist (expired): grant a new one.
+    #[error("the lease expired")]
+    LeaseNotFound,
     /// A value in etcd is not what Patroni writes there.
     #[error("bad value under {key}: {message}")]
     BadValue { key: String, message: String },
@@ -33,6 +36,10 @@ pub enum DcsError {
 impl From<etcd_client::Error> for DcsError {
     fn from(e: etcd_client::Error) -> Self {
         match &e {
+            etcd_client::Error::LeaseKeepAliveError(m) if m.contains("not found") => DcsError::LeaseNotFound,
+            etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::NotFound && s.message().contains("lease") => {
+                DcsError::LeaseNotFound
+            }
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
                 DcsError::Unreachable(e.to_string())
             }

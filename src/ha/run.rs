@@ -72,6 +72,10 @@ pub struct Ha {
     config: crate::dcs::values::DynamicConfig,
     members_seen: Vec<String>,
     last_status_optime: Option<u64>,
+    /// The member key as last written, and on which lease.
+    last_member: Option<(MemberValue, i64)>,
+    /// Shared with the watch task: only a leader wakes on member changes.
+    leading: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs the node in HA mode until told to stop; returns the exit status.
@@ -164,6 +168,8 @@ pub(crate) async fn run(
         config: Default::default(),
         members_seen: Vec::new(),
         last_status_optime: None,
+        last_member: None,
+        leading: Arc::default(),
     };
     ha.spawn_watch();
     ha.main_loop(notifier, signals).await
@@ -178,6 +184,7 @@ impl Ha {
     fn spawn_watch(&self) {
         let dcs = self.dcs.clone();
         let wake = self.wake.clone();
+        let leading = self.leading.clone();
         let prefix = dcs.keys.prefix().to_owned();
         tokio::spawn(async move {
             let mut from = 0i64;
@@ -197,7 +204,8 @@ impl Ha {
                                     ev.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
                                         let rel = k.strip_prefix(&prefix).unwrap_or("");
                                         matches!(rel, "leader" | "config" | "failover" | "initialize")
-                                            || rel.starts_with("members/")
+                                            || (rel.starts_with("members/")
+                                                && leading.load(std::sync::atomic::Ordering::Relaxed))
                                     })
                                 });
                                 if let Some(h) = resp.header() {
@@ -336,12 +344,13 @@ impl Ha {
                 let ttl = Duration::from_secs(ttl as u64);
                 self.lease_alive_until = Some(sent + ttl - fence_margin(ttl));
             }
-            Ok(_) => {
+            Ok(_) | Err(DcsError::LeaseNotFound) => {
                 tracing::warn!(lease = self.lease, "the lease expired; granting a new one");
                 let ttl = Duration::from_secs(self.config.normalized().ttl);
                 if let Ok(l) = self.dcs.grant_lease(ttl).await {
                     self.lease = l;
                     self.lease_alive_until = Some(sent + ttl - fence_margin(ttl));
+                    self.last_member = None;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "lease keepalive failed"),
@@ -825,9 +834,14 @@ impl Ha {
             replay_lsn: pos.and_then(|p| p.replay.filter(|_| p.in_recovery)),
             pending_restart: false,
         };
-        if let Err(e) = self.dcs.put_member(&self.cfg.name, &member, self.lease).await {
-            tracing::warn!(error = %e, "cannot publish the member key");
+        // Only on change: every put wakes the leader's watch.
+        if self.last_member.as_ref() != Some(&(member.clone(), self.lease)) {
+            match self.dcs.put_member(&self.cfg.name, &member, self.lease).await {
+                Ok(()) => self.last_member = Some((member.clone(), self.lease)),
+                Err(e) => tracing::warn!(error = %e, "cannot publish the member key"),
+            }
         }
+        self.leading.store(leader, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.status.borrow().clone();
         st.state = member.state.clone();
         st.role = member.role.clone();

@@ -82,9 +82,7 @@ pub fn free_ports(n: u16) -> u16 {
 /// or Err(a report with its output) when it fails.
 fn run_script(name: &str, args: &[&str], rm_on_exit: bool) -> Result<String, String> {
     let mut cmd = Command::new(script(name));
-    cmd.args(args)
-        .env("TESTBED_WATCH_PID", std::process::id().to_string())
-        .stdin(Stdio::null());
+    cmd.args(args).env("TESTBED_WATCH_PID", std::process::id().to_string()).stdin(Stdio::null());
     if rm_on_exit {
         cmd.env("TESTBED_RM_ON_EXIT", "1");
     }
@@ -103,10 +101,7 @@ fn run_script(name: &str, args: &[&str], rm_on_exit: bool) -> Result<String, Str
 
 /// Starts a daemon on fresh ports, retrying (3 attempts) only when another
 /// process grabbed a port between our check and the daemon's bind.
-fn start_with_ports(
-    n: u16,
-    mut attempt: impl FnMut(u16) -> Result<String, String>,
-) -> (u16, String) {
+fn start_with_ports(n: u16, mut attempt: impl FnMut(u16) -> Result<String, String>) -> (u16, String) {
     let mut last = String::new();
     for _ in 0..3 {
         let base = free_ports(n);
@@ -126,10 +121,7 @@ fn read_pid(path: &Path) -> Option<u32> {
 
 /// Sends `sig` (e.g. "KILL", "STOP", "CONT") to `pid` with kill(1).
 pub fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
+    let st = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("run kill");
     assert!(st.success(), "kill -{sig} {pid} failed");
 }
 
@@ -137,10 +129,7 @@ pub fn signal(pid: u32, sig: &str) {
 pub fn gone(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s
-            .rsplit(')')
-            .next()
-            .is_none_or(|r| r.trim_start().starts_with('Z')),
+        Ok(s) => s.rsplit(')').next().is_none_or(|r| r.trim_start().starts_with('Z')),
     }
 }
 
@@ -216,17 +205,9 @@ impl Etcd {
         };
         let (ports, names): (Vec<u16>, Vec<String>) = if cluster {
             let (base, _) = start_with_ports(6, |base| {
-                run_script(
-                    "etcd.sh",
-                    &["start-cluster", d, &base.to_string()],
-                    rm_on_exit,
-                )
-                .inspect_err(|_| wipe())
+                run_script("etcd.sh", &["start-cluster", d, &base.to_string()], rm_on_exit).inspect_err(|_| wipe())
             });
-            (
-                vec![base, base + 2, base + 4],
-                (0..3).map(|i| format!("n{i}")).collect(),
-            )
+            (vec![base, base + 2, base + 4], (0..3).map(|i| format!("n{i}")).collect())
         } else {
             let (base, _) = start_with_ports(2, |base| {
                 let (c, p) = (base.to_string(), (base + 1).to_string());
@@ -253,10 +234,7 @@ impl Etcd {
 
     /// `https://127.0.0.1:port` for every member.
     pub fn urls(&self) -> Vec<String> {
-        self.endpoints
-            .iter()
-            .map(|e| format!("https://{e}"))
-            .collect()
+        self.endpoints.iter().map(|e| format!("https://{e}")).collect()
     }
 
     /// The `https://` URLs joined with commas (etcdctl `--endpoints` form).
@@ -293,20 +271,12 @@ impl Etcd {
 
     /// Pid file of member `i`.
     pub fn pid_file(&self, i: usize) -> PathBuf {
-        if self.cluster {
-            self.dir.join(format!("n{i}.pid"))
-        } else {
-            self.dir.join("etcd.pid")
-        }
+        if self.cluster { self.dir.join(format!("n{i}.pid")) } else { self.dir.join("etcd.pid") }
     }
 
     /// Log file of member `i`.
     pub fn log_file(&self, i: usize) -> PathBuf {
-        if self.cluster {
-            self.dir.join(format!("n{i}.log"))
-        } else {
-            self.dir.join("etcd.log")
-        }
+        if self.cluster { self.dir.join(format!("n{i}.log")) } else { self.dir.join("etcd.log") }
     }
 
     /// The etcd process id of member `i` (None once stopped).
@@ -324,10 +294,7 @@ impl Etcd {
     /// Stops every member (idempotent).
     pub fn stop(&self) {
         if let Some(d) = self.dir.to_str() {
-            let _ = Command::new(script("etcd.sh"))
-                .args(["stop", d])
-                .stdin(Stdio::null())
-                .output();
+            let _ = Command::new(script("etcd.sh")).args(["stop", d]).stdin(Stdio::null()).output();
         }
     }
 }
@@ -447,15 +414,7 @@ impl Garage {
         let mut f = tempfile::NamedTempFile::new().expect("temp file");
         f.write_all(data).expect("write temp file");
         let path = f.path().to_str().expect("utf-8 path").to_string();
-        let out = self.curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-T",
-            &path,
-            &self.object_url(key),
-        ]);
+        let out = self.curl(&["-o", "/dev/null", "-w", "%{http_code}", "-T", &path, &self.object_url(key)]);
         http_code(&out)
     }
 
@@ -473,11 +432,7 @@ impl Garage {
 
     /// Stops the server (idempotent).
     pub fn stop(&self) {
-        let _ = Command::new(script("garage.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .output();
+        let _ = Command::new(script("garage.sh")).arg("stop").arg(&self.dir).stdin(Stdio::null()).output();
     }
 }
 
@@ -489,20 +444,14 @@ impl Drop for Garage {
 
 fn http_code(out: &Output) -> u16 {
     let s = String::from_utf8_lossy(&out.stdout);
-    s.trim().parse().unwrap_or_else(|_| {
-        panic!(
-            "curl gave no HTTP status: {s:?} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    s.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl gave no HTTP status: {s:?} {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn parse_env(path: &Path) -> HashMap<String, String> {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
 }
 
 // -------------------------------------------------------------- shared ----
