@@ -186,19 +186,24 @@ fn bootstrap_patronictl_crash_rejoin_handover_switchover() {
     assert_eq!(c.nodes.iter().map(|n| n.log_text().matches("initdb done").count()).sum::<usize>(), 1, "one initdb");
     psql_ok(&c.nodes[li], "CREATE TABLE t (at timestamptz); INSERT INTO t VALUES (now())");
 
-    // patronictl 3.0.2 reads the cluster as tusk sees it.
-    let list = c.patronictl_list();
-    assert_eq!(list.len(), 3, "{list:?}");
-    for m in &list {
-        let name = m["Member"].as_str().unwrap();
-        assert_eq!(m["State"], "running", "{m}");
-        assert_eq!(m["TL"], 1, "{m}");
-        if name == leader {
-            assert_eq!(m["Role"], "Leader", "{m}");
-        } else {
-            assert_eq!(m["Role"], "Replica", "{m}");
-            assert_eq!(m["Lag in MB"], 0, "{m}");
-        }
+    // patronictl 3.0.2 reads the cluster as tusk sees it (positions are
+    // published once per loop_wait, so allow two loops to settle).
+    let expected = |list: &[serde_json::Value]| {
+        list.len() == 3
+            && list.iter().all(|m| {
+                let leads = m["Member"] == leader.as_str();
+                m["State"] == "running"
+                    && m["TL"] == 1
+                    && m["Role"] == if leads { "Leader" } else { "Replica" }
+                    && (leads || m["Lag in MB"] == 0)
+            })
+    };
+    let t0 = Instant::now();
+    let mut list = c.patronictl_list();
+    while !expected(&list) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "patronictl list disagrees: {list:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        list = c.patronictl_list();
     }
 
     // Crash of the leader node: a new leader accepts writes within ttl + 2 s.

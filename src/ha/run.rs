@@ -76,6 +76,9 @@ pub struct Ha {
     last_member: Option<(MemberValue, i64)>,
     /// Shared with the watch task: only a leader wakes on member changes.
     leading: Arc<std::sync::atomic::AtomicBool>,
+    watch_task: Option<tokio::task::JoinHandle<()>>,
+    /// TTL the current lease was granted with.
+    lease_ttl: Duration,
 }
 
 /// Runs the node in HA mode until told to stop; returns the exit status.
@@ -170,6 +173,8 @@ pub(crate) async fn run(
         last_status_optime: None,
         last_member: None,
         leading: Arc::default(),
+        watch_task: None,
+        lease_ttl: ttl,
     };
     ha.spawn_watch();
     ha.main_loop(notifier, signals).await
@@ -181,12 +186,15 @@ impl Ha {
     }
 
     /// Wakes the loop on changes of the keys that decide leadership.
-    fn spawn_watch(&self) {
+    fn spawn_watch(&mut self) {
+        if let Some(old) = self.watch_task.take() {
+            old.abort();
+        }
         let dcs = self.dcs.clone();
         let wake = self.wake.clone();
         let leading = self.leading.clone();
         let prefix = dcs.keys.prefix().to_owned();
-        tokio::spawn(async move {
+        self.watch_task = Some(tokio::spawn(async move {
             let mut from = 0i64;
             loop {
                 let stream = match dcs.snapshot().await {
@@ -222,7 +230,7 @@ impl Ha {
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-        });
+        }));
     }
 
     async fn main_loop(&mut self, notifier: &Notifier, signals: &mut Signals) -> i32 {
@@ -266,16 +274,35 @@ impl Ha {
                 }
                 req = signals.recv() => match req {
                     Request::Stop | Request::StopNow => return self.shutdown(req, notifier, signals).await,
-                    Request::Reload => {
-                        if let Err(e) = crate::postgres::tls::install(&self.cfg, &self.run_as) {
-                            tracing::error!("keeping the installed certificates: {e}");
-                        }
-                        if let Some(pm) = &self.pm { pm.signal(Signal::SIGHUP); }
-                    }
+                    Request::Reload => self.reload().await,
                     Request::Status => tracing::info!(status = ?self.status.borrow(), "status"),
                     Request::Ignore => {}
                 }
             }
+        }
+    }
+
+    /// SIGHUP: PostgreSQL's certificates re-installed and reloaded; the etcd
+    /// certificate files re-read by a new connection (kept only if it works).
+    async fn reload(&mut self) {
+        if let Err(e) = crate::postgres::tls::install(&self.cfg, &self.run_as) {
+            tracing::error!("keeping the installed certificates: {e}");
+        }
+        if let Some(pm) = &self.pm {
+            pm.signal(Signal::SIGHUP);
+        }
+        let etcd = self.cfg.etcd.clone().expect("HA mode has an etcd section");
+        let timeout = Duration::from_secs(self.config.normalized().retry_timeout);
+        match Dcs::connect(&etcd, &self.cfg.namespace, &self.cfg.scope, timeout).await {
+            Ok(dcs) => match dcs.snapshot().await {
+                Ok(_) => {
+                    self.dcs = dcs;
+                    self.spawn_watch();
+                    tracing::info!("reloaded: etcd certificates re-read, postgres reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "keeping the current etcd connection: the new certificates do not work"),
+            },
+            Err(e) => tracing::error!(error = %e, "keeping the current etcd connection"),
         }
     }
 
@@ -317,6 +344,24 @@ impl Ha {
             }
         };
         self.config = snap.view.config.clone();
+        // A new ttl in `config` applies without a restart: a lease with the new
+        // TTL, the member key re-put, the leader key moved (conditionally).
+        let ttl = Duration::from_secs(self.config.normalized().ttl);
+        if snap.config_revision.is_some() && ttl != self.lease_ttl {
+            match self.dcs.grant_lease(ttl).await {
+                Ok(lease) => {
+                    tracing::info!(old_s = self.lease_ttl.as_secs(), new_s = ttl.as_secs(), "ttl changed: new lease");
+                    // The old lease is left to expire: its keys move to the new one.
+                    self.lease = lease;
+                    self.lease_ttl = ttl;
+                    self.last_member = None;
+                    if snap.view.leader.as_deref() == Some(self.name()) {
+                        let _ = self.dcs.reclaim_leader(&self.cfg.name, lease).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot grant a lease with the new ttl"),
+            }
+        }
         // The leader key on an old lease of ours (lease re-granted): move it.
         if snap.view.leader.as_deref() == Some(self.name()) && snap.leader_lease.is_some_and(|l| l != self.lease) {
             match self.dcs.reclaim_leader(&self.cfg.name, self.lease).await {
