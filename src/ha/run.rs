@@ -205,27 +205,26 @@ impl Ha {
                     Err(e) => Err(e),
                 };
                 match stream {
-                    Ok(mut stream) => loop {
-                        match stream.message().await {
-                            Ok(Some(resp)) => {
-                                let relevant = resp.events().iter().any(|ev| {
-                                    ev.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
-                                        let rel = k.strip_prefix(&prefix).unwrap_or("");
-                                        matches!(rel, "leader" | "config" | "failover" | "initialize")
-                                            || (rel.starts_with("members/")
-                                                && leading.load(std::sync::atomic::Ordering::Relaxed))
-                                    })
-                                });
-                                if let Some(h) = resp.header() {
-                                    from = from.max(h.revision() + 1);
-                                }
-                                if relevant {
-                                    wake.notify_one();
-                                }
+                    Ok(mut stream) => {
+                        // Events may have been missed while reconnecting: look again.
+                        wake.notify_one();
+                        while let Ok(Some(resp)) = stream.message().await {
+                            let relevant = resp.events().iter().any(|ev| {
+                                ev.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
+                                    let rel = k.strip_prefix(&prefix).unwrap_or("");
+                                    matches!(rel, "leader" | "config" | "failover" | "initialize")
+                                        || (rel.starts_with("members/")
+                                            && leading.load(std::sync::atomic::Ordering::Relaxed))
+                                })
+                            });
+                            if let Some(h) = resp.header() {
+                                from = from.max(h.revision() + 1);
                             }
-                            Ok(None) | Err(_) => break,
+                            if relevant {
+                                wake.notify_one();
+                            }
                         }
-                    },
+                    }
                     Err(e) => tracing::debug!(error = %e, "watch failed; retrying"),
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
