@@ -196,7 +196,7 @@ impl Node {
                 return Ok(None);
             }
         }
-        files::write_all(&cfg, &tls, &run_as, None)?;
+        files::write_all(&cfg, &tls, &run_as, &files::Role::Primary)?;
         Ok(Some(Node { cfg, layout, run_as, passwords }))
     }
 

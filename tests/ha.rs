@@ -248,6 +248,9 @@ fn bootstrap_patronictl_crash_rejoin_handover_switchover() {
     let t0 = Instant::now();
     c.wait_streaming(&third, Duration::from_secs(15));
     eprintln!("switchover: demoted {third} streaming again after {:?}", t0.elapsed());
+    // It restarted as a standby: never writable, so never fenced.
+    let demoted_log = c.nodes[c.index(&third)].log_text();
+    assert!(!demoted_log.contains("fencing"), "the demoted leader came up as a primary:\n{demoted_log}");
     let list = c.patronictl_list();
     assert!(list.iter().any(|m| m["Member"] == candidate.as_str() && m["Role"] == "Leader"), "{list:?}");
     // `tusk list` agrees.

@@ -27,7 +27,7 @@ use crate::config::{Config, Secret};
 use crate::dcs::client::{Dcs, DcsError};
 use crate::dcs::values::{Failover, HistoryLine, MemberValue, PATRONI_COMPAT_VERSION, Status};
 use crate::notify::Notifier;
-use crate::postgres::files::{self, TlsPaths};
+use crate::postgres::files::{self, Role, TlsPaths};
 use crate::postgres::passwords::Passwords;
 use crate::postgres::process::{self, Postmaster};
 use crate::postgres::replication::{self, Upstream};
@@ -322,6 +322,8 @@ impl Ha {
 
     /// Stops writes now: immediate shutdown of a primary.
     async fn fence(&mut self, why: &str) {
+        // An immediate stop of a primary may leave WAL the leader lacks.
+        self.clean_handover = false;
         if let Some(pm) = &self.pm {
             tracing::error!("{why}: immediate shutdown of the primary (fencing)");
             pm.signal(Signal::SIGQUIT);
@@ -438,7 +440,11 @@ impl Ha {
                     None => Postgres::Starting,
                     Some(c) => match replication::position(c).await {
                         Ok(p) if p.in_recovery => Postgres::Replica { wal: p.wal, timeline: p.timeline },
-                        Ok(p) => Postgres::Primary { wal: p.wal, timeline: p.timeline },
+                        Ok(p) => {
+                            // A primary again: a later rejoin must check for divergence.
+                            self.clean_handover = false;
+                            Postgres::Primary { wal: p.wal, timeline: p.timeline }
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "status query failed");
                             self.client = None;
@@ -532,7 +538,7 @@ impl Ha {
                 }
             }
             Action::StartPrimary => {
-                if let Err(e) = self.start(None).await {
+                if let Err(e) = self.start(Role::Primary).await {
                     tracing::error!("cannot start postgres as primary: {e}");
                 }
             }
@@ -553,7 +559,7 @@ impl Ha {
                         }
                     }
                 }
-                if let Err(e) = self.start(upstream).await {
+                if let Err(e) = self.start(Role::Replica(upstream)).await {
                     tracing::error!("cannot start postgres as replica: {e}");
                 }
             }
@@ -572,7 +578,7 @@ impl Ha {
                 let up = self.upstream_for(view, &leader);
                 if up.is_some() && up != self.upstream {
                     tracing::info!(leader, "following the new leader");
-                    if let Err(e) = files::write_all(&self.cfg, &self.tls, &self.run_as, up.as_ref()) {
+                    if let Err(e) = files::write_all(&self.cfg, &self.tls, &self.run_as, &Role::Replica(up.clone())) {
                         tracing::error!("cannot point postgres at the new leader: {e}");
                     } else {
                         self.upstream = up;
@@ -644,7 +650,7 @@ impl Ha {
         let pw = self.passwords(true).await?;
         let stop = std::future::pending::<()>();
         process::initdb(&self.cfg, &self.bin, &self.run_as, stop).await.map_err(|e| e.to_string())?;
-        files::write_all(&self.cfg, &self.tls, &self.run_as, None).map_err(|e| e.to_string())?;
+        files::write_all(&self.cfg, &self.tls, &self.run_as, &Role::Primary).map_err(|e| e.to_string())?;
         let mut pm = Postmaster::start(&self.cfg, &self.bin, &self.run_as).map_err(|e| e.to_string())?;
         let client = tokio::select! {
             c = sql::wait_ready(&self.cfg) => c.map_err(|e| e.to_string())?,
@@ -673,7 +679,7 @@ impl Ha {
         self.publish(view).await;
         replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await.map_err(|e| e.to_string())?;
         self.clean_handover = true;
-        self.start(Some(up)).await.map_err(|e| e.to_string())
+        self.start(Role::Replica(Some(up))).await.map_err(|e| e.to_string())
     }
 
     /// A former primary diverged from the new leader: pg_rewind it (a no-op
@@ -703,15 +709,18 @@ impl Ha {
 
     /// Writes the files for the role and starts the postmaster (readiness
     /// is observed by later rounds).
-    async fn start(&mut self, upstream: Option<Upstream>) -> Result<(), crate::postgres::PgError> {
+    async fn start(&mut self, role: Role) -> Result<(), crate::postgres::PgError> {
         if self.passwords.is_none() {
             // Needed for primary_conninfo's passfile.
             let _ = self.passwords(false).await;
         }
         process::clear_stale_pid_file(&self.cfg.postgres.data)?;
-        files::write_all(&self.cfg, &self.tls, &self.run_as, upstream.as_ref())?;
+        files::write_all(&self.cfg, &self.tls, &self.run_as, &role)?;
         self.pm = Some(Postmaster::start(&self.cfg, &self.bin, &self.run_as)?);
-        self.upstream = upstream;
+        self.upstream = match role {
+            Role::Replica(up) => up,
+            Role::Primary => None,
+        };
         self.state = "starting";
         Ok(())
     }
@@ -756,7 +765,7 @@ impl Ha {
         if let Err(e) = sql::checkpoint(client).await {
             tracing::warn!(error = %e, "post-promotion checkpoint failed");
         }
-        if let Err(e) = files::write_all(&self.cfg, &self.tls, &self.run_as, None) {
+        if let Err(e) = files::write_all(&self.cfg, &self.tls, &self.run_as, &Role::Primary) {
             tracing::warn!("cannot rewrite tusk.conf after promotion: {e}");
         } else if let Some(pm) = &self.pm {
             pm.signal(Signal::SIGHUP);

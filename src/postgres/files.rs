@@ -131,12 +131,23 @@ fn hba_user(name: &str) -> String {
 
 /// Writes `tusk.conf`, `pg_hba.conf` and the include line in
 /// `postgresql.conf`, owned by the postgres user.
-/// `upstream`: run as a replica of it (`standby.signal`, `primary_conninfo`);
-/// `None`: as a primary.
-pub fn write_all(cfg: &Config, tls: &TlsPaths, run_as: &RunAs, upstream: Option<&Upstream>) -> Result<(), PgError> {
+/// How postgres is to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    /// A standby (`standby.signal`), streaming from the upstream if there is
+    /// one; without one it is a read-only node waiting for a leader.
+    Replica(Option<Upstream>),
+}
+
+pub fn write_all(cfg: &Config, tls: &TlsPaths, run_as: &RunAs, role: &Role) -> Result<(), PgError> {
     let data = &cfg.postgres.data;
+    let upstream = match role {
+        Role::Replica(up) => up.as_ref(),
+        Role::Primary => None,
+    };
     write_atomic(&data.join(TUSK_CONF), render_conf(&parameters(cfg, tls, upstream)).as_bytes(), 0o600, run_as)?;
-    super::replication::set_standby(data, upstream.is_some(), run_as)?;
+    super::replication::set_standby(data, matches!(role, Role::Replica(_)), run_as)?;
     write_atomic(&data.join("pg_hba.conf"), render_hba(cfg).as_bytes(), 0o600, run_as)?;
     let conf_path = data.join("postgresql.conf");
     let conf = std::fs::read_to_string(&conf_path).map_err(|e| PgError::io(conf_path.display().to_string(), e))?;
