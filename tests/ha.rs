@@ -253,6 +253,16 @@ fn bootstrap_patronictl_crash_rejoin_handover_switchover() {
     assert!(!demoted_log.contains("fencing"), "the demoted leader came up as a primary:\n{demoted_log}");
     let list = c.patronictl_list();
     assert!(list.iter().any(|m| m["Member"] == candidate.as_str() && m["Role"] == "Leader"), "{list:?}");
+    // Dynamic configuration: a parameter set in etcd's `config` reaches every
+    // node with a reload, no restart.
+    let key = format!("/service/{}/config", c.scope);
+    let out = c.etcd.etcdctl(&["put", &key, &format!(r#"{{"ttl":10,"loop_wait":2,"retry_timeout":3,"postgresql":{{"parameters":{{"work_mem":"7MB"}}}}}}"#)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t0 = Instant::now();
+    while !c.nodes.iter().all(|n| try_sql(n, "SHOW work_mem").as_deref() == Some("7MB")) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "work_mem from the dynamic configuration not applied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // `tusk list` agrees.
     let out = Command::new(node::tusk_bin()).arg("list").env_clear().envs(&c.nodes[0].env).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);

@@ -21,6 +21,7 @@ pub use host::HostFacts;
 pub use secret::Secret;
 
 use parse::*;
+pub(crate) use parse::MANAGED_PARAMETERS;
 
 /// Exit status for a configuration error (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;

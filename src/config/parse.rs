@@ -176,7 +176,7 @@ pub(super) fn parse_log_format(v: Option<&str>) -> Result<LogFormat, ConfigError
 }
 
 /// Parameters tusk sets itself; `TUSK_PG_PARAMETERS` may not override them.
-const MANAGED_PARAMETERS: &[(&str, &str)] = &[
+pub(crate) const MANAGED_PARAMETERS: &[(&str, &str)] = &[
     ("data_directory", "PGDATA"),
     ("config_file", "PGDATA"),
     ("hba_file", "PGDATA"),

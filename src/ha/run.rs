@@ -371,6 +371,19 @@ impl Ha {
                 Err(e) => tracing::warn!(error = %e, "cannot move the leader key to the new lease"),
             }
         }
+        // Cluster-wide parameters from `config`: applied with a reload.
+        if self.cfg.postgres.data.join("PG_VERSION").exists() {
+            match files::write_dynamic(&self.cfg, &self.run_as, &self.config.postgresql.parameters) {
+                Ok(true) => {
+                    if let Some(pm) = &self.pm {
+                        tracing::info!("dynamic configuration changed: postgres reloaded");
+                        pm.signal(Signal::SIGHUP);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot write the dynamic parameters: {e}"),
+            }
+        }
         let mut local = self.observe().await;
         let mut action = decide(&snap.view, &local);
         if action == Action::AskPeers {

@@ -13,6 +13,8 @@ use super::{PgError, RunAs};
 use crate::config::Config;
 
 pub const TUSK_CONF: &str = "tusk.conf";
+/// `postgresql.parameters` of the cluster's dynamic configuration (HA mode).
+pub const DCS_CONF: &str = "tusk.dcs.conf";
 const INCLUDE_LINE: &str = "include = 'tusk.conf'\t\t# added by tusk: settings managed by tusk";
 
 /// Paths of the TLS files postgres uses.
@@ -101,7 +103,44 @@ pub fn render_conf(params: &BTreeMap<String, String>) -> String {
     for (k, v) in params {
         out.push_str(&format!("{k} = {}\n", quote(v)));
     }
+    // The cluster-wide parameters from etcd's `config` come last (HA mode).
+    out.push_str(&format!("include_if_exists = '{DCS_CONF}'\n"));
     out
+}
+
+/// Writes `postgresql.parameters` from the dynamic configuration to
+/// `tusk.dcs.conf` (parameters tusk manages are left out, with a warning);
+/// returns whether the file changed, so the caller reloads postgres.
+pub fn write_dynamic(
+    cfg: &Config,
+    run_as: &RunAs,
+    params: &BTreeMap<String, serde_json::Value>,
+) -> Result<bool, PgError> {
+    let mut out = String::from("# Managed by tusk: postgresql.parameters of the cluster's config key in etcd.\n");
+    for (k, v) in params {
+        let k = k.to_ascii_lowercase();
+        if crate::config::MANAGED_PARAMETERS.iter().any(|(m, _)| *m == k)
+            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            tracing::warn!(parameter = %k, "ignoring a parameter from the dynamic configuration that tusk manages");
+            continue;
+        }
+        let v = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_owned(),
+            other => other.to_string(),
+        };
+        if v.contains('\n') {
+            continue;
+        }
+        out.push_str(&format!("{k} = {}\n", quote(&v)));
+    }
+    let path = cfg.postgres.data.join(DCS_CONF);
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == out) {
+        return Ok(false);
+    }
+    write_atomic(&path, out.as_bytes(), 0o600, run_as)?;
+    Ok(true)
 }
 
 /// Spilo's `pg_hba.conf` (reference §1.4): trust on the local socket,
