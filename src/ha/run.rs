@@ -79,6 +79,7 @@ pub struct Ha {
     watch_task: Option<tokio::task::JoinHandle<()>>,
     /// TTL the current lease was granted with.
     lease_ttl: Duration,
+    keepalive_failed: bool,
 }
 
 /// Runs the node in HA mode until told to stop; returns the exit status.
@@ -175,6 +176,7 @@ pub(crate) async fn run(
         leading: Arc::default(),
         watch_task: None,
         lease_ttl: ttl,
+        keepalive_failed: false,
     };
     ha.spawn_watch();
     ha.main_loop(notifier, signals).await
@@ -311,8 +313,14 @@ impl Ha {
         if st.state != "running" && self.pm.is_some() {
             return Duration::from_millis(100);
         }
-        let lw = Duration::from_secs(c.loop_wait);
-        if st.leader { lw.min(Duration::from_secs(c.ttl) / 4) } else { lw }
+        // The lease is renewed once per loop, as Patroni does: renewing more
+        // often would only make a crashed leader's lease live longer. After a
+        // failed keepalive, retry within a second (fencing does not depend
+        // on the cadence: it races the deadline).
+        if self.keepalive_failed {
+            return Duration::from_secs(1).min(Duration::from_secs(c.loop_wait));
+        }
+        Duration::from_secs(c.loop_wait)
     }
 
     fn running_primary_pid(&self) -> Option<nix::unistd::Pid> {
@@ -398,7 +406,9 @@ impl Ha {
 
     async fn renew_lease(&mut self) {
         let sent = Instant::now();
-        match self.dcs.keepalive(self.lease).await {
+        let result = self.dcs.keepalive(self.lease).await;
+        self.keepalive_failed = result.is_err();
+        match result {
             Ok(ttl) if ttl > 0 => {
                 let ttl = Duration::from_secs(ttl as u64);
                 self.lease_alive_until = Some(sent + ttl - fence_margin(ttl));
