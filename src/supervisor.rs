@@ -118,14 +118,7 @@ pub async fn run(cfg: Config) -> i32 {
 /// HA mode: the same preparation as a standalone node up to the data
 /// directory, which the HA loop bootstraps, clones or adopts.
 async fn run_ha(cfg: Config, notifier: &Notifier, signals: &mut Signals) -> i32 {
-    let prepared = (|| -> Result<_, NodeError> {
-        let layout = postgres::preflight(&cfg.postgres, std::path::Path::new(postgres::DEFAULT_LIB_ROOT))?;
-        let run_as = RunAs::resolve()?;
-        postgres::prepare_directories(&cfg.postgres, &run_as)?;
-        let tls = postgres::tls::install(&cfg, &run_as)?;
-        Ok((layout, run_as, tls))
-    })();
-    match prepared {
+    match prepare_common(&cfg) {
         Ok((layout, run_as, tls)) => crate::ha::run::run(cfg, layout.binaries, run_as, tls, notifier, signals).await,
         Err(NodeError::Config(e)) => {
             tracing::error!(variable = %e.var, "configuration error: {e}");
@@ -136,6 +129,16 @@ async fn run_ha(cfg: Config, notifier: &Notifier, signals: &mut Signals) -> i32 
             EXIT_FAILURE
         }
     }
+}
+
+/// What both modes do first: preflight (read-only), the OS user,
+/// directories, TLS files.
+fn prepare_common(cfg: &Config) -> Result<(Layout, RunAs, files::TlsPaths), NodeError> {
+    let layout = postgres::preflight(&cfg.postgres, std::path::Path::new(postgres::DEFAULT_LIB_ROOT))?;
+    let run_as = RunAs::resolve()?;
+    postgres::prepare_directories(&cfg.postgres, &run_as)?;
+    let tls = postgres::tls::install(cfg, &run_as)?;
+    Ok((layout, run_as, tls))
 }
 
 enum NodeError {
@@ -180,11 +183,8 @@ impl Node {
     /// Preflight, directories, passwords, certificates, initdb and files.
     /// `Ok(None)`: a stop request arrived during bootstrap.
     async fn prepare(cfg: Config, notifier: &Notifier, signals: &mut Signals) -> Result<Option<Node>, NodeError> {
-        let layout = postgres::preflight(&cfg.postgres, std::path::Path::new(postgres::DEFAULT_LIB_ROOT))?;
-        let run_as = RunAs::resolve()?;
-        postgres::prepare_directories(&cfg.postgres, &run_as)?;
+        let (layout, run_as, tls) = prepare_common(&cfg)?;
         let passwords = passwords::resolve(&cfg, &run_as)?;
-        let tls = postgres::tls::install(&cfg, &run_as)?;
         if layout.state == DataDirState::Fresh {
             notifier.status("bootstrapping: initdb");
             tracing::info!(data = %cfg.postgres.data.display(), version = layout.binaries.version, "fresh data directory: running initdb");

@@ -80,6 +80,7 @@ pub struct Ha {
     /// TTL the current lease was granted with.
     lease_ttl: Duration,
     keepalive_failed: bool,
+    last_renewal: Option<Instant>,
 }
 
 /// Runs the node in HA mode until told to stop; returns the exit status.
@@ -177,6 +178,7 @@ pub(crate) async fn run(
         watch_task: None,
         lease_ttl: ttl,
         keepalive_failed: false,
+        last_renewal: None,
     };
     ha.spawn_watch();
     ha.main_loop(notifier, signals).await
@@ -405,7 +407,15 @@ impl Ha {
     }
 
     async fn renew_lease(&mut self) {
+        // At most once per loop_wait (unless the last one failed), as Patroni
+        // does: waking up more often (watch events) must not stretch the life
+        // of the lease, which is what a crashed leader's failover waits for.
+        let loop_wait = Duration::from_secs(self.config.normalized().loop_wait);
+        if !self.keepalive_failed && self.last_renewal.is_some_and(|t| t.elapsed() < loop_wait) {
+            return;
+        }
         let sent = Instant::now();
+        self.last_renewal = Some(sent);
         let result = self.dcs.keepalive(self.lease).await;
         self.keepalive_failed = result.is_err();
         match result {
@@ -684,6 +694,11 @@ impl Ha {
         self.pm = Some(pm);
         self.client = Some(client);
         self.upstream = None;
+        self.sysid = Some(sysid.clone());
+        self.state = "running";
+        // The member key first: members that see the leader key clone from
+        // the address in it at once.
+        self.publish(&ClusterView::default()).await;
         if !self.dcs.acquire_leader(&self.cfg.name, self.lease).await.map_err(|e| e.to_string())? {
             return Err("the leader key was taken during bootstrap".into());
         }
