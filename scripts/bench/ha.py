@@ -329,6 +329,14 @@ def main():
         cpu = "/".join(f"{x:.2f}" for x in r.get("idle_cpu_pct", []))
         print(f"| {s} | {system} | {fmt(r['graceful'])} | {fmt(r['switchover'])} | {fmt(r['switchover_gap'])} | "
               f"{fmt(r['demoted_streaming'])} | {fmt(r['crash'])} | {fmt(r['bootstrap'])} | {rss} | {cpu} |")
+    # Keep the agents' logs for diagnosis; drop the data.
+    logs = base + "-logs"
+    os.makedirs(logs, exist_ok=True)
+    for root, _, files in os.walk(base):
+        for f in files:
+            if f == "agent.log":
+                shutil.copy(os.path.join(root, f), os.path.join(logs, os.path.basename(root) + ".log"))
+    print(f"agent logs: {logs}")
     shutil.rmtree(base, ignore_errors=True)
 
 

@@ -340,7 +340,7 @@ impl Ha {
         }
         self.stop_local(Duration::from_secs(5)).await;
         self.state = "stopped";
-        self.publish_status(None);
+        self.publish_status();
     }
 
     /// One observe → decide → act round. `Some(code)`: exit.
@@ -679,7 +679,7 @@ impl Ha {
 
     async fn bootstrap(&mut self) -> Result<(), String> {
         self.state = "initializing new cluster";
-        self.publish_status(None);
+        self.publish_status();
         let pw = self.passwords(true).await?;
         let stop = std::future::pending::<()>();
         process::initdb(&self.cfg, &self.bin, &self.run_as, stop).await.map_err(|e| e.to_string())?;
@@ -864,7 +864,7 @@ impl Ha {
         }
         self.clean_handover = true;
         self.state = "stopped";
-        self.publish_status(None);
+        self.publish_status();
     }
 
     /// Waits for the postmaster to exit (escalating to SIGQUIT, then SIGKILL
@@ -951,7 +951,7 @@ impl Ha {
         self.status.send_replace(st);
     }
 
-    fn publish_status(&self, _view: Option<&ClusterView>) {
+    fn publish_status(&self) {
         let mut st = self.status.borrow().clone();
         st.state = self.state.to_owned();
         if self.pm.is_none() {
