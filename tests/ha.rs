@@ -256,7 +256,7 @@ fn bootstrap_patronictl_crash_rejoin_handover_switchover() {
     // Dynamic configuration: a parameter set in etcd's `config` reaches every
     // node with a reload, no restart.
     let key = format!("/service/{}/config", c.scope);
-    let out = c.etcd.etcdctl(&["put", &key, &format!(r#"{{"ttl":10,"loop_wait":2,"retry_timeout":3,"postgresql":{{"parameters":{{"work_mem":"7MB"}}}}}}"#)]);
+    let out = c.etcd.etcdctl(&["put", &key, r#"{"ttl":10,"loop_wait":2,"retry_timeout":3,"postgresql":{"parameters":{"work_mem":"7MB"}}}"#]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let t0 = Instant::now();
     while !c.nodes.iter().all(|n| try_sql(n, "SHOW work_mem").as_deref() == Some("7MB")) {
