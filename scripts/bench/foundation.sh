@@ -67,7 +67,7 @@ stop
 
 if command -v podman >/dev/null && [ -f /etc/tusk-test/containers.conf ]; then
   export CONTAINERS_CONF=/etc/tusk-test/containers.conf
-  size=$(podman image inspect --format '{{.Size}}' localhost/tusk:latest 2>/dev/null || true)
+  size=$(podman image inspect --format '{{.Size}}' localhost/tusk:latest 2>/dev/null || podman image inspect --format '{{.Size}}' localhost/tusk:test 2>/dev/null || true)
   [ -n "$size" ] && echo "image localhost/tusk:latest: $((size / 1000000)) MB   [target ≤ 300 MB]" \
     || echo "image: not built (scripts/build-image.sh)"
 fi

@@ -214,11 +214,14 @@ impl Ha {
                         wake.notify_one();
                         while let Ok(Some(resp)) = stream.message().await {
                             let relevant = resp.events().iter().any(|ev| {
+                                let deleted = ev.event_type() == etcd_client::EventType::Delete;
                                 ev.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
                                     let rel = k.strip_prefix(&prefix).unwrap_or("");
+                                    // Member changes matter to the leader (slots); a
+                                    // member leaving matters to everyone (peer checks).
                                     matches!(rel, "leader" | "config" | "failover" | "initialize")
                                         || (rel.starts_with("members/")
-                                            && leading.load(std::sync::atomic::Ordering::Relaxed))
+                                            && (deleted || leading.load(std::sync::atomic::Ordering::Relaxed)))
                                 })
                             });
                             if let Some(h) = resp.header() {
@@ -319,7 +322,9 @@ impl Ha {
         // often would only make a crashed leader's lease live longer. After a
         // failed keepalive, retry within a second (fencing does not depend
         // on the cadence: it races the deadline).
-        if self.keepalive_failed {
+        // A failed keepalive, or a cluster without a leader (a peer may still
+        // be stopping): look again within a second.
+        if self.keepalive_failed || st.cluster_unlocked {
             return Duration::from_secs(1).min(Duration::from_secs(c.loop_wait));
         }
         Duration::from_secs(c.loop_wait)
@@ -850,6 +855,10 @@ impl Ha {
     async fn hand_over(&mut self, candidate: Option<String>) {
         tracing::info!(candidate = candidate.as_deref().unwrap_or("any"), "switchover: handing over leadership");
         self.state = "stopping";
+        self.status.send_modify(|st| {
+            st.state = "stopping".into();
+            st.leader = false;
+        });
         if let Some(client) = &self.client {
             let _ = tokio::time::timeout(Duration::from_secs(5), sql::checkpoint(client)).await;
         }
@@ -967,6 +976,13 @@ impl Ha {
     /// race immediately instead of waiting for the TTL.
     async fn shutdown(&mut self, req: Request, notifier: &Notifier, signals: &mut Signals) -> i32 {
         tracing::info!("shutting down: stopping postgres, then giving up the leader and member keys");
+        // Peers asking our API from now on must not see a running primary.
+        let leader = self.status.borrow().leader;
+        self.state = "stopping";
+        self.status.send_modify(|st| {
+            st.state = "stopping".into();
+            st.leader = false;
+        });
         let code = match self.pm.take() {
             Some(mut pm) => {
                 let client = self.client.take();
@@ -977,13 +993,14 @@ impl Ha {
                 0
             }
         };
-        let leader = self.status.borrow().leader;
-        if leader {
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.dcs.release_leader(&self.cfg.name)).await;
-        }
+        // Revoking the lease drops the leader key and the member key in one
+        // step; the conditional delete covers a leader key on another lease.
         match tokio::time::timeout(Duration::from_secs(2), self.dcs.revoke_lease(self.lease)).await {
             Ok(Ok(())) => tracing::info!(leader, "leader and member keys removed"),
             _ => tracing::warn!("cannot revoke the lease; the keys expire with it"),
+        }
+        if leader {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.dcs.release_leader(&self.cfg.name)).await;
         }
         code
     }
