@@ -11,7 +11,7 @@ mod proxy;
 #[path = "support/testbed.rs"]
 mod testbed;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -394,5 +394,4 @@ fn bad_certificates_and_etcd_down_at_start() {
     proxy.restore();
     n.wait_ready(1);
     assert_eq!(n.log_text().matches("initdb done").count(), 1);
-    let _ = Path::new("");
 }
