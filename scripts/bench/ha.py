@@ -12,12 +12,16 @@ ttl/loop_wait/retry_timeout setting it measures, over N runs:
   bootstrap  start of 3 nodes -> leader + 2 streaming replicas
 and the agent's RSS and CPU per node at idle.
 
+Each fault happens at a random moment within one loop_wait after the cluster
+settled, so that neither system's renewal cycle is favoured.
+
 Usage (as root): scripts/bench/ha.py [--runs 3] [--settings 30/10/10,10/2/5]
                                      [--systems tusk,patroni] [--idle 30]
 """
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -255,7 +259,10 @@ def bench_system(system, setting, runs, etcd, base, idle):
         for kind in ("graceful", "switchover", "crash"):
             for _ in range(runs):
                 wait(lambda: settled(nodes), 120, f"settled before {kind}")
-                time.sleep(1)
+                # A random moment within one loop: the crash time depends on
+                # where the fault falls in the leader's renewal cycle, and a
+                # fixed delay after settling would bias one system or the other.
+                time.sleep(1 + random.uniform(0, setting[1]))
                 l = leader(nodes)
                 t0 = time.time()
                 if kind == "graceful":
@@ -335,7 +342,8 @@ def main():
     for root, _, files in os.walk(base):
         for f in files:
             if f == "agent.log":
-                shutil.copy(os.path.join(root, f), os.path.join(logs, os.path.basename(root) + ".log"))
+                scope = os.path.basename(os.path.dirname(root))
+                shutil.copy(os.path.join(root, f), os.path.join(logs, f"{scope}-{os.path.basename(root)}.log"))
     print(f"agent logs: {logs}")
     shutil.rmtree(base, ignore_errors=True)
 
