@@ -50,14 +50,32 @@ def sql(sock, port, query, timeout=2):
         return None
 
 
+_next_port = [61000 + os.getpid() % 200 * 20]
+
+
+def free_port():
+    """A free port in 61000-65535: above the kernel's ephemeral range (the
+    load of api.py opens many outgoing connections) and outside the port
+    windows of the tests, so a concurrent test run does not take it."""
+    import socket
+    while True:
+        p = _next_port[0]
+        _next_port[0] = 61000 + (p + 1 - 61000) % 4500
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                return p
+            except OSError:
+                continue
+
+
 class Node:
     def __init__(self, system, i, base, etcd, setting, scope):
         self.system, self.i, self.name = system, i, f"{system[0]}{i}"
         self.dir = os.path.join(base, self.name)
         os.makedirs(self.dir, exist_ok=True)
         os.chmod(self.dir, 0o755)
-        self.port = 41000 + (0 if system == "tusk" else 100) + i
-        self.api = 42000 + (0 if system == "tusk" else 100) + i
+        self.port, self.api = free_port(), free_port()
         self.sock = os.path.join(self.dir, "sock")
         os.makedirs(self.sock, exist_ok=True)
         shutil.chown(self.sock, "postgres", "postgres")
