@@ -235,6 +235,58 @@ def switchover(system, nodes, cfg_node, scope, etcd, base):
     return l
 
 
+def fault(kind, system, nodes, w, setting, scope, etcd, base, before=None):
+    """Waits until settled, then at a random moment within one loop (the
+    crash time depends on where the fault falls in the leader's renewal
+    cycle; a fixed delay after settling would bias one system or the other)
+    applies `kind` (graceful, switchover, crash) to the leader. `before()`
+    runs just before the random wait. Returns (old leader, fault time,
+    seconds to the first acknowledged write on another node)."""
+    wait(lambda: settled(nodes), 120, f"settled before {kind}")
+    if before:
+        before()
+    time.sleep(1 + random.uniform(0, setting[1]))
+    l = leader(nodes)
+    t0 = time.time()
+    if kind == "graceful":
+        l.stop(signal.SIGTERM)
+    elif kind == "crash":
+        l.crash()
+    else:
+        switchover(system, nodes, l, scope, etcd, os.path.join(base, scope))
+    took, _ = w.first_ack_after(t0, l.name)
+    if took is None:
+        raise RuntimeError(f"{system} {kind}: no write on another node")
+    return l, t0, took
+
+
+def start_etcd(base):
+    """One etcd with mutual TLS in BASE/etcd (its watchdog kills it when this
+    process exits). Returns (endpoint/cert dict, stop function)."""
+    edir = os.path.join(base, "etcd")
+    port = 43000 + os.getpid() % 500 * 2
+    r = sh(os.path.join(ROOT, "scripts/testbed/etcd.sh"), "start", edir, str(port), str(port + 1),
+           env={**os.environ, "TESTBED_WATCH_PID": str(os.getpid())})
+    if r.returncode != 0:
+        sys.exit(f"etcd: {r.stdout}{r.stderr}")
+    certs = os.path.join(edir, "certs")
+    etcd = {"endpoint": f"127.0.0.1:{port}", "ca": f"{certs}/ca.crt", "cert": f"{certs}/client.crt",
+            "key": f"{certs}/client.key"}
+    return etcd, lambda: sh(os.path.join(ROOT, "scripts/testbed/etcd.sh"), "stop", edir)
+
+
+def keep_logs(base):
+    """Copies the agents' logs to BASE-logs (for diagnosis); returns that path."""
+    logs = base + "-logs"
+    os.makedirs(logs, exist_ok=True)
+    for root, _, files in os.walk(base):
+        for f in files:
+            if f == "agent.log":
+                scope = os.path.basename(os.path.dirname(root))
+                shutil.copy(os.path.join(root, f), os.path.join(logs, f"{scope}-{os.path.basename(root)}.log"))
+    return logs
+
+
 def bench_system(system, setting, runs, etcd, base, idle):
     scope = f"bench-{system}-{'-'.join(map(str, setting))}-{os.getpid()}"
     nodes = [Node(system, i, os.path.join(base, scope), etcd, setting, scope) for i in (1, 2, 3)]
@@ -258,26 +310,10 @@ def bench_system(system, setting, runs, etcd, base, idle):
         time.sleep(1)
         for kind in ("graceful", "switchover", "crash"):
             for _ in range(runs):
-                wait(lambda: settled(nodes), 120, f"settled before {kind}")
-                # A random moment within one loop: the crash time depends on
-                # where the fault falls in the leader's renewal cycle, and a
-                # fixed delay after settling would bias one system or the other.
-                time.sleep(1 + random.uniform(0, setting[1]))
-                l = leader(nodes)
-                t0 = time.time()
-                if kind == "graceful":
-                    l.stop(signal.SIGTERM)
-                elif kind == "crash":
-                    l.crash()
-                else:
-                    switchover(system, nodes, l, scope, etcd, os.path.join(base, scope))
-                took, new = w.first_ack_after(t0, l.name)
-                if took is None:
-                    raise RuntimeError(f"{system} {kind}: no write on another node")
+                l, t0, took = fault(kind, system, nodes, w, setting, scope, etcd, base)
                 res[kind].append(took)
                 if kind == "switchover":
                     res["switchover_gap"].append(w.gap_around(t0, t0 + took))
-                    t1 = time.time()
                     wait(l.streaming, 60, "demoted leader streaming")
                     res["demoted_streaming"].append(time.time() - t0)
                 else:
@@ -309,15 +345,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     base = tempfile.mkdtemp(prefix="tusk-bench-ha-", dir="/tmp")
     os.chmod(base, 0o755)
-    edir = os.path.join(base, "etcd")
-    port = 43000 + os.getpid() % 500 * 2
-    r = sh(os.path.join(ROOT, "scripts/testbed/etcd.sh"), "start", edir, str(port), str(port + 1),
-           env={**os.environ, "TESTBED_WATCH_PID": str(os.getpid())})
-    if r.returncode != 0:
-        sys.exit(f"etcd: {r.stdout}{r.stderr}")
-    certs = os.path.join(edir, "certs")
-    etcd = {"endpoint": f"127.0.0.1:{port}", "ca": f"{certs}/ca.crt", "cert": f"{certs}/client.crt",
-            "key": f"{certs}/client.key"}
+    etcd, stop_etcd = start_etcd(base)
     rows = []
     try:
         for s in a.settings.split(","):
@@ -327,7 +355,7 @@ def main():
                 res = bench_system(system, setting, a.runs, etcd, base, a.idle)
                 rows.append((s, system, res))
     finally:
-        sh(os.path.join(ROOT, "scripts/testbed/etcd.sh"), "stop", edir)
+        stop_etcd()
     print(f"\nfault -> first write, min / median / max (s), {a.runs} runs each; same machine, same etcd, PostgreSQL 15")
     print(f"| ttl/loop/retry | system | graceful SIGTERM | switchover | switchover write gap | demoted streams again | crash of leader | bootstrap -> 3 streaming | agent RSS (MB) | idle CPU (% core) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -337,14 +365,7 @@ def main():
         print(f"| {s} | {system} | {fmt(r['graceful'])} | {fmt(r['switchover'])} | {fmt(r['switchover_gap'])} | "
               f"{fmt(r['demoted_streaming'])} | {fmt(r['crash'])} | {fmt(r['bootstrap'])} | {rss} | {cpu} |")
     # Keep the agents' logs for diagnosis; drop the data.
-    logs = base + "-logs"
-    os.makedirs(logs, exist_ok=True)
-    for root, _, files in os.walk(base):
-        for f in files:
-            if f == "agent.log":
-                scope = os.path.basename(os.path.dirname(root))
-                shutil.copy(os.path.join(root, f), os.path.join(logs, f"{scope}-{os.path.basename(root)}.log"))
-    print(f"agent logs: {logs}")
+    print(f"agent logs: {keep_logs(base)}")
     shutil.rmtree(base, ignore_errors=True)
 
 
