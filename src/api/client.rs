@@ -68,7 +68,7 @@ impl ApiClient {
             .with_safe_default_protocol_versions()
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         let roots = Arc::new(roots);
-        let builder = if any_name {
+        let builder = if any_name && !roots.is_empty() {
             let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider)
                 .build()
                 .map_err(|e| ClientError::Tls(e.to_string()))?;

@@ -124,3 +124,58 @@ impl ApiState {
 
 /// The commands' channel size: more pending operations than this are refused.
 pub const COMMAND_QUEUE: usize = 16;
+
+/// A running API: what the node keeps to feed it and to take its commands.
+pub struct Started {
+    pub status: watch::Sender<NodeStatus>,
+    pub commands: mpsc::Receiver<Command>,
+    /// The TLS acceptor, replaced on reload ([`Started::reload_tls`]).
+    pub tls: Arc<std::sync::RwLock<Option<tokio_rustls::TlsAcceptor>>>,
+    /// A client for the peers' APIs, with this node's TLS identity and auth.
+    pub client: ApiClient,
+}
+
+impl Started {
+    /// Re-reads the certificate files; keeps the current ones if they fail.
+    pub fn reload_tls(&self, api: &crate::config::ApiConfig) {
+        match tls_acceptor(api) {
+            Ok(t) => {
+                if let Ok(mut slot) = self.tls.write() {
+                    *slot = t;
+                }
+            }
+            Err(e) => tracing::error!("keeping the REST API's current certificate: {e}"),
+        }
+    }
+}
+
+/// Binds `APIPORT` on all addresses and serves the API in a task. An
+/// error names the variable at fault (the caller exits 78).
+pub async fn start(
+    cfg: &crate::config::Config,
+    dcs: watch::Receiver<Option<Dcs>>,
+    archive: Option<Arc<dyn ArchiveView>>,
+) -> Result<Started, crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let (status_tx, status_rx) = watch::channel(NodeStatus::new(&cfg.scope, &cfg.name));
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let tls = tls_acceptor(&cfg.api).map_err(|e| ConfigError::new(e.var, e.message))?;
+    let tls = Arc::new(std::sync::RwLock::new(tls));
+    let client =
+        ApiClient::new(&cfg.api, false).map_err(|e| ConfigError::new("SSL_RESTAPI_CERTIFICATE_FILE", e.to_string()))?;
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cfg.api.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ConfigError::new("APIPORT", format!("cannot listen on {addr}: {e}")))?;
+    let mut state = ApiState::new(status_rx, dcs, cmd_tx, &cfg.api, client.clone());
+    if let Some(a) = archive {
+        state = state.with_archive(a);
+    }
+    let tls_for_server = tls.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, tls_for_server, state).await {
+            tracing::error!(error = %e, "REST API stopped");
+        }
+    });
+    Ok(Started { status: status_tx, commands: cmd_rx, tls, client })
+}

@@ -113,7 +113,7 @@ pub(super) async fn history(state: &ApiState) -> Response<Body> {
     match tokio::time::timeout(DCS_TIMEOUT, dcs.get_raw(&dcs.keys.history())).await {
         Ok(Ok(Some(kv))) => match serde_json::from_slice::<Value>(kv.value()) {
             Ok(v) => json(StatusCode::OK, &v),
-            Err(_) => json(StatusCode::OK, &json!([])),
+            Err(e) => text(StatusCode::BAD_GATEWAY, format!("the history key is not JSON: {e}")),
         },
         Ok(Ok(None)) => json(StatusCode::OK, &json!([])),
         Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("DCS is not accessible: {e}")),
@@ -408,13 +408,12 @@ pub(super) async fn restart(state: &ApiState, req: Request<Body>) -> Response<Bo
         Err(r) => return r,
     };
     let mut r = RestartRequest::default();
-    for (k, v) in &body {
+    for (k, v) in body.iter().filter(|(_, v)| !v.is_null()) {
         match (k.as_str(), v) {
             ("schedule", Value::String(s)) => match parse_schedule(s, "restart") {
                 Ok(t) => r.schedule = Some(t),
                 Err(resp) => return resp,
             },
-            ("schedule", Value::Null) => {}
             ("role", Value::String(s)) => match s.as_str() {
                 "primary" | "master" | "replica" => r.role = Some(s.clone()),
                 _ => return text(StatusCode::BAD_REQUEST, format!("PostgreSQL role should be either primary or replica, not {s:?}")),

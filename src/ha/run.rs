@@ -11,7 +11,6 @@
 //! expired on etcd, so before any replica can take the leader key.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,38 +107,14 @@ pub(crate) async fn run(
     signals: &mut Signals,
 ) -> i32 {
     let etcd = cfg.etcd.clone().expect("HA mode has an etcd section");
-    let (status_tx, status_rx) = watch::channel(NodeStatus::new(&cfg.scope, &cfg.name));
     let (dcs_tx, dcs_rx) = watch::channel(None);
-    let (cmd_tx, cmd_rx) = mpsc::channel(api::COMMAND_QUEUE);
-    let api_tls = match api::tls_acceptor(&cfg.api) {
-        Ok(t) => Arc::new(std::sync::RwLock::new(t)),
+    let api = match api::start(&cfg, dcs_rx, None).await {
+        Ok(a) => a,
         Err(e) => {
-            tracing::error!(variable = e.var, "configuration error: {e}");
+            tracing::error!(variable = %e.var, "configuration error: {e}");
             return crate::config::EXIT_CONFIG;
         }
     };
-    let api_client = match ApiClient::new(&cfg.api, false) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(variable = "SSL_RESTAPI_CERTIFICATE_FILE", "configuration error: {e}");
-            return crate::config::EXIT_CONFIG;
-        }
-    };
-    let api_addr = SocketAddr::from(([0, 0, 0, 0], cfg.api.port));
-    let listener = match tokio::net::TcpListener::bind(api_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(variable = "APIPORT", "configuration error: APIPORT: cannot listen on {api_addr}: {e}");
-            return crate::config::EXIT_CONFIG;
-        }
-    };
-    let state = api::ApiState::new(status_rx, dcs_rx, cmd_tx, &cfg.api, api_client.clone());
-    let tls_for_server = api_tls.clone();
-    tokio::spawn(async move {
-        if let Err(e) = api::serve(listener, tls_for_server, state).await {
-            tracing::error!(error = %e, "REST API stopped");
-        }
-    });
 
     // Connect and take a lease, retrying with a clear line per failure; a
     // stop request ends the wait.
@@ -200,7 +175,7 @@ pub(crate) async fn run(
         sysid: None,
         state: "starting",
         clean_handover: false,
-        status: status_tx,
+        status: api.status.clone(),
         wake: wake.clone(),
         last_idle: "",
         config: Default::default(),
@@ -212,10 +187,10 @@ pub(crate) async fn run(
         lease_ttl: ttl,
         keepalive_failed: false,
         last_renewal: None,
-        commands: cmd_rx,
-        api_client,
+        commands: api.commands,
+        api_client: api.client,
         dcs_tx,
-        api_tls,
+        api_tls: api.tls,
         scheduled_restart: None,
         scheduled_switchover: None,
         dcs_last_seen: None,
