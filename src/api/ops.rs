@@ -2,6 +2,10 @@
 //! operations (switchover, failover, restart, reload, reinitialize, config
 //! changes), with Patroni's status codes and messages.
 
+// Handlers return their early answers as `Err(Response)`; boxing them
+// would buy nothing on this path.
+#![allow(clippy::result_large_err)]
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -309,7 +313,7 @@ pub(super) async fn switchover(state: &ApiState, req: Request<Body>, failover: b
         let checks = names.iter().map(|(_, url)| state.peers().peer_status(url, Duration::from_secs(2)));
         let replies = futures_util::future::join_all(checks).await;
         let healthy = replies.iter().flatten().any(|s| {
-            s.state == "running" && s.role == "replica" && !s.tags.get("nofailover").is_some_and(|t| t.as_bool() == Some(true))
+            s.state == "running" && s.role == "replica" && s.tags.get("nofailover").is_none_or(|t| t.as_bool() != Some(true))
         });
         if !healthy {
             return text(StatusCode::PRECONDITION_FAILED, "failover is not possible: no good candidates have been found");
