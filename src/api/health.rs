@@ -191,6 +191,10 @@ fn liveness(s: &NodeStatus, now: Instant) -> bool {
     if s.pause || s.facts.standalone {
         return true;
     }
+    // Long steps the loop runs on purpose (a clone can take hours).
+    if matches!(s.state.as_str(), "creating replica" | "initializing new cluster" | "running pg_rewind") {
+        return true;
+    }
     let Some(last) = s.facts.last_loop else { return true };
     let factor = if s.running() && s.role == "primary" { 1 } else { 2 };
     now.saturating_duration_since(last).as_secs() < s.facts.ttl.max(1) * factor
@@ -274,6 +278,11 @@ mod tests {
             p.pause = true;
             p
         };
+        let cloning = {
+            let mut r = stuck.clone();
+            r.state = "creating replica".into();
+            r
+        };
         let no_dcs_replica = {
             let mut r = node("replica", "running", false);
             r.facts.dcs_reachable = false;
@@ -338,6 +347,8 @@ mod tests {
             (&stuck, "/liveness", NO),
             (&stuck_primary, "/liveness", NO),
             (&paused_stuck, "/liveness", OK),
+            (&cloning, "/liveness", OK),
+            (&cloning, "/health", NO),
             // readiness: leader, or a streaming replica near the leader.
             (&primary, "/readiness", OK),
             (&replica, "/readiness", OK),
