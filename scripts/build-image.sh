@@ -49,7 +49,8 @@ cp "$bin" "$ctx/tusk"
 
 # 4. Build. --network host: the build reaches the Debian mirror like the host does.
 t0=$(date +%s)
-podman build --network host \
+# --format docker: the OCI format has no HEALTHCHECK.
+podman build --network host --format docker \
     --build-arg BASE_IMAGE="$base" --build-arg PGVERSION="$pgversion" \
     --build-arg WITH_JIT="${WITH_JIT:-false}" \
     -t "$tag" "$ctx" >&2

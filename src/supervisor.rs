@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::sleep_until;
 
+use crate::api;
 use crate::config::{Config, EXIT_CONFIG};
 use crate::notify::Notifier;
 use crate::postgres::files;
@@ -21,6 +22,9 @@ use crate::postgres::{self, DataDirState, Layout, PgError, RunAs, sql};
 
 /// Exit status for failures other than configuration.
 pub const EXIT_FAILURE: i32 = 1;
+
+/// How often a standalone node refreshes the status the API serves.
+const STATUS_REFRESH: Duration = Duration::from_secs(5);
 
 /// Failed first starts (never ready) before tusk gives up.
 const MAX_FIRST_START_FAILURES: u32 = 3;
@@ -100,7 +104,17 @@ pub async fn run(cfg: Config) -> i32 {
         name = %cfg.name,
         "standalone mode: no DCS configured (ETCD3_HOSTS unset); running a single primary without HA"
     );
-    let mut node = match Node::prepare(cfg, &notifier, &mut signals).await {
+    // The API first: health checks answer while initdb runs.
+    let (_no_dcs, dcs_rx) = tokio::sync::watch::channel(None);
+    let api = match api::start(&cfg, dcs_rx, None).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(variable = %e.var, "configuration error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    api.status.send_modify(|s| s.facts.standalone = true);
+    let mut node = match Node::prepare(cfg, api, &notifier, &mut signals).await {
         Ok(Some(node)) => node,
         Ok(None) => return 0,
         Err(NodeError::Config(e)) => {
@@ -166,6 +180,7 @@ struct Node {
     layout: Layout,
     run_as: RunAs,
     passwords: Passwords,
+    api: api::Started,
 }
 
 /// How a shutdown ended.
@@ -182,10 +197,16 @@ enum Stopped {
 impl Node {
     /// Preflight, directories, passwords, certificates, initdb and files.
     /// `Ok(None)`: a stop request arrived during bootstrap.
-    async fn prepare(cfg: Config, notifier: &Notifier, signals: &mut Signals) -> Result<Option<Node>, NodeError> {
+    async fn prepare(
+        cfg: Config,
+        api: api::Started,
+        notifier: &Notifier,
+        signals: &mut Signals,
+    ) -> Result<Option<Node>, NodeError> {
         let (layout, run_as, tls) = prepare_common(&cfg)?;
         let passwords = passwords::resolve(&cfg, &run_as)?;
         if layout.state == DataDirState::Fresh {
+            api.status.send_modify(|s| s.state = "initializing new cluster".into());
             notifier.status("bootstrapping: initdb");
             tracing::info!(data = %cfg.postgres.data.display(), version = layout.binaries.version, "fresh data directory: running initdb");
             let stop = async {
@@ -197,7 +218,7 @@ impl Node {
             }
         }
         files::write_all(&cfg, &tls, &run_as, &files::Role::Primary)?;
-        Ok(Some(Node { cfg, layout, run_as, passwords }))
+        Ok(Some(Node { cfg, layout, run_as, passwords, api }))
     }
 
     /// Starts postgres and keeps it running until told to stop.
@@ -211,6 +232,7 @@ impl Node {
                 return EXIT_FAILURE;
             }
             notifier.status("starting postgres");
+            self.publish("starting", None).await;
             let mut pm = match Postmaster::start(&self.cfg, &self.layout.binaries, &self.run_as) {
                 Ok(pm) => pm,
                 Err(e) => {
@@ -242,7 +264,8 @@ impl Node {
                         Request::Reload => self.reload(&pm),
                         Request::Status => tracing::info!(pid = pm.pid().as_raw(), "status: postgres starting"),
                         Request::Ignore => {}
-                    }
+                    },
+                    Some(cmd) = self.api.commands.recv() => self.command(cmd, &pm),
                 }
             };
             let status = if let Some(client) = client {
@@ -257,12 +280,17 @@ impl Node {
                 );
                 notifier.ready("running as primary (standalone)");
                 first = false;
+                self.publish("running", Some(&client)).await;
+                let mut refresh = tokio::time::interval(STATUS_REFRESH);
                 // Running: until it exits or we are told to stop.
                 loop {
                     tokio::select! {
                         status = pm.wait() => break status,
+                        _ = refresh.tick() => self.publish("running", Some(&client)).await,
+                        Some(cmd) = self.api.commands.recv() => self.command(cmd, &pm),
                         req = signals.recv() => match req {
                             Request::Stop | Request::StopNow => {
+                                self.publish("stopping", None).await;
                                 return stop_postgres(self.cfg.tusk.shutdown_timeout, &mut pm, Some(client), req, notifier, signals).await;
                             }
                             Request::Reload => self.reload(&pm),
@@ -292,6 +320,7 @@ impl Node {
             // An exit we did not ask for: restart_after_crash is off, so a
             // backend crash ends here too.
             tracing::error!(%status, ran_s = pm.started.elapsed().as_secs(), "postgres exited unexpectedly; restarting it");
+            self.publish("crashed", None).await;
             notifier.status("postgres crashed; restarting");
             process::reap_leftover_group(pm.pid()).await;
             let delay = backoff.next(pm.started.elapsed());
@@ -311,8 +340,67 @@ impl Node {
         }
     }
 
+    /// Publishes the status the REST API serves.
+    async fn publish(&self, state: &str, client: Option<&tokio_postgres::Client>) {
+        let (pos, details) = match client {
+            Some(c) => (
+                postgres::replication::position(c).await.ok(),
+                sql::details(c).await.ok(),
+            ),
+            None => (None, None),
+        };
+        self.api.status.send_modify(|st| {
+            st.state = state.to_owned();
+            st.role = "primary".into();
+            st.facts.standalone = true;
+            st.facts.last_loop = Some(std::time::Instant::now());
+            st.timeline = pos.map(|p| p.timeline);
+            st.xlog = api::Xlog { location: pos.map(|p| p.wal), ..Default::default() };
+            if let Some(d) = details {
+                st.server_version = d.server_version;
+                st.postmaster_start_time = d.postmaster_start_time;
+                st.pending_restart = !d.pending_restart.is_empty();
+                st.pending_restart_reason = d
+                    .pending_restart
+                    .into_iter()
+                    .map(|(n, old, new)| (n, api::status::PendingChange { old_value: old, new_value: new }))
+                    .collect();
+                st.replication = d.replication;
+            } else if state != "running" {
+                st.postmaster_start_time = None;
+                st.replication.clear();
+            }
+        });
+    }
+
+    /// An operation from the REST API. A standalone node reloads; restarts
+    /// and reinitialization belong to the container's manager.
+    fn command(&self, cmd: api::Command, pm: &Postmaster) {
+        use axum::http::StatusCode;
+        let refuse = |what: &str| {
+            api::Reply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{what} is not available on a standalone node: restart the container instead"),
+            )
+        };
+        match cmd {
+            api::Command::Reload => self.reload(pm),
+            api::Command::Wake => {}
+            api::Command::Restart(_, reply) => {
+                let _ = reply.send(refuse("restart"));
+            }
+            api::Command::CancelRestart(reply) => {
+                let _ = reply.send(api::Reply::new(StatusCode::NOT_FOUND, "no restarts are scheduled"));
+            }
+            api::Command::Reinitialize { reply, .. } => {
+                let _ = reply.send(refuse("reinitialize"));
+            }
+        }
+    }
+
     /// SIGHUP: certificate files are re-read and re-installed, then postgres reloads.
     fn reload(&self, pm: &Postmaster) {
+        self.api.reload_tls(&self.cfg.api);
         match postgres::tls::install(&self.cfg, &self.run_as) {
             Ok(_) => tracing::info!("certificates re-read"),
             Err(e) => tracing::error!("keeping the installed certificates: {e}"),

@@ -221,6 +221,17 @@ fn image_runs_postgres_and_stops_cleanly() {
     let argv0 = cmdline.split('\0').next().unwrap_or_default();
     assert!(argv0.ends_with("tusk"), "PID 1 is {cmdline:?}, not tusk");
 
+    // The image's HEALTHCHECK (tusk healthcheck through the REST API).
+    let t = Instant::now();
+    loop {
+        let out = podman.output(&["healthcheck", "run", &ctr.name]);
+        if out.status.success() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "podman healthcheck run: {}{}", text(&out.stdout), text(&out.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     let out = ctr.psql(&psql, pg_port, "create table image_test (v text); insert into image_test values ('kept')");
     assert!(out.status.success(), "create/insert: {}", text(&out.stderr));
 

@@ -1,173 +1,181 @@
-//! Patroni's REST API on `APIPORT`: the status JSON (`GET /patroni`) and
-//! the health endpoints HAProxy checks. The HA loop publishes the node's
-//! status into a `watch` channel; handlers only read it, so the API never
-//! waits on the HA loop and the HA loop never waits on the API.
+//! Patroni's REST API on `APIPORT` (reference/spilo-patroni.md §3): the
+//! health endpoints HAProxy checks, the status and cluster views, the
+//! operations (switchover, failover, restart, reload, reinitialize,
+//! configuration), `/metrics`, with basic auth and TLS.
+//!
+//! The API never waits on the HA loop and the HA loop never waits on the
+//! API: the loop publishes [`NodeStatus`] into a `watch` channel that
+//! handlers only read; operations that need the loop are sent as
+//! [`Command`]s over a bounded channel (a full channel is answered 503),
+//! and switchovers go through the DCS like Patroni's.
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+pub mod client;
+pub mod health;
+mod metrics;
+mod ops;
+mod server;
+pub mod status;
 
-use crate::dcs::values::PATRONI_COMPAT_VERSION;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// What `GET /patroni` returns (Patroni's field names).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    /// `running`, `starting`, `stopped`, `creating replica`, ...
-    pub state: String,
-    /// `primary`, `replica`, `uninitialized`, `demoted`.
-    pub role: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_version: Option<u32>,
-    #[serde(default)]
-    pub xlog: Xlog,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeline: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database_system_identifier: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication_state: Option<String>,
-    /// Whether this node holds the leader key.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub leader: bool,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cluster_unlocked: bool,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub pause: bool,
-    #[serde(default)]
-    pub tags: std::collections::BTreeMap<String, serde_json::Value>,
-    pub patroni: PatroniInfo,
+use axum::http::StatusCode;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use client::ApiClient;
+pub use ops::{parse_time, version_num as ops_version_num};
+pub use server::{TlsError, serve, tls_acceptor};
+pub use status::{NodeStatus, Replication, Xlog};
+
+use crate::config::{BasicAuth, VerifyClient};
+use crate::dcs::client::Dcs;
+
+/// An operation the HA loop carries out for the API.
+#[derive(Debug)]
+pub enum Command {
+    /// Restart postgres now (if the conditions hold) or at `schedule`.
+    Restart(RestartRequest, oneshot::Sender<Reply>),
+    /// Cancel a scheduled restart.
+    CancelRestart(oneshot::Sender<Reply>),
+    /// Re-read certificates, reload postgres (the SIGHUP path).
+    Reload,
+    /// Stop a replica, remove its data and clone it again from the leader.
+    Reinitialize { force: bool, reply: oneshot::Sender<Reply> },
+    /// Look at the cluster again now (a switchover was requested).
+    Wake,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Xlog {
-    /// Primary: current flush position.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub received_location: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replayed_location: Option<u64>,
+/// What the HA loop answers a [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: StatusCode,
+    pub body: String,
 }
 
-impl Xlog {
-    /// The position a failover compares: max(received, replayed), or the primary's.
-    pub fn position(&self) -> u64 {
-        self.location.or(self.received_location.max(self.replayed_location)).unwrap_or(0)
+impl Reply {
+    pub fn new(code: StatusCode, body: impl Into<String>) -> Reply {
+        Reply { code, body: body.into() }
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PatroniInfo {
-    pub version: String,
-    pub scope: String,
-    #[serde(default)]
-    pub name: String,
+/// `POST /restart`'s body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RestartRequest {
+    pub schedule: Option<time::OffsetDateTime>,
+    /// Restart only if the node has this role (`primary`/`master`, `replica`).
+    pub role: Option<String>,
+    /// Restart only if the running major.minor is older than this.
+    pub postgres_version: Option<String>,
+    /// Restart only if a parameter change is pending a restart.
+    pub restart_pending: bool,
+    /// How long to wait for postgres to come back (default 60 s).
+    pub timeout: Option<Duration>,
 }
 
-impl NodeStatus {
-    pub fn new(scope: &str, name: &str) -> NodeStatus {
-        NodeStatus {
-            state: "starting".into(),
-            role: "uninitialized".into(),
-            patroni: PatroniInfo { version: PATRONI_COMPAT_VERSION.into(), scope: scope.into(), name: name.into() },
-            ..Default::default()
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState(Arc<Inner>);
+
+struct Inner {
+    status: watch::Receiver<NodeStatus>,
+    /// The HA loop's etcd connection (replaced on SIGHUP); `None` standalone.
+    dcs: watch::Receiver<Option<Dcs>>,
+    commands: mpsc::Sender<Command>,
+    auth: Option<BasicAuth>,
+    verify_client: VerifyClient,
+    peers: ApiClient,
+    /// WAL archiving's figures for `/patroni` and `/metrics`.
+    archive: Option<Arc<dyn ArchiveView>>,
+}
+
+/// What the archiver shows through the API.
+pub trait ArchiveView: Send + Sync {
+    /// The `archive` object of `GET /patroni`.
+    fn status(&self) -> serde_json::Value;
+    /// Prometheus lines; `labels` is `scope="..",name=".."`.
+    fn metrics(&self, labels: &str) -> String;
+}
+
+impl ApiState {
+    pub fn new(
+        status: watch::Receiver<NodeStatus>,
+        dcs: watch::Receiver<Option<Dcs>>,
+        commands: mpsc::Sender<Command>,
+        api: &crate::config::ApiConfig,
+        peers: ApiClient,
+    ) -> ApiState {
+        ApiState(Arc::new(Inner {
+            status,
+            dcs,
+            commands,
+            auth: api.auth.clone(),
+            verify_client: api.tls.as_ref().map_or(VerifyClient::None, |t| t.verify_client),
+            peers,
+            archive: None,
+        }))
+    }
+
+    /// Shows the archiver's figures in `/patroni` and `/metrics`.
+    pub fn with_archive(self, view: Arc<dyn ArchiveView>) -> ApiState {
+        let inner = Arc::into_inner(self.0).expect("with_archive is called before the state is shared");
+        ApiState(Arc::new(Inner { archive: Some(view), ..inner }))
+    }
+}
+
+/// The commands' channel size: more pending operations than this are refused.
+pub const COMMAND_QUEUE: usize = 16;
+
+/// A running API: what the node keeps to feed it and to take its commands.
+pub struct Started {
+    pub status: watch::Sender<NodeStatus>,
+    pub commands: mpsc::Receiver<Command>,
+    /// The TLS acceptor, replaced on reload ([`Started::reload_tls`]).
+    pub tls: Arc<std::sync::RwLock<Option<tokio_rustls::TlsAcceptor>>>,
+    /// A client for the peers' APIs, with this node's TLS identity and auth.
+    pub client: ApiClient,
+}
+
+impl Started {
+    /// Re-reads the certificate files; keeps the current ones if they fail.
+    pub fn reload_tls(&self, api: &crate::config::ApiConfig) {
+        match tls_acceptor(api) {
+            Ok(t) => {
+                if let Ok(mut slot) = self.tls.write() {
+                    *slot = t;
+                }
+            }
+            Err(e) => tracing::error!("keeping the REST API's current certificate: {e}"),
         }
     }
-
-    fn running(&self) -> bool {
-        self.state == "running"
-    }
-    fn is_primary(&self) -> bool {
-        self.running() && self.role == "primary" && self.leader
-    }
-    fn is_replica(&self) -> bool {
-        self.running() && self.role == "replica"
-    }
 }
 
-/// The status code of a health endpoint (the basic rules of
-/// reference/spilo-patroni.md §3.2; the query-parameter rules come with the
-/// full REST API).
-pub fn health_status(path: &str, s: &NodeStatus) -> StatusCode {
-    let ok = |b: bool| if b { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    match path.trim_end_matches('/') {
-        "" | "/primary" | "/master" | "/leader" | "/read-write" => ok(s.is_primary()),
-        "/replica" => ok(s.is_replica()),
-        "/read-only" => ok(s.is_primary() || s.is_replica()),
-        "/health" => ok(s.running()),
-        "/liveness" => StatusCode::OK,
-        "/readiness" => ok(s.is_primary() || (s.is_replica() && s.replication_state.as_deref() == Some("streaming"))),
-        "/patroni" => StatusCode::OK,
-        _ => StatusCode::NOT_FOUND,
+/// Binds `APIPORT` on all addresses and serves the API in a task. An
+/// error names the variable at fault (the caller exits 78).
+pub async fn start(
+    cfg: &crate::config::Config,
+    dcs: watch::Receiver<Option<Dcs>>,
+    archive: Option<Arc<dyn ArchiveView>>,
+) -> Result<Started, crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let (status_tx, status_rx) = watch::channel(NodeStatus::new(&cfg.scope, &cfg.name));
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let tls = tls_acceptor(&cfg.api).map_err(|e| ConfigError::new(e.var, e.message))?;
+    let tls = Arc::new(std::sync::RwLock::new(tls));
+    let client =
+        ApiClient::new(&cfg.api, false).map_err(|e| ConfigError::new("SSL_RESTAPI_CERTIFICATE_FILE", e.to_string()))?;
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cfg.api.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ConfigError::new("APIPORT", format!("cannot listen on {addr}: {e}")))?;
+    let mut state = ApiState::new(status_rx, dcs, cmd_tx, &cfg.api, client.clone());
+    if let Some(a) = archive {
+        state = state.with_archive(a);
     }
-}
-
-async fn handle(State(status): State<watch::Receiver<NodeStatus>>, method: Method, uri: axum::http::Uri) -> Response {
-    let s = status.borrow().clone();
-    let code = health_status(uri.path(), &s);
-    if code == StatusCode::NOT_FOUND {
-        return (code, "not found\n").into_response();
-    }
-    match method {
-        Method::GET => (code, axum::Json(s)).into_response(),
-        Method::HEAD | Method::OPTIONS => code.into_response(),
-        _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
-    }
-}
-
-/// Serves the API on a bound listener until the task is dropped.
-pub async fn serve_on(listener: tokio::net::TcpListener, status: watch::Receiver<NodeStatus>) -> std::io::Result<()> {
-    let app = Router::new().fallback(handle).with_state(status);
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "REST API listening");
-    }
-    axum::serve(listener, app).await
-}
-
-/// Asks a peer's API for its status (`api_url` from its member key).
-pub async fn peer_status(api_url: &str, timeout: std::time::Duration) -> Option<NodeStatus> {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    let uri: hyper::Uri = api_url.parse().ok()?;
-    if uri.scheme_str() != Some("http") {
-        // TLS to peers comes with the REST API's TLS support.
-        return None;
-    }
-    let client: Client<_, Empty<hyper::body::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let fetch = async {
-        let resp = client.get(uri).await.ok()?;
-        let body = resp.into_body().collect().await.ok()?.to_bytes();
-        serde_json::from_slice::<NodeStatus>(&body).ok()
-    };
-    tokio::time::timeout(timeout, fetch).await.ok().flatten()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_rules() {
-        let mut s = NodeStatus::new("c", "a");
-        s.state = "running".into();
-        s.role = "primary".into();
-        s.leader = true;
-        assert_eq!(health_status("/", &s), StatusCode::OK);
-        assert_eq!(health_status("/primary", &s), StatusCode::OK);
-        assert_eq!(health_status("/replica", &s), StatusCode::SERVICE_UNAVAILABLE);
-        s.role = "replica".into();
-        s.leader = false;
-        s.replication_state = Some("streaming".into());
-        assert_eq!(health_status("/primary", &s), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(health_status("/replica", &s), StatusCode::OK);
-        assert_eq!(health_status("/readiness", &s), StatusCode::OK);
-        s.state = "stopped".into();
-        assert_eq!(health_status("/health", &s), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(health_status("/liveness", &s), StatusCode::OK);
-        assert_eq!(health_status("/nope", &s), StatusCode::NOT_FOUND);
-    }
+    let tls_for_server = tls.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, tls_for_server, state).await {
+            tracing::error!(error = %e, "REST API stopped");
+        }
+    });
+    Ok(Started { status: status_tx, commands: cmd_rx, tls, client })
 }

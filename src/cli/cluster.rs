@@ -5,6 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use axum::http::Method;
+
+use crate::api::ApiClient;
+use crate::api::client::endpoint;
 use crate::config::{Config, EXIT_CONFIG};
 use crate::dcs::client::{Dcs, Snapshot};
 use crate::dcs::values::Failover;
@@ -118,8 +122,8 @@ pub fn render_list(scope: &str, snap: &Snapshot) -> String {
 
 /// `tusk switchover [--candidate NAME]` (`failover`: the leader may be gone,
 /// a candidate is required). Waits for the new leader.
-pub fn switchover(candidate: Option<String>, failover: bool) -> i32 {
-    with_dcs(|_cfg, dcs| async move {
+pub fn switchover(candidate: Option<String>, failover: bool, scheduled: Option<String>) -> i32 {
+    with_dcs(|cfg, dcs| async move {
         let snap = match snapshot(&dcs).await {
             Ok(s) => s,
             Err(code) => return code,
@@ -143,10 +147,28 @@ pub fn switchover(candidate: Option<String>, failover: bool) -> i32 {
             eprintln!("tusk: no other member to switch over to");
             return EXIT_REFUSED;
         }
+        // Through the REST API first, as patronictl does: the leader's API
+        // checks the candidates and waits for the result (the candidate's
+        // API for a failover without a leader).
+        let path = if failover { "/failover" } else { "/switchover" };
+        let target = if failover && leader.is_none() { candidate.clone() } else { leader.clone() };
+        let url = target.as_ref().and_then(|t| v.members.get(t)).and_then(|m| endpoint(&m.api_url, path));
+        if let Some(url) = url {
+            match ApiClient::new(&cfg.api, false) {
+                Ok(client) => {
+                    let body = serde_json::json!({"leader": leader, "candidate": candidate, "scheduled_at": scheduled});
+                    match client.request(Method::POST, &url, Some(&body), Duration::from_secs(90)).await {
+                        Ok(r) => return super::api::answer(Ok(r)),
+                        Err(e) => eprintln!("tusk: {e}; writing the request to the DCS instead"),
+                    }
+                }
+                Err(e) => eprintln!("tusk: {e}; writing the request to the DCS instead"),
+            }
+        }
         let request = Failover {
             leader: if failover { None } else { leader.clone() },
             member: candidate.clone(),
-            scheduled_at: None,
+            scheduled_at: scheduled.clone(),
         };
         let expected = snap.failover_revision.unwrap_or(0);
         match dcs.put_failover(&request, Some(expected)).await {
@@ -162,6 +184,10 @@ pub fn switchover(candidate: Option<String>, failover: bool) -> i32 {
         }
         let t0 = Instant::now();
         let what = if failover { "failover" } else { "switchover" };
+        if let Some(at) = &scheduled {
+            println!("{what} scheduled at {at}");
+            return 0;
+        }
         println!(
             "{what} requested: {} -> {}",
             leader.as_deref().unwrap_or("(none)"),

@@ -2,8 +2,10 @@
 //! subcommands are one-shot tools that read the same environment, so that
 //! `podman exec <ctr> tusk config` shows what the daemon sees.
 
+mod api;
 pub mod cluster;
 
+use axum::http::Method;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, EXIT_CONFIG};
@@ -28,6 +30,9 @@ pub enum Command {
     Switchover {
         #[arg(long)]
         candidate: Option<String>,
+        /// When, with a time zone (`2026-11-22T03:00:00+00:00`).
+        #[arg(long)]
+        scheduled: Option<String>,
     },
     /// Make --candidate the leader, even when the current leader is gone.
     Failover {
@@ -38,6 +43,37 @@ pub enum Command {
     Pause,
     /// Maintenance mode off.
     Resume,
+    /// Exit 0 if the local node is healthy (for podman/Quadlet/ECS health checks).
+    Healthcheck {
+        /// Check this endpoint for a 200 instead (e.g. /readiness, /health, /primary).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Seconds to wait for an answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+    /// Restart the local PostgreSQL through the REST API.
+    Restart {
+        /// Only if a parameter change is pending a restart.
+        #[arg(long)]
+        pending: bool,
+        /// Only if the node has this role (primary or replica).
+        #[arg(long)]
+        role: Option<String>,
+        /// When, with a time zone.
+        #[arg(long)]
+        scheduled: Option<String>,
+    },
+    /// Cancel a scheduled restart of the local node.
+    CancelRestart,
+    /// Reload the local node (certificates, PostgreSQL configuration).
+    Reload,
+    /// Remove the local replica's data and clone it again from the leader.
+    Reinit {
+        /// Even if another operation is in progress.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 impl Cli {
@@ -52,8 +88,25 @@ pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         None | Some(Command::Run) => run_daemon(),
         Some(Command::List) => cluster::list(),
-        Some(Command::Switchover { candidate }) => cluster::switchover(candidate, false),
-        Some(Command::Failover { candidate }) => cluster::switchover(Some(candidate), true),
+        Some(Command::Switchover { candidate, scheduled }) => cluster::switchover(candidate, false, scheduled),
+        Some(Command::Failover { candidate }) => cluster::switchover(Some(candidate), true, None),
+        Some(Command::Healthcheck { endpoint, timeout }) => {
+            api::healthcheck(endpoint, std::time::Duration::from_secs(timeout.max(1)))
+        }
+        Some(Command::Restart { pending, role, scheduled }) => {
+            let body = serde_json::json!({"restart_pending": pending, "role": role, "schedule": scheduled});
+            api::local_operation(Method::POST, "/restart", Some(body), std::time::Duration::from_secs(90))
+        }
+        Some(Command::CancelRestart) => {
+            api::local_operation(Method::DELETE, "/restart", None, std::time::Duration::from_secs(15))
+        }
+        Some(Command::Reload) => api::local_operation(Method::POST, "/reload", None, std::time::Duration::from_secs(15)),
+        Some(Command::Reinit { force }) => api::local_operation(
+            Method::POST,
+            "/reinitialize",
+            Some(serde_json::json!({"force": force})),
+            std::time::Duration::from_secs(90),
+        ),
         Some(Command::Pause) => cluster::set_pause(true),
         Some(Command::Resume) => cluster::set_pause(false),
         Some(Command::Config) => match Config::from_process_env() {

@@ -5,6 +5,7 @@
 //! process environment, tests pass a map. A bad value gives a
 //! [`ConfigError`] that names the variable; the binary exits with 78.
 
+mod api;
 mod etcd;
 pub mod host;
 mod parse;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use api::{ApiConfig, ApiTls, BasicAuth, VerifyClient};
 pub use etcd::{EtcdConfig, EtcdEndpoint, EtcdProtocol};
 pub use host::HostFacts;
 pub use secret::Secret;
@@ -80,13 +82,6 @@ pub struct PostgresConfig {
     pub initdb_locale: String,
     /// Parameters derived from the memory limit, then `TUSK_PG_PARAMETERS`.
     pub parameters: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ApiConfig {
-    pub port: u16,
-    /// `host:port` of the REST API as others reach it (`RESTAPI_CONNECT_ADDRESS`).
-    pub connect_address: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -259,6 +254,7 @@ impl Config {
             connect_address("PG_CONNECT_ADDRESS", raw.pg_connect_address.as_deref(), host.address, pg_port)?;
         let api_connect =
             connect_address("RESTAPI_CONNECT_ADDRESS", raw.restapi_connect_address.as_deref(), host.address, api_port)?;
+        let api = api::parse(env, api_port, api_connect)?;
         let initdb_locale = match raw.initdb_locale.as_deref() {
             None => "C.UTF-8".to_owned(),
             Some(l) if l.contains('.') => l.to_owned(),
@@ -329,7 +325,7 @@ impl Config {
                 initdb_locale,
                 parameters,
             },
-            api: ApiConfig { port: api_port, connect_address: api_connect },
+            api,
             credentials,
             tls,
             etcd,
@@ -460,7 +456,7 @@ fn pg_tls(raw: &RawEnv) -> Result<PgTls, ConfigError> {
 }
 
 /// `INLINE` (PEM contents) or `FILE` (a path): one of the two, not both.
-fn pem_source(
+pub(super) fn pem_source(
     inline_var: &str,
     inline: &Option<String>,
     file_var: &str,

@@ -105,6 +105,9 @@ pub enum Action {
     Demote(&'static str),
     /// A switchover asks me to hand over: stop gracefully, release the key.
     HandOver { candidate: Option<String> },
+    /// A switchover request that cannot be carried out: keep leading and
+    /// clear the `failover` key (as Patroni's leader does).
+    RejectSwitchover(&'static str),
 }
 
 /// Decides the next action.
@@ -164,6 +167,13 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
             }
         }
         (Some(_), Postgres::Primary { .. }) if leader_is_me => match &view.failover {
+            Some(f) if f.scheduled_at.is_some() => Action::KeepLeading,
+            Some(f) if f.leader.as_ref().is_some_and(|l| l != &me.name) => {
+                Action::RejectSwitchover("the switchover names another leader")
+            }
+            Some(f) if f.member.as_ref() == Some(&me.name) => {
+                Action::RejectSwitchover("the switchover names this leader as its candidate")
+            }
             Some(f) if wants_handover(f, &me.name) => match &me.peers {
                 None => Action::AskPeers,
                 Some(peers) => {
@@ -171,7 +181,7 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
                     if peers.iter().any(|p| usable_candidate(p, view, candidate.as_deref())) {
                         Action::HandOver { candidate }
                     } else {
-                        Action::KeepLeading
+                        Action::RejectSwitchover("no healthy candidate to switch over to")
                     }
                 }
             },
@@ -215,6 +225,30 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
             }
             Action::AcquireLeader
         }
+    }
+}
+
+/// When a scheduled switchover is due (Patroni's rules): more than
+/// `loop_wait` ahead → later; more than `loop_wait` overdue → stale (the
+/// leader clears it); otherwise now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Now,
+    Later(std::time::Duration),
+    Stale,
+}
+
+pub fn schedule_due(at: time::OffsetDateTime, now: time::OffsetDateTime, loop_wait: u64) -> Due {
+    let ahead = at - now;
+    let loop_wait = time::Duration::seconds(loop_wait as i64);
+    if ahead > loop_wait {
+        Due::Later((ahead - loop_wait).try_into().unwrap_or_default())
+    } else if ahead < -loop_wait {
+        Due::Stale
+    } else if ahead > time::Duration::ZERO {
+        Due::Later(ahead.try_into().unwrap_or_default())
+    } else {
+        Due::Now
     }
 }
 
@@ -287,6 +321,17 @@ mod tests {
     fn with_peers(mut l: Local, peers: Vec<PeerReport>) -> Local {
         l.peers = Some(peers);
         l
+    }
+
+    #[test]
+    fn scheduled_switchover_timing() {
+        let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20000);
+        let s = |secs: i64| now + time::Duration::seconds(secs);
+        assert_eq!(schedule_due(s(0), now, 10), Due::Now);
+        assert_eq!(schedule_due(s(-5), now, 10), Due::Now);
+        assert_eq!(schedule_due(s(-11), now, 10), Due::Stale);
+        assert_eq!(schedule_due(s(3), now, 10), Due::Later(std::time::Duration::from_secs(3)));
+        assert_eq!(schedule_due(s(100), now, 10), Due::Later(std::time::Duration::from_secs(90)));
     }
 
     #[test]
@@ -449,10 +494,10 @@ mod tests {
                 Action::HandOver { candidate: Some("b".into()) },
             ),
             (
-                "switchover, candidate unreachable: keep leading",
+                "switchover, candidate unreachable: keep leading, clear the request",
                 switchover(Some("b")),
                 with_peers(me(primary()), vec![PeerReport { name: "b".into(), reply: None }]),
-                Action::KeepLeading,
+                Action::RejectSwitchover("no healthy candidate to switch over to"),
             ),
             (
                 "switchover to anyone: hand over",
@@ -461,9 +506,22 @@ mod tests {
                 Action::HandOver { candidate: None },
             ),
             (
-                "a switchover for another leader is not mine",
+                "a switchover for another leader: cleared",
                 ClusterView {
                     failover: Some(Failover { leader: Some("z".into()), member: Some("b".into()), scheduled_at: None }),
+                    ..view(Some("a"))
+                },
+                me(primary()),
+                Action::RejectSwitchover("the switchover names another leader"),
+            ),
+            (
+                "a scheduled switchover not yet due: keep leading",
+                ClusterView {
+                    failover: Some(Failover {
+                        leader: Some("a".into()),
+                        member: Some("b".into()),
+                        scheduled_at: Some("2030-01-01T00:00:00+00:00".into()),
+                    }),
                     ..view(Some("a"))
                 },
                 me(primary()),

@@ -11,18 +11,18 @@
 //! expired on etcd, so before any replica can take the leader key.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_postgres::Client;
 
-use super::decide::{Action, ClusterView, DataDir, Local, PeerReply, PeerReport, Postgres, decide};
-use crate::api::{self, NodeStatus, Xlog};
+use super::decide::{Action, ClusterView, DataDir, Due, Local, PeerReply, PeerReport, Postgres, decide, schedule_due};
+use crate::api::{self, ApiClient, Command, NodeStatus, Reply, RestartRequest, Xlog};
+use axum::http::StatusCode;
 use crate::config::{Config, Secret};
 use crate::dcs::client::{Dcs, DcsError};
 use crate::dcs::values::{Failover, HistoryLine, MemberValue, PATRONI_COMPAT_VERSION, Status};
@@ -81,6 +81,20 @@ pub struct Ha {
     lease_ttl: Duration,
     keepalive_failed: bool,
     last_renewal: Option<Instant>,
+    /// Operations from the REST API.
+    commands: mpsc::Receiver<Command>,
+    /// Talks to the peers' REST APIs.
+    api_client: ApiClient,
+    /// The etcd connection the REST API uses (replaced on reload).
+    dcs_tx: watch::Sender<Option<Dcs>>,
+    /// The REST API's TLS acceptor (replaced on reload).
+    api_tls: Arc<std::sync::RwLock<Option<tokio_rustls::TlsAcceptor>>>,
+    /// A restart scheduled through the API.
+    scheduled_restart: Option<(time::OffsetDateTime, RestartRequest)>,
+    /// A scheduled switchover's due time, to wake for it.
+    scheduled_switchover: Option<Instant>,
+    dcs_last_seen: Option<u64>,
+    dcs_reachable: bool,
 }
 
 /// Runs the node in HA mode until told to stop; returns the exit status.
@@ -93,20 +107,14 @@ pub(crate) async fn run(
     signals: &mut Signals,
 ) -> i32 {
     let etcd = cfg.etcd.clone().expect("HA mode has an etcd section");
-    let (status_tx, status_rx) = watch::channel(NodeStatus::new(&cfg.scope, &cfg.name));
-    let api_addr = SocketAddr::from(([0, 0, 0, 0], cfg.api.port));
-    let listener = match tokio::net::TcpListener::bind(api_addr).await {
-        Ok(l) => l,
+    let (dcs_tx, dcs_rx) = watch::channel(None);
+    let api = match api::start(&cfg, dcs_rx, None).await {
+        Ok(a) => a,
         Err(e) => {
-            tracing::error!(variable = "APIPORT", "configuration error: APIPORT: cannot listen on {api_addr}: {e}");
+            tracing::error!(variable = %e.var, "configuration error: {e}");
             return crate::config::EXIT_CONFIG;
         }
     };
-    tokio::spawn(async move {
-        if let Err(e) = api::serve_on(listener, status_rx).await {
-            tracing::error!(error = %e, "REST API stopped");
-        }
-    });
 
     // Connect and take a lease, retrying with a clear line per failure; a
     // stop request ends the wait.
@@ -167,7 +175,7 @@ pub(crate) async fn run(
         sysid: None,
         state: "starting",
         clean_handover: false,
-        status: status_tx,
+        status: api.status.clone(),
         wake: wake.clone(),
         last_idle: "",
         config: Default::default(),
@@ -179,7 +187,16 @@ pub(crate) async fn run(
         lease_ttl: ttl,
         keepalive_failed: false,
         last_renewal: None,
+        commands: api.commands,
+        api_client: api.client,
+        dcs_tx,
+        api_tls: api.tls,
+        scheduled_restart: None,
+        scheduled_switchover: None,
+        dcs_last_seen: None,
+        dcs_reachable: false,
     };
+    ha.dcs_tx.send_replace(Some(ha.dcs.clone()));
     ha.spawn_watch();
     ha.main_loop(notifier, signals).await
 }
@@ -283,7 +300,8 @@ impl Ha {
                     Request::Reload => self.reload().await,
                     Request::Status => tracing::info!(status = ?self.status.borrow(), "status"),
                     Request::Ignore => {}
-                }
+                },
+                Some(cmd) = self.commands.recv() => self.command(cmd).await,
             }
         }
     }
@@ -297,12 +315,21 @@ impl Ha {
         if let Some(pm) = &self.pm {
             pm.signal(Signal::SIGHUP);
         }
+        match api::tls_acceptor(&self.cfg.api) {
+            Ok(t) => {
+                if let Ok(mut slot) = self.api_tls.write() {
+                    *slot = t;
+                }
+            }
+            Err(e) => tracing::error!("keeping the REST API's current certificate: {e}"),
+        }
         let etcd = self.cfg.etcd.clone().expect("HA mode has an etcd section");
         let timeout = Duration::from_secs(self.config.normalized().retry_timeout);
         match Dcs::connect(&etcd, &self.cfg.namespace, &self.cfg.scope, timeout).await {
             Ok(dcs) => match dcs.snapshot().await {
                 Ok(_) => {
                     self.dcs = dcs;
+                    self.dcs_tx.send_replace(Some(self.dcs.clone()));
                     self.spawn_watch();
                     tracing::info!("reloaded: etcd certificates re-read, postgres reloaded");
                 }
@@ -327,7 +354,15 @@ impl Ha {
         if self.keepalive_failed || st.cluster_unlocked {
             return Duration::from_secs(1).min(Duration::from_secs(c.loop_wait));
         }
-        Duration::from_secs(c.loop_wait)
+        let mut tick = Duration::from_secs(c.loop_wait);
+        if let Some(at) = self.scheduled_switchover {
+            tick = tick.min(at.saturating_duration_since(Instant::now()));
+        }
+        if let Some((at, _)) = &self.scheduled_restart {
+            let ahead = *at - time::OffsetDateTime::now_utc();
+            tick = tick.min(ahead.try_into().unwrap_or_default());
+        }
+        tick
     }
 
     fn running_primary_pid(&self) -> Option<nix::unistd::Pid> {
@@ -355,10 +390,44 @@ impl Ha {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the cluster from etcd; keeping the current role until the lease deadline");
+                self.dcs_reachable = false;
                 self.observe().await;
+                self.status.send_modify(|st| st.facts.dcs_reachable = false);
                 return None;
             }
         };
+        self.dcs_reachable = true;
+        self.dcs_last_seen = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
+        let mut snap = snap;
+        self.scheduled_switchover = None;
+        if let Some(f) = &mut snap.view.failover
+            && let Some(at) = &f.scheduled_at
+        {
+            let loop_wait = self.config.normalized().loop_wait.max(snap.view.config.normalized().loop_wait);
+            match crate::api::parse_time(at) {
+                None => {
+                    tracing::warn!(scheduled_at = %at, "cannot parse the scheduled switchover's time; ignoring it");
+                }
+                Some(t) => match schedule_due(t, time::OffsetDateTime::now_utc(), loop_wait) {
+                    Due::Now => {
+                        tracing::info!(scheduled_at = %at, "the scheduled switchover is due");
+                        f.scheduled_at = None;
+                    }
+                    Due::Later(d) => {
+                        self.scheduled_switchover = Some(Instant::now() + d);
+                    }
+                    Due::Stale => {
+                        if snap.view.leader.as_deref() == Some(self.name()) {
+                            tracing::warn!(scheduled_at = %at, "found a stale scheduled switchover; cleaning it up");
+                            let _ = self.dcs.put_failover(&Failover::default(), snap.failover_revision).await;
+                        }
+                    }
+                },
+            }
+        }
         self.config = snap.view.config.clone();
         // A new ttl in `config` applies without a restart: a lease with the new
         // TTL, the member key re-put, the leader key moved (conditionally).
@@ -405,6 +474,15 @@ impl Ha {
             local.peers = Some(self.ask_peers(&snap.view).await);
             action = decide(&snap.view, &local);
         }
+        let action = match action {
+            Action::RejectSwitchover(why) => {
+                tracing::warn!(failover = ?snap.view.failover, "switchover not possible: {why}; clearing the request");
+                let _ = self.dcs.put_failover(&Failover::default(), snap.failover_revision).await;
+                Action::KeepLeading
+            }
+            a => a,
+        };
+        self.run_scheduled_restart().await;
         let code = self.act(action, &snap.view).await;
         let view = self.dcs.snapshot().await.map(|s| s.view).unwrap_or(snap.view);
         self.publish(&view).await;
@@ -515,8 +593,9 @@ impl Ha {
     async fn ask_peers(&self, view: &ClusterView) -> Vec<PeerReport> {
         let asks = view.members.iter().filter(|(n, _)| n.as_str() != self.name()).map(|(name, m)| {
             let (name, url) = (name.clone(), m.api_url.clone());
+            let client = self.api_client.clone();
             async move {
-                let reply = api::peer_status(&url, Duration::from_secs(2)).await.map(|s| PeerReply {
+                let reply = client.peer_status(&url, Duration::from_secs(2)).await.map(|s| PeerReply {
                     primary: s.role == "primary" && s.state == "running",
                     wal: s.xlog.position(),
                     nofailover: s.tags.get("nofailover").and_then(|v| v.as_bool()).unwrap_or(false),
@@ -628,6 +707,7 @@ impl Ha {
             }
             Action::Demote(why) => self.fence(why).await,
             Action::HandOver { candidate } => self.hand_over(candidate).await,
+            Action::RejectSwitchover(_) => {}
         }
         None
     }
@@ -902,14 +982,181 @@ impl Ha {
         self.upstream = None;
     }
 
+    /// An operation from the REST API. Never waits for postgres to come up:
+    /// a restart's answer is sent by a task that watches the status.
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Wake => self.wake.notify_one(),
+            Command::Reload => self.reload().await,
+            Command::Restart(req, reply) => {
+                let answer = match req.schedule {
+                    Some(_) if self.scheduled_restart.is_some() => {
+                        Reply::new(StatusCode::CONFLICT, "Failed to schedule restart: another restart is already scheduled")
+                    }
+                    Some(_) if self.config.pause => Reply::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Failed to schedule restart: cannot schedule a restart in maintenance mode",
+                    ),
+                    Some(at) => {
+                        tracing::info!(at = %at, "restart scheduled through the REST API");
+                        self.scheduled_restart = Some((at, req));
+                        self.publish_scheduled_restart();
+                        Reply::new(StatusCode::ACCEPTED, "Restart scheduled")
+                    }
+                    None => match self.restart(&req).await {
+                        Ok(mut rx) => {
+                            let wait = req.timeout.unwrap_or(Duration::from_secs(60));
+                            tokio::spawn(async move {
+                                let up = tokio::time::timeout(wait, rx.wait_for(|s| s.state == "running")).await;
+                                let answer = match up {
+                                    Ok(Ok(_)) => Reply::new(StatusCode::OK, "restarted successfully"),
+                                    _ => Reply::new(
+                                        StatusCode::SERVICE_UNAVAILABLE,
+                                        format!("restart failed: postgres is not running after {} s", wait.as_secs()),
+                                    ),
+                                };
+                                let _ = reply.send(answer);
+                            });
+                            self.wake.notify_one();
+                            return;
+                        }
+                        Err(answer) => answer,
+                    },
+                };
+                let _ = reply.send(answer);
+            }
+            Command::CancelRestart(reply) => {
+                let answer = if self.scheduled_restart.take().is_some() {
+                    self.publish_scheduled_restart();
+                    Reply::new(StatusCode::OK, "scheduled restart deleted")
+                } else {
+                    Reply::new(StatusCode::NOT_FOUND, "no restarts are scheduled")
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Reinitialize { force, reply } => {
+                let answer = self.reinitialize(force).await;
+                let _ = reply.send(answer);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn publish_scheduled_restart(&self) {
+        let info = self.scheduled_restart.as_ref().map(|(at, r)| api::status::ScheduledRestartInfo {
+            schedule: at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            postgres_version: r.postgres_version.clone(),
+        });
+        self.status.send_modify(|st| st.scheduled_restart = info);
+    }
+
+    /// Runs a scheduled restart once it is due.
+    async fn run_scheduled_restart(&mut self) {
+        let due = self.scheduled_restart.as_ref().is_some_and(|(at, _)| *at <= time::OffsetDateTime::now_utc());
+        if !due {
+            return;
+        }
+        let Some((_, req)) = self.scheduled_restart.take() else { return };
+        self.publish_scheduled_restart();
+        match self.restart(&req).await {
+            Ok(_) => tracing::info!("scheduled restart started"),
+            Err(r) => tracing::warn!("scheduled restart not done: {}", r.body),
+        }
+    }
+
+    /// Restarts postgres in its current role if the request's conditions
+    /// hold; returns a status receiver to wait for it to run again.
+    async fn restart(&mut self, req: &RestartRequest) -> Result<watch::Receiver<NodeStatus>, Reply> {
+        let st = self.status.borrow().clone();
+        let not_satisfied = || Reply::new(StatusCode::SERVICE_UNAVAILABLE, "restart conditions are not satisfied");
+        if self.pm.is_none() || !st.running() {
+            return Err(Reply::new(StatusCode::SERVICE_UNAVAILABLE, format!("postgres is not running (state: {})", st.state)));
+        }
+        if let Some(role) = &req.role {
+            let want_primary = role == "primary" || role == "master";
+            if want_primary != (st.role == "primary") {
+                return Err(not_satisfied());
+            }
+        }
+        if let Some(v) = &req.postgres_version
+            && let (Some(want), Some(have)) = (api::ops_version_num(v), st.server_version)
+            && have >= want
+        {
+            return Err(not_satisfied());
+        }
+        if req.restart_pending && !st.pending_restart {
+            return Err(not_satisfied());
+        }
+        let role = if st.role == "primary" { Role::Primary } else { Role::Replica(self.upstream.clone()) };
+        tracing::info!(role = %st.role, "restarting postgres (REST API)");
+        self.state = "restarting";
+        self.publish_status();
+        if let Some(client) = &self.client {
+            let _ = tokio::time::timeout(Duration::from_secs(5), sql::checkpoint(client)).await;
+        }
+        if let Some(pm) = &self.pm {
+            pm.signal(Signal::SIGINT);
+        }
+        self.stop_local(self.cfg.tusk.shutdown_timeout).await;
+        if let Err(e) = self.start(role).await {
+            tracing::error!("cannot start postgres again: {e}");
+            self.state = "stopped";
+            self.publish_status();
+            return Err(Reply::new(StatusCode::SERVICE_UNAVAILABLE, format!("restart failed: {e}")));
+        }
+        self.publish_status();
+        Ok(self.status.subscribe())
+    }
+
+    /// Stops this replica, removes its data directory, and lets the next
+    /// round clone it again from the leader.
+    async fn reinitialize(&mut self, force: bool) -> Reply {
+        let st = self.status.borrow().clone();
+        if st.cluster_unlocked {
+            return Reply::new(StatusCode::SERVICE_UNAVAILABLE, "Cluster has no leader, can not reinitialize");
+        }
+        if st.leader || st.role == "primary" {
+            return Reply::new(StatusCode::SERVICE_UNAVAILABLE, "I am the leader, can not reinitialize");
+        }
+        if !force && matches!(self.state, "creating replica" | "running pg_rewind" | "restarting") {
+            return Reply::new(StatusCode::SERVICE_UNAVAILABLE, format!("{} already in progress", self.state));
+        }
+        tracing::warn!("reinitializing this replica (REST API): its data directory is removed and cloned again");
+        if let Some(pm) = &self.pm {
+            pm.signal(Signal::SIGINT);
+        }
+        self.stop_local(self.cfg.tusk.shutdown_timeout).await;
+        if let Err(e) = std::fs::remove_dir_all(&self.cfg.postgres.data)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Reply::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot remove the data directory: {e}"));
+        }
+        self.sysid = None;
+        self.clean_handover = false;
+        self.state = "stopped";
+        self.publish_status();
+        Reply::new(StatusCode::OK, "reinitialize started")
+    }
+
     /// Publishes the member key and the API status.
     async fn publish(&mut self, view: &ClusterView) {
         let pos = match &self.client {
             Some(c) => replication::position(c).await.ok(),
             None => None,
         };
+        let details = match &self.client {
+            Some(c) => match sql::details(c).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::debug!(error = %e, "status details query failed");
+                    None
+                }
+            },
+            None => None,
+        };
+        let pending_restart = details.as_ref().is_some_and(|d| !d.pending_restart.is_empty());
         let leader = view.leader.as_deref() == Some(self.name());
-        if self.pm.is_some() && pos.is_some() {
+        if self.pm.is_some() && pos.is_some() && self.state != "restarting" {
             self.state = "running";
         }
         let role = match (pos, self.sysid.is_some() || self.cfg.postgres.data.join("PG_VERSION").exists()) {
@@ -920,7 +1167,7 @@ impl Ha {
         };
         let member = MemberValue {
             conn_url: format!("postgres://{}/postgres", self.cfg.postgres.connect_address),
-            api_url: format!("http://{}/patroni", self.cfg.api.connect_address),
+            api_url: self.cfg.api.url("/patroni"),
             state: self.state.to_owned(),
             role: role.to_owned(),
             version: PATRONI_COMPAT_VERSION.to_owned(),
@@ -932,7 +1179,7 @@ impl Ha {
                 .map(|p| if p.streaming { "streaming" } else { "in archive recovery" }.to_owned()),
             receive_lsn: pos.and_then(|p| p.receive.filter(|_| p.in_recovery)),
             replay_lsn: pos.and_then(|p| p.replay.filter(|_| p.in_recovery)),
-            pending_restart: false,
+            pending_restart,
         };
         // Only on change: every put wakes the leader's watch.
         if self.last_member.as_ref() != Some(&(member.clone(), self.lease)) {
@@ -951,11 +1198,41 @@ impl Ha {
         st.timeline = member.timeline;
         st.replication_state = member.replication_state.clone();
         st.database_system_identifier = self.sysid.clone();
-        st.server_version = Some(self.bin.version * 10000);
+        st.server_version = details.as_ref().and_then(|d| d.server_version).or(Some(self.bin.version * 10000));
         st.xlog = match pos {
             Some(p) if !p.in_recovery => Xlog { location: Some(p.wal), ..Default::default() },
-            Some(p) => Xlog { location: None, received_location: p.receive, replayed_location: p.replay },
+            Some(p) => Xlog {
+                location: None,
+                received_location: p.receive,
+                replayed_location: p.replay,
+                replayed_timestamp: details.as_ref().and_then(|d| d.replayed_timestamp.clone()),
+                paused: details.as_ref().and_then(|d| d.replay_paused),
+            },
             None => Xlog::default(),
+        };
+        st.postmaster_start_time = details.as_ref().and_then(|d| d.postmaster_start_time.clone());
+        st.pending_restart = pending_restart;
+        st.pending_restart_reason = details
+            .as_ref()
+            .map(|d| {
+                d.pending_restart
+                    .iter()
+                    .map(|(name, old, new)| {
+                        (name.clone(), api::status::PendingChange { old_value: old.clone(), new_value: new.clone() })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        st.replication = details.map(|d| d.replication).unwrap_or_default();
+        st.dcs_last_seen = self.dcs_last_seen;
+        let c = self.config.normalized();
+        st.facts = api::status::Facts {
+            standalone: false,
+            leader_optime: view.optime.max(pos.filter(|p| p.in_recovery).and_then(|p| p.receive)),
+            ttl: c.ttl,
+            maximum_lag_on_failover: c.maximum_lag_on_failover,
+            last_loop: Some(std::time::Instant::now()),
+            dcs_reachable: self.dcs_reachable,
         };
         self.status.send_replace(st);
     }

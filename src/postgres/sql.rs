@@ -110,3 +110,75 @@ mod tests {
         assert_eq!(super::ident("a\"b"), "\"a\"\"b\"");
     }
 }
+
+/// What the REST API shows beyond the WAL position: start time, replay
+/// details, pending restarts, a primary's replicas.
+#[derive(Debug, Clone, Default)]
+pub struct Details {
+    /// "2024-08-28 19:39:26.352526+00:00"
+    pub postmaster_start_time: Option<String>,
+    pub server_version: Option<u32>,
+    pub replayed_timestamp: Option<String>,
+    pub replay_paused: Option<bool>,
+    /// (parameter, running value, value in the files).
+    pub pending_restart: Vec<(String, String, String)>,
+    pub replication: Vec<crate::api::Replication>,
+}
+
+pub async fn details(client: &Client) -> Result<Details, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US\"+00:00\"'),
+                    current_setting('server_version_num')::int,
+                    pg_is_in_recovery(),
+                    CASE WHEN pg_is_in_recovery() THEN
+                         to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US\"+00:00\"') END,
+                    CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END",
+            &[],
+        )
+        .await?;
+    let in_recovery: bool = row.get(2);
+    let version: i32 = row.get(1);
+    let mut d = Details {
+        postmaster_start_time: row.get(0),
+        server_version: u32::try_from(version).ok(),
+        replayed_timestamp: row.get(3),
+        replay_paused: row.get(4),
+        ..Default::default()
+    };
+    for r in client
+        .query(
+            "SELECT s.name, s.setting,
+                    COALESCE((SELECT f.setting FROM pg_file_settings f WHERE f.name = s.name
+                              ORDER BY f.seqno DESC LIMIT 1), '')
+               FROM pg_settings s WHERE s.pending_restart ORDER BY 1",
+            &[],
+        )
+        .await?
+    {
+        d.pending_restart.push((r.get(0), r.get(1), r.get(2)));
+    }
+    if !in_recovery {
+        for r in client
+            .query(
+                "SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority,
+                        pg_wal_lsn_diff(pg_current_wal_flush_lsn(), replay_lsn)::bigint
+                   FROM pg_stat_replication WHERE state IS NOT NULL ORDER BY application_name",
+                &[],
+            )
+            .await?
+        {
+            let lag: Option<i64> = r.get(6);
+            d.replication.push(crate::api::Replication {
+                usename: r.get::<_, Option<String>>(0).unwrap_or_default(),
+                application_name: r.get(1),
+                client_addr: r.get(2),
+                state: r.get(3),
+                sync_state: r.get(4),
+                sync_priority: r.get(5),
+                lag_bytes: lag.map(|l| l.max(0) as u64),
+            });
+        }
+    }
+    Ok(d)
+}

@@ -1,0 +1,147 @@
+//! `GET /metrics`: Prometheus text format, Patroni's gauge names (so
+//! existing dashboards work) plus tusk's own (`tusk_*`).
+
+use std::fmt::Write;
+
+use axum::body::Body;
+use axum::http::{Response, StatusCode, header};
+
+use super::ApiState;
+use super::status::NodeStatus;
+
+pub(super) fn response(state: &ApiState) -> Response<Body> {
+    let s = state.status();
+    let labels = labels(&s);
+    let mut out = render(&s, &labels);
+    if let Some(extra) = state.archive_metrics(&labels) {
+        out.push_str(&extra);
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+        .body(Body::from(out))
+        .expect("a static response builds")
+}
+
+fn labels(s: &NodeStatus) -> String {
+    format!("scope=\"{}\",name=\"{}\"", escape(&s.patroni.scope), escape(&s.patroni.name))
+}
+
+/// Label values: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The metrics of one status.
+pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}");
+    };
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    let running = s.running();
+    let primary = running && s.role == "primary";
+    let replica = running && s.role == "replica";
+    // "3.0.2" → 30002, as Patroni encodes it.
+    let version = s.patroni.version.split('.').filter_map(|p| p.parse::<u32>().ok()).fold(0u32, |acc, p| acc * 100 + p);
+    gauge("patroni_version", "Version of Patroni (tusk's compatibility level) in the format MMmmpp.", version as f64);
+    gauge("patroni_postgres_running", "Value is 1 if PostgreSQL is running, 0 otherwise.", b(running));
+    gauge("patroni_postmaster_start_time", "Epoch seconds since PostgreSQL started.", start_epoch(s));
+    gauge("patroni_primary", "Value is 1 if this node is the leader, 0 otherwise.", b(primary && s.is_leader()));
+    gauge("patroni_master", "Value is 1 if this node is the leader, 0 otherwise (Patroni 3 name).", b(primary && s.is_leader()));
+    gauge("patroni_xlog_location", "Current location of the primary's WAL (bytes).", s.xlog.location.unwrap_or(0) as f64);
+    gauge("patroni_standby_leader", "Value is 1 if this node is the standby leader, 0 otherwise.", 0.0);
+    gauge("patroni_replica", "Value is 1 if this node is a replica, 0 otherwise.", b(replica));
+    gauge("patroni_sync_standby", "Value is 1 if this node is a sync standby, 0 otherwise.", 0.0);
+    gauge(
+        "patroni_xlog_received_location",
+        "Current location of the received WAL on a replica (bytes).",
+        s.xlog.received_location.unwrap_or(0) as f64,
+    );
+    gauge(
+        "patroni_xlog_replayed_location",
+        "Current location of the replayed WAL on a replica (bytes).",
+        s.xlog.replayed_location.unwrap_or(0) as f64,
+    );
+    gauge("patroni_xlog_paused", "Value is 1 if WAL replay is paused, 0 otherwise.", b(s.xlog.paused == Some(true)));
+    gauge(
+        "patroni_postgres_streaming",
+        "Value is 1 if the replica streams from its upstream, 0 otherwise.",
+        b(s.replication_state.as_deref() == Some("streaming")),
+    );
+    gauge(
+        "patroni_postgres_in_archive_recovery",
+        "Value is 1 if the replica replays from the WAL archive, 0 otherwise.",
+        b(s.replication_state.as_deref() == Some("in archive recovery")),
+    );
+    gauge(
+        "patroni_postgres_server_version",
+        "Version of PostgreSQL (server_version_num).",
+        s.server_version.unwrap_or(0) as f64,
+    );
+    gauge("patroni_cluster_unlocked", "Value is 1 if the cluster has no leader, 0 otherwise.", b(s.cluster_unlocked));
+    gauge("patroni_failsafe_mode_is_active", "Value is 1 if failsafe mode is active, 0 otherwise.", 0.0);
+    gauge("patroni_postgres_timeline", "PostgreSQL timeline of this node.", s.timeline.unwrap_or(0) as f64);
+    gauge("patroni_dcs_last_seen", "Epoch seconds of the last successful read of the DCS.", s.dcs_last_seen.unwrap_or(0) as f64);
+    gauge("patroni_pending_restart", "Value is 1 if a parameter change needs a restart, 0 otherwise.", b(s.pending_restart));
+    gauge("patroni_is_paused", "Value is 1 if the cluster is in maintenance mode, 0 otherwise.", b(s.pause));
+    gauge("tusk_leader", "Value is 1 if this node holds the leader key (or runs standalone), 0 otherwise.", b(s.is_leader()));
+    if !s.replication.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP tusk_replication_lag_bytes WAL between the primary's flush position and a replica's replay position.\n# TYPE tusk_replication_lag_bytes gauge"
+        );
+        for r in &s.replication {
+            let _ = writeln!(
+                out,
+                "tusk_replication_lag_bytes{{{labels},application_name=\"{}\",state=\"{}\"}} {}",
+                escape(&r.application_name),
+                escape(&r.state),
+                r.lag_bytes.unwrap_or(0)
+            );
+        }
+    }
+    out
+}
+
+/// `postmaster_start_time` ("2024-08-28 19:39:26.352526+00:00") as epoch seconds.
+fn start_epoch(s: &NodeStatus) -> f64 {
+    let Some(t) = &s.postmaster_start_time else { return 0.0 };
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond][offset_hour sign:mandatory]:[offset_minute]"
+    );
+    time::OffsetDateTime::parse(t, &fmt).map(|d| d.unix_timestamp() as f64).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_patroni_names_with_labels() {
+        let mut s = NodeStatus::new("demo", "n\"1");
+        s.state = "running".into();
+        s.role = "primary".into();
+        s.leader = true;
+        s.timeline = Some(3);
+        s.xlog.location = Some(4096);
+        s.postmaster_start_time = Some("2024-08-28 19:39:26.352526+00:00".into());
+        s.replication.push(super::super::Replication {
+            application_name: "b".into(),
+            state: "streaming".into(),
+            lag_bytes: Some(10),
+            ..Default::default()
+        });
+        let out = render(&s, &labels(&s));
+        assert!(out.contains("patroni_version{scope=\"demo\",name=\"n\\\"1\"} 30002\n"), "{out}");
+        assert!(out.contains("patroni_primary{scope=\"demo\",name=\"n\\\"1\"} 1\n"));
+        assert!(out.contains("patroni_postgres_timeline{scope=\"demo\",name=\"n\\\"1\"} 3\n"));
+        assert!(out.contains("patroni_postmaster_start_time{scope=\"demo\",name=\"n\\\"1\"} 1724873966\n"));
+        assert!(out.contains("application_name=\"b\",state=\"streaming\"} 10\n"));
+        // Every sample line has a TYPE line before it.
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split('{').next().unwrap_or("");
+            assert!(out.contains(&format!("# TYPE {name} gauge")), "{line}");
+        }
+    }
+}
