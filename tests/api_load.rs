@@ -242,7 +242,6 @@ fn malformed_requests_are_refused_and_others_still_served() {
 const HEADER_CUT_OFF: Duration = Duration::from_secs(35);
 
 #[test]
-#[ignore = "the API has no header read timeout yet (axum::serve sets no timer): un-ignore with it"]
 fn slow_requests_are_cut_off_and_others_still_served() {
     require_root();
     let c = one_node("apislow");
