@@ -241,15 +241,14 @@ fn malformed_requests_are_refused_and_others_still_served() {
 /// must cut the connection off (hyper's own default is 30 s).
 const HEADER_CUT_OFF: Duration = Duration::from_secs(35);
 
-#[test]
-fn slow_requests_are_cut_off_and_others_still_served() {
-    require_root();
-    let c = one_node("apislow");
-    let port = c.api_port("n1");
-    // 50 slowloris connections: a partial header, then one more header byte
-    // every second (an idle timeout alone would not catch them).
+/// `n` slowloris connections: a partial header, then one more header byte
+/// every second (an idle timeout alone would not catch them), while a normal
+/// request is made every second. Panics unless all are cut off within
+/// `HEADER_CUT_OFF` and every normal request is answered within 2 s (the
+/// `timeout check` of HAProxy setups). Returns when the last was cut off.
+fn slowloris(port: u16, n: usize) -> Duration {
     let t0 = Instant::now();
-    let mut slow: Vec<Option<TcpStream>> = (0..50)
+    let mut slow: Vec<Option<TcpStream>> = (0..n)
         .map(|_| {
             let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
             s.write_all(b"GET /patroni HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
@@ -257,17 +256,21 @@ fn slow_requests_are_cut_off_and_others_still_served() {
             Some(s)
         })
         .collect();
-    let mut cut = Vec::new();
+    let mut last_cut = Duration::ZERO;
     while slow.iter().any(Option::is_some) {
+        let open = slow.iter().filter(|s| s.is_some()).count();
         assert!(
             t0.elapsed() < HEADER_CUT_OFF,
-            "{} of 50 slow requests still open after {HEADER_CUT_OFF:?}: the API does not cut off slow headers",
-            slow.iter().filter(|s| s.is_some()).count()
+            "{open} of {n} slow requests still open after {HEADER_CUT_OFF:?}: the API does not cut off slow headers"
         );
         // Others are served meanwhile.
         let t = Instant::now();
         assert_eq!(get_status(port, "/health"), 200);
-        assert!(t.elapsed() < Duration::from_secs(2), "a normal request took {:?} during the slowloris", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "a normal request took {:?} with {open} slow connections open",
+            t.elapsed()
+        );
         for s in slow.iter_mut() {
             let closed = match s.as_mut().map(|s| (s.write(b"a"), s.read(&mut [0u8; 512]))) {
                 None => false,
@@ -277,11 +280,34 @@ fn slow_requests_are_cut_off_and_others_still_served() {
             };
             if closed {
                 *s = None;
-                cut.push(t0.elapsed());
+                last_cut = t0.elapsed();
             }
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    eprintln!("slowloris: all 50 cut off after {:?}", cut.iter().max().unwrap());
+    last_cut
+}
+
+#[test]
+fn slow_requests_are_cut_off_and_others_still_served() {
+    require_root();
+    let c = one_node("apislow");
+    let port = c.api_port("n1");
+    let took = slowloris(port, 50);
+    eprintln!("slowloris: all 50 cut off after {took:?}");
+    assert_eq!(get_status(port, "/primary"), 200);
+}
+
+/// More slow connections than the API's connection cap (512): health
+/// checks must still be answered in time, or one client on the network can
+/// make HAProxy mark every node down.
+#[test]
+#[ignore = "fails: at the API's connection cap (512) accept waits for slow connections to be cut off (5 s), so health checks wait ~3-5 s; un-ignore once the cap sheds slow connections instead"]
+fn slowloris_beyond_the_connection_cap_does_not_block_health_checks() {
+    require_root();
+    let c = one_node("apislow2");
+    let port = c.api_port("n1");
+    let took = slowloris(port, 600);
+    eprintln!("slowloris: all 600 cut off after {took:?}");
     assert_eq!(get_status(port, "/primary"), 200);
 }
