@@ -37,8 +37,10 @@ pub struct HaProxy {
     pub listens: Vec<Listen>,
 }
 
-/// The configuration a Patroni user copies, with `inter 1s fall 2 rise 1`.
-pub fn config(admin_socket: &Path, listens: &[Listen], servers: &[Server]) -> String {
+/// The configuration a Patroni user copies, with `inter 1s fall 2 rise 1`;
+/// `server_opts` go on every `server` line (e.g. `check-ssl verify required
+/// ca-file CA crt PEM` for an HTTPS API).
+pub fn config(admin_socket: &Path, listens: &[Listen], servers: &[Server], server_opts: &str) -> String {
     let mut cfg = format!(
         "global\n    maxconn 500\n    stats socket {} mode 600 level admin\n\n\
          defaults\n    mode tcp\n    retries 2\n    timeout connect 2s\n    timeout client 30m\n    timeout server 30m\n    timeout check 2s\n",
@@ -52,7 +54,10 @@ pub fn config(admin_socket: &Path, listens: &[Listen], servers: &[Server]) -> St
         }
         cfg.push_str("    default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions\n");
         for s in servers {
-            cfg.push_str(&format!("    server {} 127.0.0.1:{} maxconn 100 check port {}\n", s.name, s.pg_port, s.api_port));
+            cfg.push_str(&format!(
+                "    server {} 127.0.0.1:{} maxconn 100 check port {} {server_opts}\n",
+                s.name, s.pg_port, s.api_port
+            ));
         }
     }
     cfg
@@ -61,6 +66,16 @@ pub fn config(admin_socket: &Path, listens: &[Listen], servers: &[Server]) -> St
 impl HaProxy {
     /// Starts HAProxy with `listens` (ports assigned here) in front of `servers`.
     pub fn start(name: &str, listens: &[(&'static str, &'static str, bool)], servers: &[Server]) -> HaProxy {
+        Self::start_with(name, listens, servers, "")
+    }
+
+    /// `start` with extra options on every `server` line.
+    pub fn start_with(
+        name: &str,
+        listens: &[(&'static str, &'static str, bool)],
+        servers: &[Server],
+        server_opts: &str,
+    ) -> HaProxy {
         let dir = testbed::temp_dir(&format!("tusk-haproxy-{name}-"));
         let mut last = String::new();
         for _ in 0..3 {
@@ -70,7 +85,7 @@ impl HaProxy {
                 .enumerate()
                 .map(|(i, (name, check, rr))| Listen { name, port: base + i as u16, check, roundrobin: *rr })
                 .collect();
-            std::fs::write(dir.path().join("haproxy.cfg"), config(&dir.path().join("admin.sock"), &listens, servers))
+            std::fs::write(dir.path().join("haproxy.cfg"), config(&dir.path().join("admin.sock"), &listens, servers, server_opts))
                 .expect("write haproxy.cfg");
             let out = Command::new(testbed::script("haproxy.sh"))
                 .arg("start")
@@ -111,18 +126,49 @@ impl HaProxy {
 
     /// The servers of `listen` that HAProxy sends traffic to (from `show
     /// stat`): `UP`, and also `UP 1/2` (failed one check, not yet down).
+    /// HAProxy starts every server UP before its first check: see `passing`.
     pub fn up(&self, listen: &str) -> Vec<String> {
+        self.servers(listen, |status, _| status.starts_with("UP"))
+    }
+
+    /// The servers of `listen` that are UP and passed their last check.
+    pub fn passing(&self, listen: &str) -> Vec<String> {
+        self.servers(listen, |status, check| status == "UP" && check == "L7OK")
+    }
+
+    fn servers(&self, listen: &str, keep: impl Fn(&str, &str) -> bool) -> Vec<String> {
         let stat = self.admin("show stat");
-        let mut up: Vec<String> = stat
-            .lines()
-            .filter(|l| !l.starts_with('#'))
+        let mut lines = stat.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").trim_start_matches("# ").split(',').collect();
+        let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name} in {header:?}"));
+        let (st, chk) = (col("status"), col("check_status"));
+        let mut out: Vec<String> = lines
             .map(|l| l.split(',').collect::<Vec<_>>())
-            .filter(|f| f.len() > 17 && f[0] == listen && f[1] != "FRONTEND" && f[1] != "BACKEND")
-            .filter(|f| f[17].starts_with("UP"))
+            .filter(|f| f.len() > st.max(chk) && f[0] == listen && f[1] != "FRONTEND" && f[1] != "BACKEND")
+            .filter(|f| keep(f[st], f[chk]))
             .map(|f| f[1].to_owned())
             .collect();
-        up.sort();
-        up
+        out.sort();
+        out
+    }
+
+    /// proxy, server, status, last check (e.g. `L7STS/503`, `L4CON`) and
+    /// check duration per server, one line each (for failure messages).
+    pub fn status_table(&self) -> String {
+        let stat = self.admin("show stat");
+        let mut lines = stat.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").trim_start_matches("# ").split(',').collect();
+        let col = |name: &str| header.iter().position(|h| *h == name);
+        let (st, chk, dur, desc) = (col("status"), col("check_status"), col("check_duration"), col("check_desc"));
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f.len() > 2 && f[1] != "FRONTEND" && f[1] != "BACKEND")
+            .map(|f| {
+                let at = |c: Option<usize>| c.and_then(|i| f.get(i)).copied().unwrap_or("");
+                format!("{} {} {} {} {}ms {}", f[0], f[1], at(st), at(chk), at(dur), at(desc))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn log_text(&self) -> String {
