@@ -282,10 +282,14 @@ def start_etcd(base):
     """One etcd with mutual TLS in BASE/etcd (its watchdog kills it when this
     process exits). Returns (endpoint/cert dict, stop function)."""
     edir = os.path.join(base, "etcd")
-    port = 43000 + os.getpid() % 500 * 2
-    r = sh(os.path.join(ROOT, "scripts/testbed/etcd.sh"), "start", edir, str(port), str(port + 1),
-           env={**os.environ, "TESTBED_WATCH_PID": str(os.getpid())})
-    if r.returncode != 0:
+    for _ in range(3):  # a port taken between the check and etcd's bind: again
+        port, peer = free_port(), free_port()
+        r = sh(os.path.join(ROOT, "scripts/testbed/etcd.sh"), "start", edir, str(port), str(peer),
+               env={**os.environ, "TESTBED_WATCH_PID": str(os.getpid())})
+        if r.returncode == 0:
+            break
+        shutil.rmtree(os.path.join(edir, "data"), ignore_errors=True)
+    else:
         sys.exit(f"etcd: {r.stdout}{r.stderr}")
     certs = os.path.join(edir, "certs")
     etcd = {"endpoint": f"127.0.0.1:{port}", "ca": f"{certs}/ca.crt", "cert": f"{certs}/client.crt",
