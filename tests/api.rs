@@ -288,8 +288,8 @@ fn cluster_operations_through_the_api_and_patronictl() {
     // Health rules per role.
     assert_eq!(curl(&[&format!("{}/primary", base(&leader))]).0, 200);
     assert_eq!(curl(&[&format!("{}/primary", base(&replicas[0]))]).0, 503);
-    // The status is refreshed every loop: right after the second clone's WAL
-    // switch, a replica may look 16 MB behind for one loop.
+    // Positions are refreshed every second: right after the second clone's
+    // WAL switch, a replica may look 16 MB behind for a moment.
     wait_http(&format!("{}/replica?lag=1MB", base(&replicas[0])), 200, Duration::from_secs(10));
     assert_eq!(curl(&[&format!("{}/replica", base(&leader))]).0, 503);
     let (code, body) = curl(&[&format!("{}/patroni", base(&leader))]);
