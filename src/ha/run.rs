@@ -1225,6 +1225,16 @@ impl Ha {
             receive_lsn: pos.and_then(|p| p.receive.filter(|_| p.in_recovery)),
             replay_lsn: pos.and_then(|p| p.replay.filter(|_| p.in_recovery)),
             pending_restart,
+            pause: view.config.pause,
+            scheduled_restart: self.scheduled_restart.as_ref().map(|(at, r)| {
+                let mut v = serde_json::json!({
+                    "schedule": at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+                });
+                if let Some(pv) = &r.postgres_version {
+                    v["postgres_version"] = serde_json::json!(pv);
+                }
+                v
+            }),
         };
         // Only on change: every put wakes the leader's watch.
         if self.last_member.as_ref() != Some(&(member.clone(), self.lease)) {
