@@ -288,14 +288,22 @@ fn cluster_operations_through_the_api_and_patronictl() {
     // Health rules per role.
     assert_eq!(curl(&[&format!("{}/primary", base(&leader))]).0, 200);
     assert_eq!(curl(&[&format!("{}/primary", base(&replicas[0]))]).0, 503);
-    // The status is refreshed every loop: right after the second clone's WAL
-    // switch, a replica may look 16 MB behind for one loop.
+    // Positions are refreshed every second: right after the second clone's
+    // WAL switch, a replica may look 16 MB behind for a moment.
     wait_http(&format!("{}/replica?lag=1MB", base(&replicas[0])), 200, Duration::from_secs(10));
     assert_eq!(curl(&[&format!("{}/replica", base(&leader))]).0, 503);
-    let (code, body) = curl(&[&format!("{}/patroni", base(&leader))]);
-    assert_eq!(code, 200);
-    let st = json(&body);
-    assert_eq!(st["replication"].as_array().map(|a| a.len()), Some(2), "the leader lists its replicas: {st}");
+    let t0 = Instant::now();
+    loop {
+        let (code, body) = curl(&[&format!("{}/patroni", base(&leader))]);
+        assert_eq!(code, 200);
+        let st = json(&body);
+        if st["replication"].as_array().map(|a| a.len()) == Some(2) {
+            assert_eq!(st["replication"][0]["client_addr"], "127.0.0.1", "{st}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the leader does not list its 2 replicas: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // PATCH /config merges, with the result visible in GET /config.
     let (code, body) = curl(&["-X", "PATCH", "-d", r#"{"postgresql":{"parameters":{"work_mem":"7MB"}}}"#, &format!("{}/config", base(&replicas[1]))]);
@@ -368,7 +376,14 @@ fn cluster_operations_through_the_api_and_patronictl() {
     assert_eq!(code, 200, "{text}");
     c.wait_streaming(&victim, Duration::from_secs(60));
 
-    // tusk healthcheck on every node; tusk list agrees on the leader.
+    // patronictl pause/resume: PATCH /config through a member's API.
+    let (ok, out) = patronictl(&c, &["pause", "--wait", &c.scope]);
+    assert!(ok && out.contains("Success: cluster management is paused"), "patronictl pause: {out}");
+    assert_eq!(json(&curl(&[&format!("{}/patroni", base(&victim))]).1)["pause"], true);
+    let (ok, out) = patronictl(&c, &["resume", "--wait", &c.scope]);
+    assert!(ok && out.contains("Success: cluster management is resumed"), "patronictl resume: {out}");
+
+    // tusk healthcheck on every node.
     for name in c.names() {
         let (st, out, _) = c.node(&name).run(&["healthcheck"]);
         assert!(st.success(), "{name}: {out}");

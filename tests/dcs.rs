@@ -56,6 +56,8 @@ fn member(role: &str) -> MemberValue {
         receive_lsn: None,
         replay_lsn: None,
         pending_restart: false,
+        pause: false,
+        scheduled_restart: None,
     }
 }
 

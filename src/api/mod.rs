@@ -149,8 +149,8 @@ impl Started {
     }
 }
 
-/// Binds `APIPORT` on all addresses and serves the API in a task. An
-/// error names the variable at fault (the caller exits 78).
+/// Binds `APIPORT` on all addresses and serves the API on its own thread.
+/// An error names the variable at fault (the caller exits 78).
 pub async fn start(
     cfg: &crate::config::Config,
     dcs: watch::Receiver<Option<Dcs>>,
@@ -164,18 +164,39 @@ pub async fn start(
     let client =
         ApiClient::new(&cfg.api, false).map_err(|e| ConfigError::new("SSL_RESTAPI_CERTIFICATE_FILE", e.to_string()))?;
     let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cfg.api.port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| ConfigError::new("APIPORT", format!("cannot listen on {addr}: {e}")))?;
     let mut state = ApiState::new(status_rx, dcs, cmd_tx, &cfg.api, client.clone());
     if let Some(a) = archive {
         state = state.with_archive(a);
     }
+    // Its own thread and runtime: a flood of requests competes with the HA
+    // loop for a core through the OS scheduler, never inside one executor.
     let tls_for_server = tls.clone();
-    tokio::spawn(async move {
-        if let Err(e) = serve(listener, tls_for_server, state).await {
-            tracing::error!(error = %e, "REST API stopped");
-        }
-    });
+    std::thread::Builder::new()
+        .name("tusk-api".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "REST API: cannot build its runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "REST API: cannot use the listener");
+                        return;
+                    }
+                };
+                if let Err(e) = serve(listener, tls_for_server, state).await {
+                    tracing::error!(error = %e, "REST API stopped");
+                }
+            });
+        })
+        .map_err(|e| ConfigError::new("APIPORT", format!("cannot start the REST API thread: {e}")))?;
     Ok(Started { status: status_tx, commands: cmd_rx, tls, client })
 }

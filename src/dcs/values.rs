@@ -36,6 +36,12 @@ pub struct MemberValue {
     pub replay_lsn: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_restart: bool,
+    /// The member has seen maintenance mode (`patronictl pause --wait` reads it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause: bool,
+    /// A restart scheduled through the REST API (`patronictl list` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_restart: Option<serde_json::Value>,
 }
 
 impl MemberValue {
@@ -191,6 +197,8 @@ mod tests {
             receive_lsn: None,
             replay_lsn: None,
             pending_restart: false,
+            pause: false,
+            scheduled_restart: None,
         };
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(

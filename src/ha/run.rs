@@ -34,6 +34,9 @@ use crate::postgres::replication::{self, Upstream};
 use crate::postgres::{Binaries, RunAs, sql};
 use crate::supervisor::{EXIT_FAILURE, Request, Signals, stop_postgres};
 
+/// How often the REST API's WAL positions are refreshed between rounds.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
+
 /// Time kept between the fencing deadline and the lease's expiry on etcd.
 fn fence_margin(ttl: Duration) -> Duration {
     (ttl / 5).clamp(Duration::from_millis(500), Duration::from_secs(3))
@@ -285,25 +288,67 @@ impl Ha {
                 last_ready_role = st.role.clone();
             }
 
-            // Wait for a reason to look again.
-            let tick = self.tick();
+            // Wait for a reason to look again; meanwhile keep the positions
+            // the REST API serves fresh (lag checks, metrics).
+            let wait_until = Instant::now() + self.tick();
             let fence_pid = self.running_primary_pid();
             let deadline = self.lease_alive_until.unwrap_or_else(Instant::now);
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(tick) => {}
-                _ = sleep_until(deadline), if fence_pid.is_some() => {
-                    self.fence("the leader lease could not be renewed before its deadline").await;
+            let mut refresh = tokio::time::interval_at(Instant::now() + STATUS_REFRESH, STATUS_REFRESH);
+            loop {
+                tokio::select! {
+                    _ = self.wake.notified() => break,
+                    _ = sleep_until(wait_until) => break,
+                    _ = refresh.tick() => self.refresh_status().await,
+                    _ = sleep_until(deadline), if fence_pid.is_some() => {
+                        self.fence("the leader lease could not be renewed before its deadline").await;
+                        break;
+                    }
+                    req = signals.recv() => match req {
+                        Request::Stop | Request::StopNow => return self.shutdown(req, notifier, signals).await,
+                        Request::Reload => {
+                            self.reload().await;
+                            break;
+                        }
+                        Request::Status => tracing::info!(status = ?self.status.borrow(), "status"),
+                        Request::Ignore => {}
+                    },
+                    Some(cmd) = self.commands.recv() => {
+                        self.command(cmd).await;
+                        break;
+                    }
                 }
-                req = signals.recv() => match req {
-                    Request::Stop | Request::StopNow => return self.shutdown(req, notifier, signals).await,
-                    Request::Reload => self.reload().await,
-                    Request::Status => tracing::info!(status = ?self.status.borrow(), "status"),
-                    Request::Ignore => {}
-                },
-                Some(cmd) = self.commands.recv() => self.command(cmd).await,
             }
         }
+    }
+
+    /// Between rounds: the WAL positions and replication details the REST
+    /// API serves, from postgres only (no DCS traffic, no decision).
+    async fn refresh_status(&mut self) {
+        let Some(client) = &self.client else { return };
+        let Ok(p) = replication::position(client).await else { return };
+        let details = sql::details(client).await.ok();
+        self.status.send_modify(|st| {
+            if st.state != "running" {
+                return;
+            }
+            st.timeline = Some(p.timeline);
+            if p.in_recovery {
+                st.xlog.received_location = p.receive;
+                st.xlog.replayed_location = p.replay;
+                st.replication_state = Some(if p.streaming { "streaming" } else { "in archive recovery" }.into());
+                st.facts.leader_optime = st.facts.leader_optime.max(p.receive);
+            } else {
+                st.xlog.location = Some(p.wal);
+            }
+            if let Some(d) = details {
+                if p.in_recovery {
+                    st.xlog.replayed_timestamp = d.replayed_timestamp;
+                    st.xlog.paused = d.replay_paused;
+                } else {
+                    st.replication = d.replication;
+                }
+            }
+        });
     }
 
     /// SIGHUP: PostgreSQL's certificates re-installed and reloaded; the etcd
@@ -1180,6 +1225,16 @@ impl Ha {
             receive_lsn: pos.and_then(|p| p.receive.filter(|_| p.in_recovery)),
             replay_lsn: pos.and_then(|p| p.replay.filter(|_| p.in_recovery)),
             pending_restart,
+            pause: view.config.pause,
+            scheduled_restart: self.scheduled_restart.as_ref().map(|(at, r)| {
+                let mut v = serde_json::json!({
+                    "schedule": at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+                });
+                if let Some(pv) = &r.postgres_version {
+                    v["postgres_version"] = serde_json::json!(pv);
+                }
+                v
+            }),
         };
         // Only on change: every put wakes the leader's watch.
         if self.last_member.as_ref() != Some(&(member.clone(), self.lease)) {

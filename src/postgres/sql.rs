@@ -161,7 +161,7 @@ pub async fn details(client: &Client) -> Result<Details, tokio_postgres::Error> 
     if !in_recovery {
         for r in client
             .query(
-                "SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority,
+                "SELECT usename::text, application_name, host(client_addr), state, sync_state, sync_priority,
                         pg_wal_lsn_diff(pg_current_wal_flush_lsn(), replay_lsn)::bigint
                    FROM pg_stat_replication WHERE state IS NOT NULL ORDER BY application_name",
                 &[],
