@@ -302,7 +302,6 @@ fn slow_requests_are_cut_off_and_others_still_served() {
 /// checks must still be answered in time, or one client on the network can
 /// make HAProxy mark every node down.
 #[test]
-#[ignore = "fails: at the API's connection cap (512) accept waits for slow connections to be cut off (5 s), so health checks wait ~3-5 s; un-ignore once the cap sheds slow connections instead"]
 fn slowloris_beyond_the_connection_cap_does_not_block_health_checks() {
     require_root();
     let c = one_node("apislow2");

@@ -17,14 +17,14 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls_pki_types::pem::PemObject;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::health::{Check, health_status};
 use super::{ApiState, metrics, ops};
 use crate::config::{ApiConfig, VerifyClient};
 
-/// Connections served at once; more wait in the kernel's backlog.
+/// Connections served at once; a new one beyond this sheds the oldest
+/// connection that is not inside a request.
 const MAX_CONNECTIONS: usize = 512;
 /// Time for a client to send a request's headers (slowloris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,6 +91,44 @@ pub(super) struct Peer {
     pub verified_cert: bool,
 }
 
+/// The open connections, so that a full house sheds the oldest idle one
+/// (a slow client still sending its headers, or a keep-alive connection
+/// between requests) instead of making new clients wait.
+#[derive(Default)]
+struct Connections {
+    next: u64,
+    open: std::collections::BTreeMap<u64, (Arc<std::sync::atomic::AtomicBool>, tokio::task::AbortHandle)>,
+}
+
+type Registry = Arc<std::sync::Mutex<Connections>>;
+
+/// Removes a connection from the registry when its task ends (or is aborted).
+struct Registered(Registry, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.0.lock() {
+            c.open.remove(&self.1);
+        }
+    }
+}
+
+/// Marks a connection busy while one of its requests is handled.
+struct Busy(Arc<std::sync::atomic::AtomicBool>);
+
+impl Busy {
+    fn new(flag: &Arc<std::sync::atomic::AtomicBool>) -> Busy {
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        Busy(flag.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Serves until the task is dropped. `tls` is read for each new connection,
 /// so a reload takes effect without a restart.
 pub async fn serve(
@@ -102,9 +140,8 @@ pub async fn serve(
         let scheme = if tls.read().map(|t| t.is_some()).unwrap_or(false) { "https" } else { "http" };
         tracing::info!(%addr, scheme, "REST API listening");
     }
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let registry: Registry = Arc::default();
     loop {
-        let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
         let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -114,18 +151,40 @@ pub async fn serve(
                 continue;
             }
         };
+        // A full house: shed the oldest connection not inside a request.
+        {
+            let Ok(mut conns) = registry.lock() else { continue };
+            if conns.open.len() >= MAX_CONNECTIONS {
+                let idle = conns
+                    .open
+                    .iter()
+                    .find(|(_, (busy, _))| !busy.load(std::sync::atomic::Ordering::Relaxed))
+                    .map(|(id, _)| *id);
+                match idle.and_then(|id| conns.open.remove(&id)) {
+                    Some((_, handle)) => handle.abort(),
+                    None => {
+                        tracing::debug!(%addr, "REST API: every connection is busy; refusing one");
+                        continue;
+                    }
+                }
+            }
+        }
         let _ = tcp.set_nodelay(true);
         let acceptor = tls.read().ok().and_then(|t| t.clone());
         let state = state.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy_conn = busy.clone();
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<Registered>();
+        let task = tokio::spawn(async move {
+            // Registered before any byte is read; dropped (unregistered) at the end.
+            let Ok(_registered) = start_rx.await else { return };
             let life = async {
                 match acceptor {
-                    None => connection(TokioIo::new(tcp), Peer { addr, verified_cert: false }, state).await,
+                    None => connection(TokioIo::new(tcp), Peer { addr, verified_cert: false }, busy_conn, state).await,
                     Some(acc) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let verified_cert = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                            connection(TokioIo::new(stream), Peer { addr, verified_cert }, state).await
+                            connection(TokioIo::new(stream), Peer { addr, verified_cert }, busy_conn, state).await
                         }
                         Ok(Err(e)) => tracing::debug!(%addr, error = %e, "REST API TLS handshake failed"),
                         Err(_) => tracing::debug!(%addr, "REST API TLS handshake timed out"),
@@ -134,16 +193,27 @@ pub async fn serve(
             };
             let _ = tokio::time::timeout(MAX_CONNECTION_LIFE, life).await;
         });
+        let Ok(mut conns) = registry.lock() else { continue };
+        let id = conns.next;
+        conns.next += 1;
+        conns.open.insert(id, (busy, task.abort_handle()));
+        drop(conns);
+        let _ = start_tx.send(Registered(registry.clone(), id));
     }
 }
 
-async fn connection<I>(io: I, peer: Peer, state: ApiState)
+async fn connection<I>(io: I, peer: Peer, busy: Arc<std::sync::atomic::AtomicBool>, state: ApiState)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(state, peer, req.map(Body::new)).await) }
+        let busy = Busy::new(&busy);
+        async move {
+            let resp = route(state, peer, req.map(Body::new)).await;
+            drop(busy);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
