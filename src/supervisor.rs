@@ -138,6 +138,7 @@ fn prepare_common(cfg: &Config) -> Result<(Layout, RunAs, files::TlsPaths), Node
     let run_as = RunAs::resolve()?;
     postgres::prepare_directories(&cfg.postgres, &run_as)?;
     let tls = postgres::tls::install(cfg, &run_as)?;
+    crate::archive::start(cfg, &run_as);
     Ok((layout, run_as, tls))
 }
 
