@@ -44,13 +44,16 @@ pub fn compress(method: Compression, mut input: impl Read, size_hint: usize) -> 
         }
         Compression::Lz4 => {
             // WAL-G (pierrec/lz4) writes 4 MiB blocks; any block size decodes.
-            let info = lz4_flex::frame::FrameInfo::new().block_size(lz4_flex::frame::BlockSize::Max4MB);
+            // With a content checksum, so a corrupted object fails to decode.
+            let info =
+                lz4_flex::frame::FrameInfo::new().block_size(lz4_flex::frame::BlockSize::Max4MB).content_checksum(true);
             let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::with_capacity(size_hint / 4));
             std::io::copy(&mut input, &mut enc).map_err(err)?;
             enc.finish().map_err(|e| err(std::io::Error::other(e)))
         }
         Compression::Zstd => {
             let mut enc = zstd::stream::Encoder::new(Vec::with_capacity(size_hint / 4), 3).map_err(err)?;
+            enc.include_checksum(true).map_err(err)?;
             std::io::copy(&mut input, &mut enc).map_err(err)?;
             enc.finish().map_err(err)
         }
@@ -135,6 +138,13 @@ mod tests {
             assert!(decompress(m, &c, 16 << 20, "x").is_err(), "{m:?} truncated");
         }
         assert!(decompress(Compression::Lz4, b"not lz4 at all", 16 << 20, "x").is_err());
+        // A flipped byte inside the data is caught by the frame checksums.
+        for m in [Compression::Lz4, Compression::Zstd] {
+            let mut c = compress(m, &data[..], 0).unwrap();
+            let mid = c.len() / 2;
+            c[mid] ^= 0x55;
+            assert!(decompress(m, &c, 16 << 20, "x").is_err(), "{m:?} bit flip");
+        }
     }
 
     #[test]

@@ -178,18 +178,14 @@ impl Archiver {
             .ok_or_else(|| ArchiveError::Invalid(format!("{} is not a WAL file name", path.display())))?
             .to_owned();
         // Confirmed earlier (look-ahead) and unchanged since: done.
-        if let Some(id) = self.done.lock().expect("no panics while held").get(&name).copied() {
-            match std::fs::symlink_metadata(path) {
-                Ok(m) if FileId::of(&m) == id => {
-                    self.done.lock().expect("no panics while held").remove(&name);
-                    if self.background {
-                        self.kick_lookahead();
-                    }
-                    return Ok(Pushed::AlreadyArchived);
+        // (A let statement: the guard is dropped before the lock is taken again.)
+        let confirmed = self.done.lock().expect("no panics while held").remove(&name);
+        if let Some(id) = confirmed {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| FileId::of(&m) == id) {
+                if self.background {
+                    self.kick_lookahead();
                 }
-                _ => {
-                    self.done.lock().expect("no panics while held").remove(&name);
-                }
+                return Ok(Pushed::AlreadyArchived);
             }
         }
         let mut rx = self.start_upload(&name, path.to_owned());
@@ -447,9 +443,9 @@ impl Archiver {
                 if busy >= me.cfg.upload_concurrency {
                     break;
                 }
-                if me.done.lock().expect("no panics while held").contains_key(&name)
-                    || me.inflight.lock().expect("no panics while held").contains_key(&name)
-                {
+                let known = me.done.lock().expect("no panics while held").contains_key(&name);
+                let running = me.inflight.lock().expect("no panics while held").contains_key(&name);
+                if known || running {
                     continue;
                 }
                 let path = me.pg_wal().join(&name);

@@ -1,0 +1,364 @@
+//! WAL archiving against the real PostgreSQL and a real garage (S3):
+//! wal-push through the supervisor and without it, wal-fetch, the WAL-G
+//! layout for every compression, recovery only from the archive, an S3
+//! outage, conflicts, corruption. Run as root (postgres runs as postgres).
+
+#[path = "support/node.rs"]
+mod node;
+#[path = "support/testbed.rs"]
+mod testbed;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use node::{Node, PG_BIN, require_root, test_dir};
+use testbed::{Garage, shared_garage};
+
+/// A key prefix of its own for each test inside the shared bucket.
+fn unique_prefix(test: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{test}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A standalone tusk node archiving to `garage` under `prefix`.
+fn archiving_node(dir: &Path, garage: &Garage, prefix: &str, compression: &str) -> Node {
+    let mut n = Node::new(dir);
+    for (k, v) in garage.env() {
+        if k.starts_with("AWS_") {
+            n.set(&k, &v);
+        }
+    }
+    n.set("WALG_S3_PREFIX", &format!("s3://{}/{prefix}", garage.bucket));
+    n.set("WALG_COMPRESSION_METHOD", compression);
+    n.set("WALG_UPLOAD_CONCURRENCY", "4");
+    n.set("WALG_DOWNLOAD_CONCURRENCY", "4");
+    n
+}
+
+/// Polls `f` every 100 ms until it returns `Some` (bounded, for safety only).
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes some rows and switches to a new segment `n` times; returns the
+/// names of the segments completed by the switches, in order.
+fn make_segments(node: &Node, n: usize) -> Vec<String> {
+    node.psql("create table if not exists t (id serial primary key, v text)");
+    let mut segs = Vec::new();
+    for _ in 0..n {
+        node.psql("insert into t (v) select md5(i::text) from generate_series(1, 2000) i");
+        segs.push(node.psql("select pg_walfile_name(pg_current_wal_lsn())"));
+        node.psql("select pg_switch_wal()");
+    }
+    segs
+}
+
+/// (archived_count, failed_count, last_archived_wal) of pg_stat_archiver.
+fn archiver(node: &Node) -> (u64, u64, String) {
+    let row = node.psql("select archived_count, failed_count, coalesce(last_archived_wal, '') from pg_stat_archiver");
+    let f: Vec<&str> = row.split('|').collect();
+    (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_owned())
+}
+
+fn wait_archived(node: &Node, last: &str) {
+    wait_for(&format!("{last} archived"), Duration::from_secs(90), || {
+        let (_, _, l) = archiver(node);
+        (!l.is_empty() && l.as_str() >= last).then_some(())
+    });
+}
+
+fn ready_count(node: &Node) -> usize {
+    std::fs::read_dir(node.data().join("pg_wal/archive_status"))
+        .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".ready")).count())
+        .unwrap_or(0)
+}
+
+/// Keys under `prefix` (ListObjectsV2 through curl, signed).
+fn list_keys(garage: &Garage, prefix: &str) -> Vec<String> {
+    let url = format!("{}/{}?list-type=2&prefix={}", garage.endpoint, garage.bucket, prefix.replace('/', "%2F"));
+    let out = garage.curl(&[&url]);
+    let xml = String::from_utf8_lossy(&out.stdout).into_owned();
+    xml.split("<Key>").skip(1).filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_owned())).collect()
+}
+
+/// Runs `tusk ARGS` with the node's environment but no supervisor to talk to.
+fn run_direct(node: &Node, args: &[&str], extra: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(node::tusk_bin());
+    cmd.args(args).env_clear().envs(&node.env).env("TUSK_ARCHIVE_SOCKET", "/nonexistent/tusk.sock");
+    cmd.env("PGDATA", node.data());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run tusk");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn exit_code(st: std::process::ExitStatus) -> i32 {
+    st.code().unwrap_or(-1)
+}
+
+/// Pushes real segments through the supervisor with each compression,
+/// checks WAL-G's object names, and fetches them back byte for byte, both
+/// through the supervisor and without it.
+#[test]
+fn round_trip_every_compression() {
+    require_root();
+    let garage = shared_garage();
+    for (method, ext) in [("lz4", ".lz4"), ("zstd", ".zst"), ("brotli", ".br"), ("none", "")] {
+        let dir = test_dir(&format!("arch-rt-{method}"));
+        let prefix = unique_prefix(&format!("rt-{method}"));
+        let mut n = archiving_node(dir.path(), garage, &prefix, method);
+        n.start();
+        n.wait_ready(1);
+        let segs = make_segments(&n, 3);
+        wait_archived(&n, segs.last().unwrap());
+        let keys = list_keys(garage, &format!("{prefix}/wal_005/"));
+        for seg in &segs {
+            let key = format!("{prefix}/wal_005/{seg}{ext}");
+            assert!(keys.contains(&key), "{method}: {key} not in {keys:?}");
+            let original = std::fs::read(n.data().join("pg_wal").join(seg)).expect("segment still in pg_wal");
+            // Through the supervisor (dest inside PGDATA, as restore_command's %p is).
+            let dest = n.data().join("tusk-test-fetched");
+            let (st, _, err) = n.run(&["wal-fetch", seg, dest.to_str().unwrap()]);
+            assert_eq!(exit_code(st), 0, "{method} {seg}: {err}");
+            assert!(std::fs::read(&dest).unwrap() == original, "{method} {seg}: fetched bytes differ");
+            std::fs::remove_file(&dest).unwrap();
+            // Without the supervisor, straight from the environment.
+            let dest2 = dir.path().join("direct-fetched");
+            let (code, err) = run_direct(&n, &["wal-fetch", seg, dest2.to_str().unwrap()], &[]);
+            assert_eq!(code, 0, "{method} {seg} direct: {err}");
+            assert!(std::fs::read(&dest2).unwrap() == original, "{method} {seg}: direct fetch differs");
+            std::fs::remove_file(&dest2).unwrap();
+        }
+        // A name that was never archived: "not found" (1), nothing written.
+        let dest = n.data().join("tusk-test-missing");
+        let (st, _, _) = n.run(&["wal-fetch", "0000000100000000000000FE", dest.to_str().unwrap()]);
+        assert_eq!(exit_code(st), 1, "{method}: a confirmed miss is exit 1");
+        assert!(!dest.exists());
+        let (a, f, _) = archiver(&n);
+        assert!(a >= 3 && f == 0, "{method}: archived {a}, failed {f}");
+        n.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(n.wait_exit(Duration::from_secs(30)).success());
+    }
+}
+
+/// A copy made without WAL recovers only through wal-fetch (with prefetch)
+/// and reaches the same data as the original.
+#[test]
+fn copy_recovers_only_from_the_archive() {
+    require_root();
+    let garage = shared_garage();
+    let dir_a = test_dir("arch-src");
+    let dir_b = test_dir("arch-copy");
+    let prefix = unique_prefix("pitr");
+    let mut a = archiving_node(dir_a.path(), garage, &prefix, "lz4");
+    a.start();
+    a.wait_ready(1);
+    a.psql("create table t (id serial primary key, v text)");
+    a.psql("insert into t (v) select md5(i::text) from generate_series(1, 1000) i");
+    let mut b = archiving_node(dir_b.path(), garage, &prefix, "lz4");
+    let copy = b.data();
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    // A base copy without any WAL (-X none): everything after it must come from S3.
+    let st = Command::new(format!("{PG_BIN}/pg_basebackup"))
+        .args(["-X", "none", "-c", "fast", "-U", "standby", "-h"])
+        .arg(a.socket_dir())
+        .args(["-p", &a.pg_port.to_string(), "-D"])
+        .arg(&copy)
+        .status()
+        .expect("pg_basebackup");
+    assert!(st.success());
+    // Much more WAL after the copy: several segments.
+    for _ in 0..6 {
+        a.psql("insert into t (v) select md5(i::text) from generate_series(1, 20000) i");
+        a.psql("select pg_switch_wal()");
+    }
+    let want = a.psql("select count(*), sum(length(v)), max(id) from t");
+    let last = a.psql("select pg_walfile_name(pg_current_wal_lsn())");
+    a.psql("select pg_switch_wal()");
+    wait_archived(&a, &last);
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(30)).success());
+
+    std::fs::write(copy.join("recovery.signal"), "").unwrap();
+    let _ = std::fs::remove_dir_all(copy.join("pg_wal"));
+    std::fs::create_dir_all(copy.join("pg_wal/archive_status")).unwrap();
+    b.start();
+    b.wait_ready(1);
+    let got = b.psql("select count(*), sum(length(v)), max(id) from t");
+    assert_eq!(got, want, "the copy reached the original's data");
+    let log = b.log_text();
+    let restored = log.matches("from archive").count();
+    assert!(restored >= 6, "segments restored through wal-fetch: {restored}\n{log}");
+    // The copy promoted to timeline 2 and archived its history file.
+    wait_for("00000002.history archived", Duration::from_secs(60), || {
+        (!list_keys(garage, &format!("{prefix}/wal_005/00000002.history")).is_empty()).then_some(())
+    });
+}
+
+/// S3 down while postgres writes: archive_command fails, postgres keeps
+/// every segment; once S3 is back all of them are archived, in order.
+#[test]
+fn s3_outage_keeps_wal_and_catches_up() {
+    require_root();
+    let garage = Garage::new();
+    let dir = test_dir("arch-outage");
+    let prefix = unique_prefix("outage");
+    let mut n = archiving_node(dir.path(), &garage, &prefix, "lz4");
+    n.start();
+    n.wait_ready(1);
+    let before = make_segments(&n, 1);
+    wait_archived(&n, &before[0]);
+    let (_, failed0, _) = archiver(&n);
+
+    garage.stop();
+    let segs = make_segments(&n, 4);
+    // Failures are reported, and nothing is lost meanwhile.
+    wait_for("archive_command failures", Duration::from_secs(60), || (archiver(&n).1 > failed0).then_some(()));
+    let (_, _, last) = archiver(&n);
+    assert!(last.as_str() < segs[0].as_str(), "nothing archived while S3 is down (last {last})");
+    for s in &segs {
+        assert!(n.data().join("pg_wal").join(s).exists(), "{s} kept in pg_wal");
+    }
+    assert!(ready_count(&n) >= 4);
+    n.psql("checkpoint"); // would recycle archived segments only
+    for s in &segs {
+        assert!(n.data().join("pg_wal").join(s).exists(), "{s} kept after a checkpoint");
+    }
+
+    // Same ports, same data directory: the same S3 endpoint comes back.
+    let st = Command::new(testbed::script("garage.sh"))
+        .arg("start")
+        .arg(&garage.dir)
+        .arg(garage.s3_port.to_string())
+        .arg((garage.s3_port + 1).to_string())
+        .arg(&garage.bucket)
+        .env("TESTBED_WATCH_PID", std::process::id().to_string())
+        .output()
+        .expect("garage.sh start");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    // New WAL wakes the archiver from its back-off after repeated failures.
+    let after = make_segments(&n, 1);
+    wait_archived(&n, &after[0]);
+    wait_archived(&n, segs.last().unwrap());
+    wait_for("no .ready left", Duration::from_secs(60), || (ready_count(&n) == 0).then_some(()));
+    let keys = list_keys(&garage, &format!("{prefix}/wal_005/"));
+    // Every segment from the first to the last switched one, without a gap.
+    let first = u64::from_str_radix(&before[0][16..], 16).unwrap();
+    let lastn = u64::from_str_radix(&segs.last().unwrap()[16..], 16).unwrap();
+    for i in first..=lastn {
+        let key = format!("{prefix}/wal_005/00000001{:016X}.lz4", i);
+        assert!(keys.contains(&key), "{key} missing: {keys:?}");
+    }
+    assert!(n.log_text().contains("archiving failed"), "failures are logged");
+}
+
+/// Identical re-push succeeds; a different object under an existing name
+/// fails and stays untouched; history files are never overwritten.
+#[test]
+fn conflicts_never_overwrite() {
+    require_root();
+    let garage = shared_garage();
+    let dir = test_dir("arch-conflict");
+    let prefix = unique_prefix("conflict");
+    let mut n = archiving_node(dir.path(), garage, &prefix, "lz4");
+    n.start();
+    n.wait_ready(1);
+    let segs = make_segments(&n, 1);
+    let seg = &segs[0];
+    wait_archived(&n, seg);
+    let key = format!("{prefix}/wal_005/{seg}.lz4");
+    let (code, stored) = garage.get_object(&key);
+    assert_eq!(code, 200);
+    let path = n.data().join("pg_wal").join(seg);
+
+    // Identical re-push: through the supervisor and without it.
+    let (st, _, err) = n.run(&["wal-push", path.to_str().unwrap()]);
+    assert_eq!(exit_code(st), 0, "identical re-push through the supervisor: {err}");
+    let (code, err) = run_direct(&n, &["wal-push", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "identical re-push without the supervisor: {err}");
+
+    // The same name with different content (same cluster, same timeline).
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(other.join(seg), &bytes).unwrap();
+    let (code, err) = run_direct(&n, &["wal-push", other.join(seg).to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "a different object under the same name must fail");
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert!(garage.get_object(&key).1 == stored, "the archived object is untouched");
+
+    // WAL of another cluster (other system identifier) is refused before
+    // anything is compared or uploaded.
+    let foreign_dir = dir.path().join("foreign");
+    std::fs::create_dir(&foreign_dir).unwrap();
+    let mut foreign = std::fs::read(&path).unwrap();
+    foreign[24] ^= 0x01; // xlp_sysid of the long page header
+    std::fs::write(foreign_dir.join(seg), &foreign).unwrap();
+    let (code, err) = run_direct(&n, &["wal-push", foreign_dir.join(seg).to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "foreign WAL must be refused");
+    assert!(err.contains("system identifier"), "{err}");
+    assert!(garage.get_object(&key).1 == stored, "the archived object is untouched");
+
+    // History files: identical again is fine, different never replaces it.
+    let hist = other.join("00000007.history");
+    std::fs::write(&hist, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    let (code, err) = run_direct(&n, &["wal-push", hist.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = run_direct(&n, &["wal-push", hist.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "identical history re-push: {err}");
+    std::fs::write(&hist, "1\t0/4000000\tsomething else\n").unwrap();
+    let (code, err) = run_direct(&n, &["wal-push", hist.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "a different history file must fail");
+    assert!(err.contains("never overwritten"), "{err}");
+    let fetched = dir.path().join("h");
+    let (code, err) = run_direct(&n, &["wal-fetch", "00000007.history", fetched.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&fetched).unwrap(), "1\t0/3000000\tno recovery target specified\n");
+    let (a, f, _) = archiver(&n);
+    assert!(a >= 1 && f == 0, "postgres' own archiving unaffected: {a} {f}");
+}
+
+/// A corrupted or truncated object makes wal-fetch fail with a clear
+/// error (not "not found", not bad bytes); nothing is written to %p.
+#[test]
+fn corrupted_object_fails_clearly() {
+    require_root();
+    let garage = shared_garage();
+    let dir = test_dir("arch-corrupt");
+    let prefix = unique_prefix("corrupt");
+    let mut n = archiving_node(dir.path(), garage, &prefix, "lz4");
+    n.start();
+    n.wait_ready(1);
+    let segs = make_segments(&n, 2);
+    wait_archived(&n, &segs[1]);
+    for (i, seg) in segs.iter().enumerate() {
+        let key = format!("{prefix}/wal_005/{seg}.lz4");
+        let (_, mut body) = garage.get_object(&key);
+        if i == 0 {
+            let mid = body.len() / 2;
+            body[mid] ^= 0x5A; // a flipped byte (re-uploaded without tusk's metadata)
+        } else {
+            let len = body.len();
+            body.truncate(len - len / 3);
+        }
+        assert_eq!(garage.put_object(&key, &body), 200);
+        let dest = n.data().join("tusk-test-corrupt");
+        let (st, _, err) = n.run(&["wal-fetch", seg, dest.to_str().unwrap()]);
+        let code = exit_code(st);
+        assert!(code != 0 && code != 1, "corrupt object: exit {code} (must be an error, not found/not-found)");
+        assert!(err.contains(seg) && (err.contains("decompress") || err.contains("corrupt")), "{err}");
+        assert!(!dest.exists(), "no bad bytes delivered");
+    }
+}
