@@ -194,8 +194,13 @@ fn copy_recovers_only_from_the_archive() {
     std::fs::create_dir_all(copy.join("pg_wal/archive_status")).unwrap();
     b.start();
     b.wait_ready(1);
+    // Connections are accepted from the consistent point on (hot standby);
+    // archive recovery ends when wal-fetch reports the end of the archive.
+    wait_for("the end of archive recovery", Duration::from_secs(120), || {
+        (b.psql("select pg_is_in_recovery()") == "f").then_some(())
+    });
     let got = b.psql("select count(*), sum(length(v)), max(id) from t");
-    assert_eq!(got, want, "the copy reached the original's data");
+    assert_eq!(got, want, "the copy reached the original's data; log:\n{}", b.log_text());
     let log = b.log_text();
     let restored = log.matches("from archive").count();
     assert!(restored >= 6, "segments restored through wal-fetch: {restored}\n{log}");
