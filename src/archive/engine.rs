@@ -180,13 +180,13 @@ impl Archiver {
         // Confirmed earlier (look-ahead) and unchanged since: done.
         // (A let statement: the guard is dropped before the lock is taken again.)
         let confirmed = self.done.lock().expect("no panics while held").remove(&name);
-        if let Some(id) = confirmed {
-            if std::fs::symlink_metadata(path).is_ok_and(|m| FileId::of(&m) == id) {
-                if self.background {
-                    self.kick_lookahead();
-                }
-                return Ok(Pushed::AlreadyArchived);
+        if let Some(id) = confirmed
+            && std::fs::symlink_metadata(path).is_ok_and(|m| FileId::of(&m) == id)
+        {
+            if self.background {
+                self.kick_lookahead();
             }
+            return Ok(Pushed::AlreadyArchived);
         }
         let mut rx = self.start_upload(&name, path.to_owned());
         if self.background {

@@ -303,7 +303,7 @@ async fn lag_ticker(handle: ArchiveHandle) {
         let h = handle.clone();
         let _ = tokio::task::spawn_blocking(move || h.refresh_lag()).await;
         n += 1;
-        if n % 15 == 0 {
+        if n.is_multiple_of(15) {
             let s = handle.stats();
             let now = (s.archived_count, s.failed_count, s.pending_count);
             if now != last_logged {

@@ -60,11 +60,9 @@ impl std::fmt::Debug for Store {
 }
 
 /// Renders an SDK error with its service code and message, never credentials.
-fn describe<E: std::error::Error + 'static>(
-    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> String
+fn describe<E>(e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> String
 where
-    E: aws_sdk_s3::error::ProvideErrorMetadata,
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
 {
     use aws_sdk_s3::error::SdkError;
     match e {
