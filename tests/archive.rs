@@ -367,3 +367,117 @@ fn corrupted_object_fails_clearly() {
         assert!(!dest.exists(), "no bad bytes delivered");
     }
 }
+
+/// HA: after a crash failover the new primary archives `00000002.history`
+/// and the old timeline's `.partial`, and the archive stays continuous: a
+/// copy taken on the old timeline recovers from the archive alone, across
+/// the timeline switch, to the new primary's data.
+#[test]
+fn failover_keeps_the_archive_continuous() {
+    require_root();
+    let garage = shared_garage();
+    let etcd = testbed::shared_etcd();
+    let dir = test_dir("arch-ha");
+    let prefix = unique_prefix("ha");
+    let scope = format!("archha-{}", std::process::id());
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            let d = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            let mut n = archiving_node(&d, garage, &prefix, "lz4");
+            let (api, pg) = (n.env["APIPORT"].clone(), n.pg_port);
+            n.set("SCOPE", &scope)
+                .set("PATRONI_NAME", &format!("n{i}"))
+                .set("PG_CONNECT_ADDRESS", &format!("127.0.0.1:{pg}"))
+                .set("RESTAPI_CONNECT_ADDRESS", &format!("127.0.0.1:{api}"))
+                .set("TUSK_BOOTSTRAP_DCS", r#"{"ttl":10,"loop_wait":2,"retry_timeout":3}"#)
+                .set("ETCD3_HOSTS", &etcd.endpoints.join(","))
+                .set("ETCD3_CACERT", &etcd.ca.display().to_string())
+                .set("ETCD3_CERT", &etcd.cert.display().to_string())
+                .set("ETCD3_KEY", &etcd.key.display().to_string());
+            n
+        })
+        .collect();
+    let in_recovery = |n: &Node| -> Option<String> {
+        let out = Command::new(format!("{PG_BIN}/psql"))
+            .args(["-XAtq", "-h"])
+            .arg(n.socket_dir())
+            .args([
+                "-p",
+                &n.pg_port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                "select pg_is_in_recovery()",
+            ])
+            .env("PGCONNECT_TIMEOUT", "2")
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    nodes[0].start();
+    wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(&nodes[0]).as_deref() == Some("f")).then_some(()));
+    nodes[1].start();
+    wait_for("n2 streaming", Duration::from_secs(60), || {
+        (nodes[0].psql("select count(*) from pg_stat_replication where state = 'streaming'") == "1").then_some(())
+    });
+    let segs = make_segments(&nodes[0], 2);
+    wait_archived(&nodes[0], segs.last().unwrap());
+
+    // A copy on timeline 1, without WAL.
+    let copy_dir = test_dir("arch-ha-copy");
+    let mut copy = archiving_node(copy_dir.path(), garage, &prefix, "lz4");
+    std::fs::create_dir_all(copy.data().parent().unwrap()).unwrap();
+    let st = Command::new(format!("{PG_BIN}/pg_basebackup"))
+        .args(["-X", "none", "-c", "fast", "-U", "standby", "-h"])
+        .arg(nodes[0].socket_dir())
+        .args(["-p", &nodes[0].pg_port.to_string(), "-D"])
+        .arg(copy.data())
+        .status()
+        .expect("pg_basebackup");
+    assert!(st.success());
+    nodes[0].psql("insert into t (v) select md5(i::text) from generate_series(1, 5000) i");
+    let lsn = nodes[0].psql("select pg_current_wal_lsn()");
+    wait_for("n2 replayed", Duration::from_secs(30), || {
+        (nodes[1].psql(&format!("select pg_last_wal_replay_lsn() >= '{lsn}'")) == "t").then_some(())
+    });
+
+    // Crash of the leader node (tusk and postmaster together).
+    let pm = nodes[0].postmaster_pid().expect("postmaster pid");
+    nodes[0].signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pm), nix::sys::signal::Signal::SIGKILL);
+    let _ = nodes[0].wait_exit(Duration::from_secs(10));
+    wait_for("n2 promoted", Duration::from_secs(60), || (in_recovery(&nodes[1]).as_deref() == Some("f")).then_some(()));
+    assert_eq!(nodes[1].psql("select timeline_id from pg_control_checkpoint()"), "2");
+
+    let wal = format!("{prefix}/wal_005/");
+    wait_for("00000002.history and a .partial archived", Duration::from_secs(60), || {
+        let keys = list_keys(garage, &wal);
+        (keys.contains(&format!("{wal}00000002.history.lz4")) && keys.iter().any(|k| k.ends_with(".partial.lz4")))
+            .then_some(())
+    });
+    // More WAL on timeline 2, archived.
+    nodes[1].psql("insert into t (v) select md5(i::text) from generate_series(1, 5000) i");
+    let last = nodes[1].psql("select pg_walfile_name(pg_current_wal_lsn())");
+    assert!(last.starts_with("00000002"), "{last}");
+    nodes[1].psql("select pg_switch_wal()");
+    wait_archived(&nodes[1], &last);
+    let want = nodes[1].psql("select count(*), sum(length(v)) from t");
+
+    // The copy follows the history file from timeline 1 to 2, from the archive only.
+    std::fs::write(copy.data().join("recovery.signal"), "").unwrap();
+    let _ = std::fs::remove_dir_all(copy.data().join("pg_wal"));
+    std::fs::create_dir_all(copy.data().join("pg_wal/archive_status")).unwrap();
+    copy.start();
+    copy.wait_ready(1);
+    wait_for("the copy's end of recovery", Duration::from_secs(120), || {
+        (copy.psql("select pg_is_in_recovery()") == "f").then_some(())
+    });
+    assert_eq!(copy.psql("select count(*), sum(length(v)) from t"), want, "log:\n{}", copy.log_text());
+    let log = copy.log_text();
+    assert!(log.contains("restored log file \"00000002.history\" from archive"), "{log}");
+    assert!(log.contains(&format!("restored log file \"{last}\" from archive")), "{log}");
+}

@@ -14,7 +14,7 @@
 //!   extension; every other problem is an error, never "not found".
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
+use xxhash_rust::xxh3::Xxh3;
 
 use super::ArchiveHandle;
 use super::compress;
@@ -33,7 +34,8 @@ use crate::config::{Compression, StorageConfig};
 pub const PREFETCH_DIR: &str = ".tusk-prefetch";
 /// Largest WAL file tusk reads (PostgreSQL's largest segment size).
 const MAX_FILE: u64 = 1 << 30;
-/// Memory for whole segments held at once (read + compressed), in MiB.
+/// Memory for segments held at once (compressed on upload, decompressed on
+/// download; counted at the segment size), in MiB.
 const MEMORY_BUDGET_MIB: u32 = 160;
 /// Confirmed uploads remembered for PostgreSQL's next calls.
 const DONE_CACHE_MAX: usize = 4096;
@@ -112,6 +114,8 @@ pub struct Archiver {
     histories: Mutex<BTreeMap<u32, Vec<HistoryEntry>>>,
     seg_size: AtomicU64,
     scanning: std::sync::atomic::AtomicBool,
+    /// When PostgreSQL last asked for a push (archiving is active).
+    last_push: Mutex<Option<std::time::Instant>>,
 }
 
 impl Archiver {
@@ -139,6 +143,7 @@ impl Archiver {
             histories: Mutex::new(BTreeMap::new()),
             seg_size: AtomicU64::new(0),
             scanning: false.into(),
+            last_push: Mutex::new(None),
         }
     }
 
@@ -164,7 +169,7 @@ impl Archiver {
 
     /// MiB of the memory budget for one file of `size` bytes (raw + compressed).
     fn mem_permits(size: u64) -> u32 {
-        ((size.saturating_mul(2) >> 20) as u32).clamp(1, MEMORY_BUDGET_MIB)
+        ((size >> 20) as u32).clamp(1, MEMORY_BUDGET_MIB)
     }
 
     // ------------------------------------------------------------------ push
@@ -178,6 +183,7 @@ impl Archiver {
             .ok_or_else(|| ArchiveError::Invalid(format!("{} is not a WAL file name", path.display())))?
             .to_owned();
         // Confirmed earlier (look-ahead) and unchanged since: done.
+        *self.last_push.lock().expect("no panics while held") = Some(std::time::Instant::now());
         // (A let statement: the guard is dropped before the lock is taken again.)
         let confirmed = self.done.lock().expect("no panics while held").remove(&name);
         if let Some(id) = confirmed
@@ -270,7 +276,7 @@ impl Archiver {
             .map_err(|e| ArchiveError::Invalid(format!("{name}: preparing the upload panicked: {e}")))??;
         let existing = self.store.find(name).await?;
         if !existing.is_empty() {
-            let outcome = self.compare_existing(name, kind, &existing[0], &prepared).await?;
+            let outcome = self.compare_existing(name, kind, &existing[0], &prepared, path).await?;
             self.done.lock().expect("no panics while held").insert(name.to_owned(), prepared.id);
             self.trim_done();
             return Ok(outcome);
@@ -318,28 +324,37 @@ impl Archiver {
                 meta.len()
             )));
         }
-        let mut raw = Vec::with_capacity(meta.len() as usize);
-        f.read_to_end(&mut raw).map_err(io(path))?;
-        match kind {
-            Kind::Segment(seg) | Kind::Partial(seg) => self.check_segment(name, seg, &raw, kind)?,
-            Kind::History(_) | Kind::Backup => {}
+        // Only the first page is checked; the rest streams through the hash
+        // into the compressor, so only the compressed copy is held in memory.
+        if let Kind::Segment(seg) | Kind::Partial(seg) = kind {
+            let mut head = [0u8; wal::LONG_HEADER_LEN];
+            f.read_exact(&mut head).map_err(io(path))?;
+            self.check_segment(name, seg, &head, meta.len(), kind)?;
+            f.seek(std::io::SeekFrom::Start(0)).map_err(io(path))?;
         }
-        let hash = xxhash_rust::xxh3::xxh3_128(&raw);
-        let raw_len = raw.len() as u64;
-        let body = compress::compress(self.cfg.compression, &raw[..], raw.len())?;
-        Ok(Prepared { id: FileId::of(&meta), raw, body, hash, raw_len })
+        let mut reader =
+            HashingReader { inner: std::io::BufReader::with_capacity(1 << 20, f), hasher: Xxh3::new(), len: 0 };
+        let body = compress::compress(self.cfg.compression, &mut reader, meta.len() as usize)?;
+        if reader.len != meta.len() {
+            return Err(ArchiveError::Invalid(format!("{}: changed while it was read", path.display())));
+        }
+        Ok(Prepared { id: FileId::of(&meta), body, hash: reader.hasher.digest128(), raw_len: reader.len })
     }
 
     /// A segment must be the named one, of this cluster.
-    fn check_segment(&self, name: &str, seg: SegmentName, raw: &[u8], kind: Kind) -> Result<(), ArchiveError> {
+    fn check_segment(
+        &self,
+        name: &str,
+        seg: SegmentName,
+        raw: &[u8],
+        len: u64,
+        kind: Kind,
+    ) -> Result<(), ArchiveError> {
         let h = wal::parse_long_header(raw)
             .map_err(|e| ArchiveError::Invalid(format!("{name}: not a WAL segment: {e}")))?;
         let seg_size = h.seg_size as u64;
-        if matches!(kind, Kind::Segment(_)) && raw.len() as u64 != seg_size {
-            return Err(ArchiveError::Invalid(format!(
-                "{name}: {} bytes, but the segment size is {seg_size}",
-                raw.len()
-            )));
+        if matches!(kind, Kind::Segment(_)) && len != seg_size {
+            return Err(ArchiveError::Invalid(format!("{name}: {len} bytes, but the segment size is {seg_size}")));
         }
         if h.pageaddr != seg.start_lsn(seg_size) {
             return Err(ArchiveError::Invalid(format!(
@@ -366,6 +381,7 @@ impl Archiver {
         kind: Kind,
         found: &super::store::Found,
         local: &Prepared,
+        path: &Path,
     ) -> Result<Pushed, ArchiveError> {
         let identical = match self.store.head(&found.key).await? {
             Some(meta) if meta.contains_key(META_HASH) => {
@@ -373,7 +389,7 @@ impl Archiver {
             }
             // Written by WAL-G (no checksum): compare the content.
             _ => match self.download(name, found).await? {
-                Some(bytes) => bytes == local.raw,
+                Some(bytes) => bytes == std::fs::read(path).map_err(io(path))?,
                 None => false,
             },
         };
@@ -459,6 +475,26 @@ impl Archiver {
         });
     }
 
+    /// While PostgreSQL is archiving (a push in the last 30 s), looks for new
+    /// `.ready` files every 100 ms and starts their uploads before
+    /// PostgreSQL asks: a finished segment is on its way within 100 ms.
+    /// Idle otherwise (archiving paused or off: nothing is uploaded early).
+    pub async fn watch_ready(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let active = self
+                .last_push
+                .lock()
+                .expect("no panics while held")
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(30));
+            if active {
+                self.kick_lookahead();
+            }
+        }
+    }
+
     // ----------------------------------------------------------------- fetch
 
     /// `restore_command` for `name` into `dest` (absolute).
@@ -529,7 +565,7 @@ impl Archiver {
     fn verify(&self, name: &str, kind: Kind, raw: &[u8]) -> Result<(), ArchiveError> {
         match kind {
             Kind::Segment(seg) => {
-                self.check_segment(name, seg, raw, kind).map_err(|e| match e {
+                self.check_segment(name, seg, raw, raw.len() as u64, kind).map_err(|e| match e {
                     ArchiveError::Invalid(m) => ArchiveError::Invalid(format!("archived copy is bad: {m}")),
                     other => other,
                 })?;
@@ -693,10 +729,25 @@ impl Archiver {
 
 struct Prepared {
     id: FileId,
-    raw: Vec<u8>,
     body: Vec<u8>,
     hash: u128,
     raw_len: u64,
+}
+
+/// Hashes (XXH3-128) and counts what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Xxh3,
+    len: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
 }
 
 /// Decompresses and, when the object carries tusk's checksum, verifies it.
@@ -809,7 +860,7 @@ mod tests {
 
     #[test]
     fn memory_permits() {
-        assert_eq!(Archiver::mem_permits(16 << 20), 32);
+        assert_eq!(Archiver::mem_permits(16 << 20), 16);
         assert_eq!(Archiver::mem_permits(100), 1);
         assert_eq!(Archiver::mem_permits(1 << 30), MEMORY_BUDGET_MIB);
     }

@@ -278,6 +278,13 @@ pub fn start(cfg: &Config, run_as: &RunAs) {
         "WAL archiving to S3 in WAL-G's layout"
     );
     let owner = run_as.switch.then(|| (run_as.uid.as_raw(), run_as.gid.as_raw()));
+    // Segment-sized buffers come and go: keep them out of the heap arenas so
+    // that freeing returns the memory to the system (a steady, small RSS).
+    // SAFETY: mallopt only tunes the allocator; called before the buffers exist.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     let peer_uid = run_as.uid.as_raw();
     tokio::spawn(async move {
         let store = match store::Store::new(&storage).await {
@@ -289,6 +296,7 @@ pub fn start(cfg: &Config, run_as: &RunAs) {
         };
         let archiver = Arc::new(engine::Archiver::new(store, storage, pgdata, owner, handle.clone(), true));
         tokio::spawn(lag_ticker(handle));
+        tokio::spawn(archiver.clone().watch_ready());
         server::serve(listener, archiver, peer_uid).await;
     });
 }
