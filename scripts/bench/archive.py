@@ -178,7 +178,10 @@ class System:
     def pause(self):
         self.pg.sql("alter system set archive_command = ''")
         self.pg.sql("select pg_reload_conf()")
-        time.sleep(0.5)
+        # tusk uploads new .ready files ahead only while postgres keeps
+        # calling archive_command (3 s window): wait it out, so the backlog
+        # is really a backlog.
+        time.sleep(4)
 
     def resume(self):
         self.pg.sql("alter system reset archive_command")
@@ -201,6 +204,7 @@ class System:
         for p in self.extra_pids():
             meter.add(p)
         cpu0, self_cpu0 = meter.usage_ns(), proc_cpu_ns(arch)
+        extra0 = sum(proc_cpu_ns(p) for p in self.extra_pids())
         meter.start()
         t0 = time.time()
         self.resume()
@@ -208,9 +212,13 @@ class System:
         dt = time.time() - t0
         meter.stop()
         cpu = meter.usage_ns() - cpu0 - (proc_cpu_ns(arch) - self_cpu0)
+        extra = sum(proc_cpu_ns(p) for p in self.extra_pids()) - extra0
         meter.close()
-        return {"segments": n, "seconds": round(dt, 2), "seg_per_s": round(n / dt, 1),
-                "cpu_ms_per_seg": round(cpu / 1e6 / n, 1), "peak_rss_mb": round(meter.peak_kb / 1024, 1)}
+        r = {"segments": n, "seconds": round(dt, 2), "seg_per_s": round(n / dt, 1),
+             "cpu_ms_per_seg": round(cpu / 1e6 / n, 1), "peak_rss_mb": round(meter.peak_kb / 1024, 1)}
+        if self.extra_pids():
+            r["supervisor_cpu_ms_per_seg"] = round(extra / 1e6 / n, 1)
+        return r
 
     def switched(self, n):
         self.pg.sql("create table if not exists sw (id serial, v text)")
@@ -395,9 +403,9 @@ pg1-socket-path={sock}
 
 def free_port_block():
     import socket
-    for base in range(46000, 60000, 50):
+    for base in range(5000, 9800, 50):
         ok = True
-        for p in (base, base + 1, base + 2, base + 10, base + 20, base + 30, base + 1010, base + 1020):
+        for p in (base, base + 1, base + 2, base + 20, base + 25, base + 30, base + 35, base + 1020, base + 1030):
             s = socket.socket()
             try:
                 s.bind(("127.0.0.1", p))
@@ -433,11 +441,20 @@ def main():
         run(os.path.join(ROOT, "scripts/testbed/garage.sh"), "start", gdir, str(s3), str(rpc), "bench", env=env)
         genv = dict(line.split("=", 1) for line in open(os.path.join(gdir, "env")).read().split())
         # The TLS front both systems use (pgBackRest speaks only HTTPS).
-        cert, key, pem = (os.path.join(base, n) for n in ("s3.crt", "s3.key", "s3.pem"))
-        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert)
+        # A CA and a server certificate for localhost signed by it (rustls
+        # refuses a self-signed CA certificate as the server's).
+        ca, cakey, cert, key, csr, ext, pem = (os.path.join(base, n) for n in (
+            "ca.crt", "ca.key", "s3.crt", "s3.key", "s3.csr", "s3.ext", "s3.pem"))
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench-ca",
+            "-keyout", cakey, "-out", ca)
+        run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", csr)
+        with open(ext, "w") as f:
+            f.write("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        run("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", cakey, "-CAcreateserial", "-days", "2",
+            "-extfile", ext, "-out", cert)
         with open(pem, "w") as f:
             f.write(open(cert).read() + open(key).read())
+        os.chmod(ca, 0o644)
         os.chmod(cert, 0o644)
         hcfg = os.path.join(base, "haproxy.cfg")
         with open(hcfg, "w") as f:
@@ -459,13 +476,15 @@ backend garage
         time.sleep(0.5)
         s3env = {"AWS_ACCESS_KEY_ID": genv["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": genv["AWS_SECRET_ACCESS_KEY"],
                  "AWS_REGION": "garage", "AWS_ENDPOINT": f"https://localhost:{tls}", "AWS_S3_FORCE_PATH_STYLE": "true",
-                 "WALG_S3_CA_CERT_FILE": cert, "WALG_S3_PREFIX": f"s3://bench/tusk-{os.getpid()}"}
+                 "WALG_S3_CA_CERT_FILE": ca, "WALG_S3_PREFIX": f"s3://bench/tusk-{os.getpid()}"}
         results = {}
+        running = []
         for i, name in enumerate(args.systems.split(",")):
             port = ports + 20 + i * 5
             print(f"== {name}", flush=True)
             sysm = Tusk(base, port, s3env) if name == "tusk" else PgBackRest(
                 base, port, tls, (genv["AWS_ACCESS_KEY_ID"], genv["AWS_SECRET_ACCESS_KEY"]))
+            running.append(sysm)
             copy = os.path.join(base, f"{name}-copy")
             copy_data = os.path.join(copy, "home/pgdata/pgroot/data") if name == "tusk" else os.path.join(copy, "data")
             os.makedirs(os.path.dirname(copy_data), exist_ok=True)
@@ -507,6 +526,11 @@ backend garage
             row("restore (seg/s)", t["restore"]["seg_per_s"], p["restore"]["seg_per_s"])
             print("(ratio > 1: tusk better)")
     finally:
+        for sysm in locals().get("running", []):
+            try:
+                sysm.stop()
+            except Exception:
+                pass
         for p in procs:
             p.terminate()
         run(os.path.join(ROOT, "scripts/testbed/garage.sh"), "stop", os.path.join(base, "garage"), check=False)

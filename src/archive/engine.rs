@@ -37,6 +37,10 @@ const MAX_FILE: u64 = 1 << 30;
 /// Memory for segments held at once (compressed on upload, decompressed on
 /// download; counted at the segment size), in MiB.
 const MEMORY_BUDGET_MIB: u32 = 160;
+/// PostgreSQL calls archive_command at once for every `.ready` file while
+/// archiving works; no call for this long means archiving is paused, off or
+/// backing off, and nothing is uploaded ahead.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(3);
 /// Confirmed uploads remembered for PostgreSQL's next calls.
 const DONE_CACHE_MAX: usize = 4096;
 
@@ -332,8 +336,7 @@ impl Archiver {
             self.check_segment(name, seg, &head, meta.len(), kind)?;
             f.seek(std::io::SeekFrom::Start(0)).map_err(io(path))?;
         }
-        let mut reader =
-            HashingReader { inner: std::io::BufReader::with_capacity(1 << 20, f), hasher: Xxh3::new(), len: 0 };
+        let mut reader = HashingReader { inner: f, hasher: Xxh3::new(), len: 0 };
         let body = compress::compress(self.cfg.compression, &mut reader, meta.len() as usize)?;
         if reader.len != meta.len() {
             return Err(ArchiveError::Invalid(format!("{}: changed while it was read", path.display())));
@@ -475,7 +478,7 @@ impl Archiver {
         });
     }
 
-    /// While PostgreSQL is archiving (a push in the last 30 s), looks for new
+    /// While PostgreSQL is archiving (a push in the last 3 s), looks for new
     /// `.ready` files every 100 ms and starts their uploads before
     /// PostgreSQL asks: a finished segment is on its way within 100 ms.
     /// Idle otherwise (archiving paused or off: nothing is uploaded early).
@@ -488,7 +491,7 @@ impl Archiver {
                 .last_push
                 .lock()
                 .expect("no panics while held")
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(30));
+                .is_some_and(|t| t.elapsed() < ACTIVE_WINDOW);
             if active {
                 self.kick_lookahead();
             }
