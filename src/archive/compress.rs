@@ -58,18 +58,7 @@ pub fn compress(method: Compression, mut input: impl Read, size_hint: usize) -> 
             input.read_to_end(&mut out).map_err(err)?;
             Ok(out)
         }
-        Compression::Lz4 => {
-            // WAL-G (pierrec/lz4) writes 4 MiB blocks; any block size decodes,
-            // and LZ4's window is 64 KiB anyway: 256 KiB blocks keep the
-            // encoder's buffers small and reused. With a content checksum, so
-            // a corrupted object fails to decode.
-            let info = lz4_flex::frame::FrameInfo::new()
-                .block_size(lz4_flex::frame::BlockSize::Max256KB)
-                .content_checksum(true);
-            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::with_capacity(size_hint / 4));
-            pump(&mut input, &mut enc).map_err(err)?;
-            enc.finish().map_err(|e| err(std::io::Error::other(e)))
-        }
+        Compression::Lz4 => lz4_frame(&mut input, size_hint).map_err(err),
         Compression::Zstd => {
             let mut enc = zstd::stream::Encoder::new(Vec::with_capacity(size_hint / 4), 3).map_err(err)?;
             enc.include_checksum(true).map_err(err)?;
@@ -88,6 +77,86 @@ pub fn compress(method: Compression, mut input: impl Read, size_hint: usize) -> 
             Ok(out)
         }
     }
+}
+
+/// LZ4 block size: 256 KiB (frame descriptor code 5). LZ4's window is 64 KiB,
+/// so larger blocks gain next to nothing; WAL-G writes 4 MiB blocks and any
+/// size decodes.
+const LZ4_BLOCK: usize = 256 << 10;
+/// FLG: version 01, independent blocks, block checksums; BD: 256 KiB blocks.
+const LZ4_FLG: u8 = 0b0111_0000;
+const LZ4_BD: u8 = 5 << 4;
+
+/// Writes an LZ4 frame (the standard format every LZ4 reader decodes):
+/// independent 256 KiB blocks, each with its XXH32 checksum, so a corrupted
+/// object fails to decode. An all-zero block (the tail of a switched
+/// segment) is copied from a block compressed once per process, so a
+/// mostly empty segment costs little more than reading it.
+fn lz4_frame(input: &mut impl Read, size_hint: usize) -> std::io::Result<Vec<u8>> {
+    static ZERO_BLOCK: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let zero_block = ZERO_BLOCK.get_or_init(|| {
+        let mut b = Vec::new();
+        push_lz4_block(&mut b, &vec![0u8; LZ4_BLOCK], &mut Vec::new());
+        b
+    });
+    let mut out = Vec::with_capacity((size_hint / 8).max(64));
+    out.extend_from_slice(&0x184D_2204u32.to_le_bytes());
+    out.extend_from_slice(&[LZ4_FLG, LZ4_BD]);
+    out.push((xxhash_rust::xxh32::xxh32(&[LZ4_FLG, LZ4_BD], 0) >> 8) as u8);
+    let mut chunk = vec![0u8; LZ4_BLOCK];
+    let mut scratch = Vec::new();
+    loop {
+        let n = read_full(input, &mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        if n == LZ4_BLOCK && all_zero(&chunk) {
+            out.extend_from_slice(zero_block);
+        } else {
+            push_lz4_block(&mut out, &chunk[..n], &mut scratch);
+        }
+        if n < LZ4_BLOCK {
+            break;
+        }
+    }
+    out.extend_from_slice(&0u32.to_le_bytes()); // EndMark
+    Ok(out)
+}
+
+/// One block: size (high bit: stored uncompressed), data, XXH32 of the data.
+fn push_lz4_block(out: &mut Vec<u8>, data: &[u8], scratch: &mut Vec<u8>) {
+    scratch.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
+    let stored = match lz4_flex::block::compress_into(data, scratch) {
+        Ok(len) if len < data.len() => {
+            out.extend_from_slice(&(len as u32).to_le_bytes());
+            &scratch[..len]
+        }
+        _ => {
+            out.extend_from_slice(&(data.len() as u32 | 0x8000_0000).to_le_bytes());
+            data
+        }
+    };
+    out.extend_from_slice(stored);
+    out.extend_from_slice(&xxhash_rust::xxh32::xxh32(stored, 0).to_le_bytes());
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn all_zero(b: &[u8]) -> bool {
+    // OR-folds of 4 KiB vectorize; the early exit is per 4 KiB.
+    b.chunks(4096).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
 /// Decompresses `data` (the object named `what`), refusing output beyond
@@ -164,6 +233,39 @@ mod tests {
             c[mid] ^= 0x55;
             assert!(decompress(m, &c, 16 << 20, "x").is_err(), "{m:?} bit flip");
         }
+    }
+
+    #[test]
+    fn lz4_zero_blocks_and_odd_sizes() {
+        for len in [0usize, 1, 1000, LZ4_BLOCK, LZ4_BLOCK + 1, 3 * LZ4_BLOCK + 17, 16 << 20] {
+            let mut data = vec![0u8; len];
+            if len > 10 {
+                data[..10].copy_from_slice(b"WAL header");
+            }
+            let c = compress(Compression::Lz4, &data[..], len).unwrap();
+            assert!(decompress(Compression::Lz4, &c, 32 << 20, "x").unwrap() == data, "{len}");
+        }
+        let c = compress(Compression::Lz4, &vec![0u8; 16 << 20][..], 16 << 20).unwrap();
+        assert!(c.len() < 128 << 10, "a zero segment is small: {}", c.len());
+        // Incompressible data is stored, still a valid frame.
+        let noise: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let c = compress(Compression::Lz4, &noise[..], noise.len()).unwrap();
+        assert!(decompress(Compression::Lz4, &c, 1 << 20, "x").unwrap() == noise);
+    }
+
+    /// The reference `lz4` tool reads tusk's frames (skipped where it is not installed).
+    #[test]
+    fn lz4_cli_reads_our_frames() {
+        if std::process::Command::new("lz4").arg("--version").output().is_err() {
+            return;
+        }
+        let data = sample();
+        let c = compress(Compression::Lz4, &data[..], data.len()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.lz4"), &c).unwrap();
+        let out = std::process::Command::new("lz4").args(["-d", "-c"]).arg(dir.path().join("x.lz4")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == data);
     }
 
     #[test]
