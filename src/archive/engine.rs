@@ -41,6 +41,8 @@ const MEMORY_BUDGET_MIB: u32 = 160;
 /// archiving works; no call for this long means archiving is paused, off or
 /// backing off, and nothing is uploaded ahead.
 const ACTIVE_WINDOW: Duration = Duration::from_secs(3);
+/// A file whose upload failed is not uploaded ahead again for this long.
+const LOOKAHEAD_BACKOFF: Duration = Duration::from_secs(10);
 /// Confirmed uploads remembered for PostgreSQL's next calls.
 const DONE_CACHE_MAX: usize = 4096;
 
@@ -120,6 +122,10 @@ pub struct Archiver {
     scanning: std::sync::atomic::AtomicBool,
     /// When PostgreSQL last asked for a push (archiving is active).
     last_push: Mutex<Option<std::time::Instant>>,
+    /// Files whose last upload failed, and when: look-ahead leaves them to
+    /// PostgreSQL's own retries for a while (no hot loop on a conflict or an
+    /// outage).
+    failed: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Archiver {
@@ -148,6 +154,7 @@ impl Archiver {
             seg_size: AtomicU64::new(0),
             scanning: false.into(),
             last_push: Mutex::new(None),
+            failed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -234,6 +241,16 @@ impl Archiver {
         tokio::spawn(async move {
             let r = me.upload(&name, &path).await;
             let t = super::now_rfc3339();
+            match &r {
+                Ok(_) => {
+                    me.failed.lock().expect("no panics while held").remove(&name);
+                }
+                Err(_) => {
+                    let mut failed = me.failed.lock().expect("no panics while held");
+                    failed.retain(|_, t| t.elapsed() < LOOKAHEAD_BACKOFF);
+                    failed.insert(name.clone(), std::time::Instant::now());
+                }
+            }
             match &r {
                 Ok(p) => {
                     tracing::debug!(wal = %name, outcome = ?p, "archived");
@@ -464,7 +481,13 @@ impl Archiver {
                 }
                 let known = me.done.lock().expect("no panics while held").contains_key(&name);
                 let running = me.inflight.lock().expect("no panics while held").contains_key(&name);
-                if known || running {
+                let failed_recently = me
+                    .failed
+                    .lock()
+                    .expect("no panics while held")
+                    .get(&name)
+                    .is_some_and(|t| t.elapsed() < LOOKAHEAD_BACKOFF);
+                if known || running || failed_recently {
                     continue;
                 }
                 let path = me.pg_wal().join(&name);
@@ -487,11 +510,8 @@ impl Archiver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let active = self
-                .last_push
-                .lock()
-                .expect("no panics while held")
-                .is_some_and(|t| t.elapsed() < ACTIVE_WINDOW);
+            let active =
+                self.last_push.lock().expect("no panics while held").is_some_and(|t| t.elapsed() < ACTIVE_WINDOW);
             if active {
                 self.kick_lookahead();
             }

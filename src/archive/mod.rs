@@ -262,13 +262,6 @@ pub fn start(cfg: &Config, run_as: &RunAs) {
         (ENV_SOCKET.to_owned(), socket.display().to_string()),
         (ENV_CONFIG.to_owned(), conf_file.display().to_string()),
     ]);
-    let listener = match server::bind(&socket, run_as) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(socket = %socket.display(), "cannot open the archive socket; wal-push/wal-fetch will work without the supervisor: {e}");
-            return;
-        }
-    };
     tracing::info!(
         destination = %storage.url,
         compression = ?storage.compression,
@@ -286,11 +279,21 @@ pub fn start(cfg: &Config, run_as: &RunAs) {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
     let peer_uid = run_as.uid.as_raw();
+    let run_as = run_as.clone();
     tokio::spawn(async move {
         let store = match store::Store::new(&storage).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("WAL archiving cannot start: {e}");
+                return;
+            }
+        };
+        // Bound only once requests can be served: until then (and if this
+        // fails) wal-push/wal-fetch find no supervisor and work on their own.
+        let listener = match server::bind(&socket, &run_as) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(socket = %socket.display(), "cannot open the archive socket; wal-push/wal-fetch will work without the supervisor: {e}");
                 return;
             }
         };
