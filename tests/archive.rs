@@ -102,6 +102,19 @@ fn run_direct(node: &Node, args: &[&str], extra: &[(&str, &str)]) -> (i32, Strin
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A data directory for direct-mode runs: the node's `pg_control`, an
+/// empty `pg_wal`, and the given extra files (relative paths).
+fn fake_pgdata(dir: &Path, node: &Node, name: &str, files: &[&str]) -> std::path::PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(d.join("global")).unwrap();
+    std::fs::create_dir_all(d.join("pg_wal/archive_status")).unwrap();
+    std::fs::copy(node.data().join("global/pg_control"), d.join("global/pg_control")).unwrap();
+    for f in files {
+        std::fs::write(d.join(f), "1\t0/1000000\tno recovery target specified\n").unwrap();
+    }
+    d
+}
+
 fn exit_code(st: std::process::ExitStatus) -> i32 {
     st.code().unwrap_or(-1)
 }
@@ -235,6 +248,19 @@ fn s3_outage_keeps_wal_and_catches_up() {
         assert!(n.data().join("pg_wal").join(s).exists(), "{s} kept in pg_wal");
     }
     assert!(ready_count(&n) >= 4);
+    // wal-fetch while S3 is down: an error (2), never "not found" (1).
+    let dest = n.data().join("tusk-test-outage");
+    let (st, _, err) = n.run(&["wal-fetch", &before[0], dest.to_str().unwrap()]);
+    assert_eq!(exit_code(st), 2, "an S3 error is not the end of the archive: {err}");
+    assert!(!dest.exists());
+    // During archive recovery (recovery.signal) it is retried, then fatal
+    // (126: postgres aborts recovery instead of ending it early).
+    let recovering = fake_pgdata(dir.path(), &n, "recovering", &["recovery.signal"]);
+    let dest = recovering.join("pg_wal/RECOVERYXLOG");
+    let (code, err) =
+        run_direct(&n, &["wal-fetch", &before[0], dest.to_str().unwrap()], &[("PGDATA", recovering.to_str().unwrap())]);
+    assert_eq!(code, 126, "{err}");
+    assert!(!dest.exists());
     n.psql("checkpoint"); // would recycle archived segments only
     for s in &segs {
         assert!(n.data().join("pg_wal").join(s).exists(), "{s} kept after a checkpoint");
@@ -302,6 +328,22 @@ fn conflicts_never_overwrite() {
     let (code, err) = run_direct(&n, &["wal-push", other.join(seg).to_str().unwrap()], &[]);
     assert_eq!(code, 1, "a different object under the same name must fail");
     assert!(err.contains("refusing to overwrite"), "{err}");
+    assert!(garage.get_object(&key).1 == stored, "the archived object is untouched");
+
+    // The failover case: the cluster is on timeline 2 now and the differing
+    // file is of timeline 1 (the old primary archived it first): the first
+    // copy is kept, with a warning; WALG_PREVENT_WAL_OVERWRITE refuses it.
+    let promoted = fake_pgdata(dir.path(), &n, "promoted", &["pg_wal/00000002.history"]);
+    let pgdata = ("PGDATA", promoted.to_str().unwrap());
+    let (code, err) = run_direct(&n, &["wal-push", other.join(seg).to_str().unwrap()], &[pgdata]);
+    assert_eq!(code, 0, "failover case: {err}");
+    assert!(err.contains("keeping the archived copy"), "logged: {err}");
+    let (code, _) = run_direct(
+        &n,
+        &["wal-push", other.join(seg).to_str().unwrap()],
+        &[pgdata, ("WALG_PREVENT_WAL_OVERWRITE", "true")],
+    );
+    assert_eq!(code, 1, "refused with WALG_PREVENT_WAL_OVERWRITE=true");
     assert!(garage.get_object(&key).1 == stored, "the archived object is untouched");
 
     // WAL of another cluster (other system identifier) is refused before

@@ -10,7 +10,7 @@
 //! - wal-fetch: 0 delivered; 1 confirmed absent under every extension (end
 //!   of archive); 2 an error, "not available now" to PostgreSQL (standby
 //!   mode retries and streams); 126 an error during archive recovery after
-//!   retries: PostgreSQL treats it as fatal and aborts recovery instead of
+//!   15 s of retries: PostgreSQL treats it as fatal and aborts recovery instead of
 //!   ending it early on a transient S3 error; 78 bad configuration in
 //!   direct mode (treated as "not available").
 
@@ -105,8 +105,9 @@ fn ask(req: &Request) -> Option<Response> {
     )
 }
 
-/// Runs the request in this process.
+/// Runs the request in this process; warnings go to stderr (postgres's log).
 fn direct(req: &Request) -> Response {
+    let _log = crate::logging::init(crate::config::LogFormat::Text, "warn", false);
     let env = match fallback_env() {
         Ok(e) => e,
         Err(m) => return Response { answer: Answer::Error, message: m },

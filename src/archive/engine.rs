@@ -827,14 +827,11 @@ pub fn current_timeline(pg_wal: &Path) -> u32 {
         .unwrap_or(1)
 }
 
-/// Retries for an S3 error during archive recovery: about a minute.
-pub const FETCH_RETRY_DELAYS: [Duration; 5] = [
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-    Duration::from_secs(10),
-    Duration::from_secs(20),
-];
+/// Retries for an S3 error during archive recovery (15 s in all); then the
+/// fatal answer stops postgres, and the supervisor's restart resumes
+/// recovery where it stopped.
+pub const FETCH_RETRY_DELAYS: [Duration; 4] =
+    [Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(8)];
 
 #[cfg(test)]
 mod tests {

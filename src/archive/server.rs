@@ -135,7 +135,7 @@ pub async fn handle(archiver: &Arc<Archiver>, req: Request) -> Response {
 /// The exit-code policy of reference §6.8: "not found" only when confirmed;
 /// an S3 error in standby mode is "not available now" (PostgreSQL retries
 /// and streams meanwhile); during archive recovery (recovery.signal, no
-/// standby.signal) it is retried for about a minute and then fatal, so that
+/// standby.signal) it is retried for 15 s and then fatal, so that
 /// recovery never ends early and forks a timeline with data missing.
 pub async fn fetch_with_policy(archiver: &Arc<Archiver>, name: &str, dest: &Path) -> Response {
     let pgdata = archiver.pgdata();
