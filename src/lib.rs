@@ -4,6 +4,7 @@
 //! [`init`] when tusk is PID 1, else [`supervisor`] or a [`cli`] command.
 
 pub mod api;
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod dcs;

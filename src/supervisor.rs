@@ -106,7 +106,7 @@ pub async fn run(cfg: Config) -> i32 {
     );
     // The API first: health checks answer while initdb runs.
     let (_no_dcs, dcs_rx) = tokio::sync::watch::channel(None);
-    let api = match api::start(&cfg, dcs_rx, None).await {
+    let api = match api::start(&cfg, dcs_rx, Some(std::sync::Arc::new(crate::archive::ApiView))).await {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(variable = %e.var, "configuration error: {e}");
@@ -152,6 +152,7 @@ fn prepare_common(cfg: &Config) -> Result<(Layout, RunAs, files::TlsPaths), Node
     let run_as = RunAs::resolve()?;
     postgres::prepare_directories(&cfg.postgres, &run_as)?;
     let tls = postgres::tls::install(cfg, &run_as)?;
+    crate::archive::start(cfg, &run_as);
     Ok((layout, run_as, tls))
 }
 

@@ -90,8 +90,8 @@ struct Inner {
 
 /// What the archiver shows through the API.
 pub trait ArchiveView: Send + Sync {
-    /// The `archive` object of `GET /patroni`.
-    fn status(&self) -> serde_json::Value;
+    /// The `archive` object of `GET /patroni` (`None`: not archiving).
+    fn status(&self) -> Option<serde_json::Value>;
     /// Prometheus lines; `labels` is `scope="..",name=".."`.
     fn metrics(&self, labels: &str) -> String;
 }

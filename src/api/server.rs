@@ -378,7 +378,7 @@ impl ApiState {
 
     fn add_archive(&self, mut s: super::NodeStatus) -> super::NodeStatus {
         if let Some(a) = &self.0.archive {
-            s.archive = Some(a.status());
+            s.archive = a.status();
         }
         s
     }

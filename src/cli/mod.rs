@@ -74,6 +74,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// archive_command: archive one WAL file to S3 (WAL-G's layout) through the supervisor.
+    WalPush { path: String },
+    /// restore_command: fetch one WAL file from S3 into DEST (exit 1: not in the archive).
+    WalFetch { name: String, dest: String },
 }
 
 impl Cli {
@@ -109,6 +113,8 @@ pub fn dispatch(cli: Cli) -> i32 {
         ),
         Some(Command::Pause) => cluster::set_pause(true),
         Some(Command::Resume) => cluster::set_pause(false),
+        Some(Command::WalPush { path }) => crate::archive::client::wal_push(&path),
+        Some(Command::WalFetch { name, dest }) => crate::archive::client::wal_fetch(&name, &dest),
         Some(Command::Config) => match Config::from_process_env() {
             Ok(cfg) => {
                 println!("{}", cfg.to_redacted_json());

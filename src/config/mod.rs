@@ -10,6 +10,7 @@ mod etcd;
 pub mod host;
 mod parse;
 mod secret;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,9 +22,10 @@ pub use api::{ApiConfig, ApiTls, BasicAuth, VerifyClient};
 pub use etcd::{EtcdConfig, EtcdEndpoint, EtcdProtocol};
 pub use host::HostFacts;
 pub use secret::Secret;
+pub use storage::{Compression, StorageConfig};
 
-use parse::*;
 pub(crate) use parse::MANAGED_PARAMETERS;
+use parse::*;
 
 /// Exit status for a configuration error (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
@@ -64,6 +66,8 @@ pub struct Config {
     /// writes to the `config` key (Patroni's `bootstrap.dcs`).
     pub bootstrap_dcs: crate::dcs::values::DynamicConfig,
     pub tusk: TuskConfig,
+    /// WAL archive in S3; `None`: archiving is a no-op (`WAL_S3_BUCKET`, `WALG_S3_PREFIX`).
+    pub storage: Option<StorageConfig>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -212,6 +216,23 @@ pub(crate) struct RawEnv {
     pub tusk_socket_dir: Option<String>,
     pub tusk_bootstrap_dcs: Option<String>,
     pub notify_socket: Option<String>,
+
+    pub wal_s3_bucket: Option<String>,
+    pub wal_bucket_scope_prefix: Option<String>,
+    pub wal_bucket_scope_suffix: Option<String>,
+    pub walg_s3_prefix: Option<String>,
+    pub wale_s3_prefix: Option<String>,
+    pub aws_region: Option<String>,
+    pub aws_endpoint: Option<String>,
+    pub wale_s3_endpoint: Option<String>,
+    pub aws_s3_force_path_style: Option<String>,
+    pub walg_s3_ca_cert_file: Option<String>,
+    pub walg_s3_sse: Option<String>,
+    pub walg_s3_sse_kms_id: Option<String>,
+    pub walg_compression_method: Option<String>,
+    pub walg_upload_concurrency: Option<String>,
+    pub walg_download_concurrency: Option<String>,
+    pub walg_prevent_wal_overwrite: Option<String>,
 }
 
 impl Config {
@@ -305,6 +326,7 @@ impl Config {
         if shutdown_timeout < Duration::from_secs(2) || shutdown_timeout > Duration::from_secs(3600) {
             return Err(ConfigError::new("TUSK_SHUTDOWN_TIMEOUT", "must be between 2s and 3600s"));
         }
+        let storage = storage::parse(env, &raw, &scope, version)?;
         let log_format = parse_log_format(raw.tusk_log_format.as_deref())?;
         let log_level = raw.tusk_log_level.clone().unwrap_or_else(|| "info".to_owned());
         tracing_subscriber::EnvFilter::try_new(&log_level)
@@ -331,6 +353,7 @@ impl Config {
             etcd,
             bootstrap_dcs,
             tusk: TuskConfig { shutdown_timeout, log_format, log_level, notify_socket: raw.notify_socket.clone() },
+            storage,
         })
     }
 
@@ -355,6 +378,16 @@ fn paths(raw: &RawEnv) -> Result<(PathBuf, PathBuf, PathBuf), ConfigError> {
 
 fn raw_best_effort(env: &BTreeMap<String, String>) -> RawEnv {
     envy::from_iter(env.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone()))).unwrap_or_default()
+}
+
+/// The storage section alone, from an environment map (`wal-push` and
+/// `wal-fetch` without the supervisor): the same parse as [`Config::from_map`].
+pub fn storage_from_map(env: &BTreeMap<String, String>) -> Result<Option<StorageConfig>, ConfigError> {
+    let raw = raw_best_effort(env);
+    let scope = alias("SCOPE", &raw.scope, "PATRONI_SCOPE", &raw.patroni_scope)?.unwrap_or_else(|| "dummy".to_owned());
+    validate_name("SCOPE", &scope)?;
+    let version = parse_pg_version(raw.pgversion.as_deref())?;
+    storage::parse(env, &raw, &scope, version)
 }
 
 /// `PGDATA` as the supervisor would compute it, without failing: init mode
@@ -389,8 +422,10 @@ pub fn process_env() -> Result<BTreeMap<String, String>, ConfigError> {
 
 /// Variables in tusk's namespaces, whose values must be valid UTF-8.
 fn is_known_var(k: &str) -> bool {
-    const PREFIXES: [&str; 11] = [
+    const PREFIXES: [&str; 13] = [
         "PG",
+        "WAL",
+        "AWS_",
         "ETCD",
         "SSL_",
         "TUSK_",

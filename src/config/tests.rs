@@ -265,3 +265,167 @@ fn bad_values_name_the_variable() {
         }
     }
 }
+
+#[test]
+fn no_storage_by_default() {
+    assert!(parse(&[]).unwrap().storage.is_none());
+    // Tuning variables alone do not enable archiving.
+    assert!(parse(&[("WALG_COMPRESSION_METHOD", "zstd")]).unwrap().storage.is_none());
+}
+
+/// (environment, expected URL, bucket, root) for the ways Spilo and WAL-G name the prefix.
+#[test]
+fn storage_prefixes() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str);
+    let cases: &[Case] = &[
+        (&[("WAL_S3_BUCKET", "b"), ("SCOPE", "pg1")], "s3://b/spilo/pg1/wal/15", "b", "spilo/pg1/wal/15/"),
+        (
+            &[("WAL_S3_BUCKET", "b"), ("SCOPE", "pg1"), ("PGVERSION", "16"), ("WAL_BUCKET_SCOPE_SUFFIX", "/x")],
+            "s3://b/spilo/pg1/x/wal/16",
+            "b",
+            "spilo/pg1/x/wal/16/",
+        ),
+        (
+            &[("WAL_S3_BUCKET", "b"), ("SCOPE", "pg1"), ("NAMESPACE", "team")],
+            "s3://b/spilo/team-pg1/wal/15",
+            "b",
+            "spilo/team-pg1/wal/15/",
+        ),
+        (
+            &[("WAL_S3_BUCKET", "b"), ("SCOPE", "pg1"), ("NAMESPACE", "default")],
+            "s3://b/spilo/pg1/wal/15",
+            "b",
+            "spilo/pg1/wal/15/",
+        ),
+        (
+            &[("WAL_S3_BUCKET", "b"), ("SCOPE", "pg1"), ("NAMESPACE", "team"), ("WAL_BUCKET_SCOPE_PREFIX", "")],
+            "s3://b/spilo/team-pg1/wal/15",
+            "b",
+            "spilo/team-pg1/wal/15/",
+        ),
+        (
+            &[("WAL_S3_BUCKET", "b"), ("WAL_BUCKET_SCOPE_PREFIX", "p-")],
+            "s3://b/spilo/p-dummy/wal/15",
+            "b",
+            "spilo/p-dummy/wal/15/",
+        ),
+        (&[("WALG_S3_PREFIX", "s3://bk/some/path/")], "s3://bk/some/path/", "bk", "some/path/"),
+        (&[("WALE_S3_PREFIX", "s3://bk")], "s3://bk", "bk", ""),
+        (&[("WALG_S3_PREFIX", "s3://bk/p"), ("WAL_S3_BUCKET", "other")], "s3://bk/p", "bk", "p/"),
+    ];
+    for (pairs, url, bucket, root) in cases {
+        let s = parse(pairs).unwrap_or_else(|e| panic!("{pairs:?}: {e}")).storage.expect("storage");
+        assert_eq!((s.url.as_str(), s.bucket.as_str(), s.root.as_str()), (*url, *bucket, *root), "{pairs:?}");
+        assert_eq!(s.wal_prefix(), format!("{root}wal_005/"));
+    }
+}
+
+#[test]
+fn storage_settings() {
+    let p = Pems::new();
+    let s = parse(&[("WAL_S3_BUCKET", "b")]).unwrap().storage.unwrap();
+    assert_eq!(s.compression, Compression::Lz4);
+    assert_eq!((s.upload_concurrency, s.download_concurrency), (16, 10));
+    assert!(s.credentials.is_none(), "no static keys: the SDK's default chain");
+    assert!(!s.force_path_style && !s.prevent_overwrite);
+    assert_eq!((s.endpoint.as_deref(), s.region.as_deref(), s.sse.as_ref()), (None, None, None));
+
+    let s = parse(&[
+        ("WALG_S3_PREFIX", "s3://b/x"),
+        ("AWS_ENDPOINT", "http://127.0.0.1:3900/"),
+        ("AWS_S3_FORCE_PATH_STYLE", "true"),
+        ("AWS_REGION", "garage"),
+        ("AWS_ACCESS_KEY_ID", "GKabc"),
+        ("AWS_SECRET_ACCESS_KEY_FILE", &p.path("password")),
+        ("WALG_COMPRESSION_METHOD", "zstd"),
+        ("WALG_UPLOAD_CONCURRENCY", "4"),
+        ("WALG_DOWNLOAD_CONCURRENCY", "2"),
+        ("WALG_PREVENT_WAL_OVERWRITE", "true"),
+        ("WALG_S3_SSE", "aws:kms"),
+        ("WALG_S3_SSE_KMS_ID", "k1"),
+        ("WALG_S3_CA_CERT_FILE", &p.path("ca.pem")),
+    ])
+    .unwrap()
+    .storage
+    .unwrap();
+    assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+    assert!(s.force_path_style && s.prevent_overwrite);
+    assert_eq!(s.region.as_deref(), Some("garage"));
+    let c = s.credentials.as_ref().unwrap();
+    assert_eq!((c.access_key_id.as_str(), c.secret_access_key.expose()), ("GKabc", "s3cret"));
+    assert_eq!((s.compression, s.upload_concurrency, s.download_concurrency), (Compression::Zstd, 4, 2));
+    assert_eq!(s.sse, Some(storage::Sse::Kms { key_id: Some("k1".into()) }));
+
+    for (method, c) in [("brotli", Compression::Brotli), ("none", Compression::None), ("LZ4", Compression::Lz4)] {
+        let s = parse(&[("WAL_S3_BUCKET", "b"), ("WALG_COMPRESSION_METHOD", method)]).unwrap().storage.unwrap();
+        assert_eq!(s.compression, c, "{method}");
+    }
+    // Spilo's WALE_S3_ENDPOINT form gives the endpoint and the addressing style.
+    let s =
+        parse(&[("WAL_S3_BUCKET", "b"), ("WALE_S3_ENDPOINT", "https+path://s3.local:9000")]).unwrap().storage.unwrap();
+    assert_eq!((s.endpoint.as_deref(), s.force_path_style), (Some("https://s3.local:9000"), true));
+    let s =
+        parse(&[("WAL_S3_BUCKET", "b"), ("WALE_S3_ENDPOINT", "http+virtualhost://s3.local")]).unwrap().storage.unwrap();
+    assert_eq!((s.endpoint.as_deref(), s.force_path_style), (Some("http://s3.local"), false));
+}
+
+#[test]
+fn storage_secrets_are_redacted() {
+    let c = parse(&[
+        ("WAL_S3_BUCKET", "b"),
+        ("AWS_ACCESS_KEY_ID", "GKvisible"),
+        ("AWS_SECRET_ACCESS_KEY", "topsecretvalue"),
+        ("AWS_SESSION_TOKEN", "tokenvalue"),
+    ])
+    .unwrap();
+    let json = c.to_redacted_json();
+    assert!(!json.contains("topsecretvalue") && !json.contains("tokenvalue"), "{json}");
+    assert!(json.contains("GKvisible"), "the key id is not a secret");
+}
+
+#[test]
+fn bad_storage_values_name_the_variable() {
+    let p = Pems::new();
+    let junk = p.path("junk.pem");
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("WALG_S3_PREFIX", "gs://b/p")], "WALG_S3_PREFIX"),
+        (vec![("WALG_S3_PREFIX", "s3://")], "WALG_S3_PREFIX"),
+        (vec![("WALE_S3_PREFIX", "s3://b/a//p")], "WALE_S3_PREFIX"),
+        (vec![("WALG_S3_PREFIX", "s3://a/p"), ("WALE_S3_PREFIX", "s3://b/p")], "WALG_S3_PREFIX"),
+        (vec![("WAL_S3_BUCKET", "bad bucket")], "WAL_S3_BUCKET"),
+        (vec![("WAL_S3_BUCKET", "b"), ("AWS_ENDPOINT", "ftp://x")], "AWS_ENDPOINT"),
+        (vec![("WAL_S3_BUCKET", "b"), ("AWS_ENDPOINT", "http://x/path")], "AWS_ENDPOINT"),
+        (vec![("WAL_S3_BUCKET", "b"), ("WALE_S3_ENDPOINT", "https+weird://x")], "WALE_S3_ENDPOINT"),
+        (vec![("WAL_S3_BUCKET", "b"), ("WALE_S3_ENDPOINT", "x:9000")], "WALE_S3_ENDPOINT"),
+        (vec![("WAL_S3_BUCKET", "b"), ("AWS_S3_FORCE_PATH_STYLE", "maybe")], "AWS_S3_FORCE_PATH_STYLE"),
+        (vec![("WAL_S3_BUCKET", "b"), ("AWS_REGION", "us east")], "AWS_REGION"),
+        (vec![("WAL_S3_BUCKET", "b"), ("WALG_S3_CA_CERT_FILE", &junk)], "WALG_S3_CA_CERT_FILE"),
+        (vec![("WAL_S3_BUCKET", "b"), ("WALG_S3_CA_CERT_FILE", "rel.pem")], "WALG_S3_CA_CERT_FILE"),
+        (vec![("WAL_S3_BUCKET", "b"), ("WALG_S3_SSE", "rot13")], "WALG_S3_SSE"),
+        (vec![("WAL_S3_BUCKET", "b"), ("WALG_S3_SSE_KMS_ID", "k")], "WALG_S3_SSE_KMS_ID"),
+        (vec![("WAL_S3_BUCKET", "b"), ("AWS_ACCESS_KEY_ID", "k")], "AWS_SECRET_ACCESS_KEY"),
+        (vec![("WAL_S3_BUCKET", "b"), ("AWS_SECRET_ACCESS_KEY", "s")], "AWS_ACCESS_KEY_ID"),
+        (vec![("WAL_S3_BUCKET", "b"), ("AWS_SESSION_TOKEN", "t")], "AWS_SESSION_TOKEN"),
+        (
+            vec![("WAL_S3_BUCKET", "b"), ("AWS_ACCESS_KEY_ID", "k"), ("AWS_ACCESS_KEY_ID_FILE", "/x")],
+            "AWS_ACCESS_KEY_ID_FILE",
+        ),
+        (
+            vec![("WAL_S3_BUCKET", "b"), ("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY_FILE", "/nonexistent")],
+            "AWS_SECRET_ACCESS_KEY_FILE",
+        ),
+        (vec![("WAL_S3_BUCKET", "b"), ("WALG_COMPRESSION_METHOD", "lzma")], "WALG_COMPRESSION_METHOD"),
+        (vec![("WAL_S3_BUCKET", "b"), ("WALG_UPLOAD_CONCURRENCY", "0")], "WALG_UPLOAD_CONCURRENCY"),
+        (vec![("WAL_S3_BUCKET", "b"), ("WALG_DOWNLOAD_CONCURRENCY", "many")], "WALG_DOWNLOAD_CONCURRENCY"),
+        (vec![("WAL_S3_BUCKET", "b"), ("WALG_PREVENT_WAL_OVERWRITE", "perhaps")], "WALG_PREVENT_WAL_OVERWRITE"),
+    ];
+    for (pairs, var) in cases {
+        match parse(&pairs) {
+            Ok(_) => panic!("{pairs:?} should fail on {var}"),
+            Err(e) => {
+                assert_eq!(e.var, var, "{pairs:?}: {e}");
+                assert!(!e.to_string().contains('\n'), "one line: {e}");
+            }
+        }
+    }
+}

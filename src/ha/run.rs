@@ -111,7 +111,7 @@ pub(crate) async fn run(
 ) -> i32 {
     let etcd = cfg.etcd.clone().expect("HA mode has an etcd section");
     let (dcs_tx, dcs_rx) = watch::channel(None);
-    let api = match api::start(&cfg, dcs_rx, None).await {
+    let api = match api::start(&cfg, dcs_rx, Some(std::sync::Arc::new(crate::archive::ApiView))).await {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(variable = %e.var, "configuration error: {e}");

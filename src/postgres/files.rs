@@ -74,7 +74,16 @@ pub fn parameters(cfg: &Config, tls: &TlsPaths, upstream: Option<&Upstream>) -> 
     p.insert("logging_collector".into(), "off".into());
     p.insert("log_destination".into(), "stderr".into());
     p.insert("archive_mode".into(), "on".into());
-    p.insert("archive_command".into(), "/bin/true".into());
+    // Without WAL storage archiving succeeds without archiving, as in Spilo.
+    match crate::archive::commands(cfg) {
+        Some((archive, restore)) => {
+            p.insert("archive_command".into(), archive);
+            p.insert("restore_command".into(), restore);
+        }
+        None => {
+            p.insert("archive_command".into(), "/bin/true".into());
+        }
+    }
     p.insert("ssl".into(), "on".into());
     p.insert("ssl_cert_file".into(), tls.cert.display().to_string());
     p.insert("ssl_key_file".into(), tls.key.display().to_string());

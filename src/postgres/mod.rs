@@ -306,6 +306,8 @@ pub fn child_env(home: &Path) -> Vec<(String, String)> {
             env.push((k, v));
         }
     }
+    // Where wal-push/wal-fetch find the supervisor (paths only, no secret).
+    env.extend(crate::archive::child_env());
     env
 }
 

@@ -1,0 +1,887 @@
+//! The archiver: push with look-ahead, fetch with prefetch, and the
+//! consistency rules (reference §6).
+//!
+//! - A push succeeds only after S3 answered 200 to the signed upload of the
+//!   exact bytes, or when the archive already holds identical content.
+//! - A different object under the same name is never overwritten; the push
+//!   fails loudly, except for a segment or `.partial` of a timeline older
+//!   than the cluster's (a failover leftover, reference §6.5): the first
+//!   copy is kept and a warning logged (refused too with
+//!   `WALG_PREVENT_WAL_OVERWRITE=true`). `.history` files never.
+//! - Segments are checked before upload: page magic, long header,
+//!   `xlp_pageaddr` = the named segment, system identifier = the cluster's.
+//! - A fetch answers "not found" only after a LIST showed no copy under any
+//!   extension; every other problem is an error, never "not found".
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::ArchiveHandle;
+use super::compress;
+use super::store::{META_HASH, META_SIZE, Store, StoreError};
+use super::wal::{self, DEFAULT_SEGMENT_SIZE, HistoryEntry, Kind, SegmentName};
+use crate::config::{Compression, StorageConfig};
+
+/// Name of the prefetch directory inside `pg_wal`.
+pub const PREFETCH_DIR: &str = ".tusk-prefetch";
+/// Largest WAL file tusk reads (PostgreSQL's largest segment size).
+const MAX_FILE: u64 = 1 << 30;
+/// Memory for segments held at once (compressed on upload, decompressed on
+/// download; counted at the segment size), in MiB.
+const MEMORY_BUDGET_MIB: u32 = 160;
+/// PostgreSQL calls archive_command at once for every `.ready` file while
+/// archiving works; no call for this long means archiving is paused, off or
+/// backing off, and nothing is uploaded ahead.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(3);
+/// A file whose upload failed is not uploaded ahead again for this long.
+const LOOKAHEAD_BACKOFF: Duration = Duration::from_secs(10);
+/// Confirmed uploads remembered for PostgreSQL's next calls.
+const DONE_CACHE_MAX: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Codec(#[from] compress::CodecError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// The file is not what its name says or not this cluster's.
+    #[error("{0}")]
+    Invalid(String),
+    /// A different object exists under the name.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io { path: path.display().to_string(), source }
+}
+
+/// How a push ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Uploaded,
+    /// The archive already held identical content.
+    AlreadyArchived,
+    /// A differing copy of an old timeline's file was kept (failover case).
+    KeptExisting,
+}
+
+/// How a fetch ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    Found,
+    /// Confirmed absent under every extension.
+    NotFound,
+}
+
+/// Identity of a local file at the time it was uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+}
+
+impl FileId {
+    fn of(m: &std::fs::Metadata) -> FileId {
+        FileId { dev: m.dev(), ino: m.ino(), size: m.len(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() }
+    }
+}
+
+type Outcome = Option<Result<Pushed, String>>;
+
+pub struct Archiver {
+    store: Store,
+    cfg: StorageConfig,
+    pgdata: PathBuf,
+    /// uid/gid for files written into PGDATA (when tusk is root).
+    owner: Option<(u32, u32)>,
+    handle: ArchiveHandle,
+    /// Look-ahead and prefetch (the supervisor), or single requests (direct mode).
+    background: bool,
+    uploads: Arc<Semaphore>,
+    downloads: Arc<Semaphore>,
+    memory: Arc<Semaphore>,
+    inflight: Mutex<HashMap<String, watch::Receiver<Outcome>>>,
+    done: Mutex<BTreeMap<String, FileId>>,
+    prefetching: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// Parsed history files seen by fetches (timeline → entries).
+    histories: Mutex<BTreeMap<u32, Vec<HistoryEntry>>>,
+    seg_size: AtomicU64,
+    scanning: std::sync::atomic::AtomicBool,
+    /// When PostgreSQL last asked for a push (archiving is active).
+    last_push: Mutex<Option<std::time::Instant>>,
+    /// Files whose last upload failed, and when: look-ahead leaves them to
+    /// PostgreSQL's own retries for a while (no hot loop on a conflict or an
+    /// outage).
+    failed: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl Archiver {
+    pub fn new(
+        store: Store,
+        cfg: StorageConfig,
+        pgdata: PathBuf,
+        owner: Option<(u32, u32)>,
+        handle: ArchiveHandle,
+        background: bool,
+    ) -> Archiver {
+        Archiver {
+            uploads: Arc::new(Semaphore::new(cfg.upload_concurrency)),
+            downloads: Arc::new(Semaphore::new(cfg.download_concurrency)),
+            memory: Arc::new(Semaphore::new(MEMORY_BUDGET_MIB as usize)),
+            store,
+            cfg,
+            pgdata,
+            owner,
+            handle,
+            background,
+            inflight: Mutex::new(HashMap::new()),
+            done: Mutex::new(BTreeMap::new()),
+            prefetching: Mutex::new(HashMap::new()),
+            histories: Mutex::new(BTreeMap::new()),
+            seg_size: AtomicU64::new(0),
+            scanning: false.into(),
+            last_push: Mutex::new(None),
+            failed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn pgdata(&self) -> &Path {
+        &self.pgdata
+    }
+
+    fn pg_wal(&self) -> PathBuf {
+        self.pgdata.join("pg_wal")
+    }
+
+    pub fn prefetch_dir(&self) -> PathBuf {
+        self.pg_wal().join(PREFETCH_DIR)
+    }
+
+    /// The cluster's system identifier (first 8 bytes of `global/pg_control`).
+    fn sysid(&self) -> Result<u64, ArchiveError> {
+        let path = self.pgdata.join("global/pg_control");
+        let mut b = [0u8; 8];
+        std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut b)).map_err(io(&path))?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// MiB of the memory budget for one file of `size` bytes (raw + compressed).
+    fn mem_permits(size: u64) -> u32 {
+        ((size >> 20) as u32).clamp(1, MEMORY_BUDGET_MIB)
+    }
+
+    // ------------------------------------------------------------------ push
+
+    /// `archive_command` for `path` (an absolute path in `pg_wal`).
+    pub async fn push(self: &Arc<Self>, path: &Path) -> Result<Pushed, ArchiveError> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| wal::classify(n).is_some())
+            .ok_or_else(|| ArchiveError::Invalid(format!("{} is not a WAL file name", path.display())))?
+            .to_owned();
+        // Confirmed earlier (look-ahead) and unchanged since: done.
+        *self.last_push.lock().expect("no panics while held") = Some(std::time::Instant::now());
+        // (A let statement: the guard is dropped before the lock is taken again.)
+        let confirmed = self.done.lock().expect("no panics while held").remove(&name);
+        if let Some(id) = confirmed
+            && std::fs::symlink_metadata(path).is_ok_and(|m| FileId::of(&m) == id)
+        {
+            if self.background {
+                self.kick_lookahead();
+            }
+            return Ok(Pushed::AlreadyArchived);
+        }
+        let mut rx = self.start_upload(&name, path.to_owned());
+        if self.background {
+            self.kick_lookahead();
+        }
+        let outcome = loop {
+            if let Some(o) = rx.borrow_and_update().clone() {
+                break o;
+            }
+            if rx.changed().await.is_err() {
+                break Err("the upload task ended without an answer".to_owned());
+            }
+        };
+        match outcome {
+            Ok(p) => {
+                self.done.lock().expect("no panics while held").remove(&name);
+                Ok(p)
+            }
+            // PostgreSQL retries; the next call starts a fresh upload.
+            Err(msg) => Err(ArchiveError::Invalid(msg)),
+        }
+    }
+
+    /// Starts (or joins) the upload of `name`; the receiver sees the outcome.
+    fn start_upload(self: &Arc<Self>, name: &str, path: PathBuf) -> watch::Receiver<Outcome> {
+        let mut inflight = self.inflight.lock().expect("no panics while held");
+        if let Some(rx) = inflight.get(name) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        inflight.insert(name.to_owned(), rx.clone());
+        drop(inflight);
+        let me = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let r = me.upload(&name, &path).await;
+            let t = super::now_rfc3339();
+            match &r {
+                Ok(_) => {
+                    me.failed.lock().expect("no panics while held").remove(&name);
+                }
+                Err(_) => {
+                    let mut failed = me.failed.lock().expect("no panics while held");
+                    failed.retain(|_, t| t.elapsed() < LOOKAHEAD_BACKOFF);
+                    failed.insert(name.clone(), std::time::Instant::now());
+                }
+            }
+            match &r {
+                Ok(p) => {
+                    tracing::debug!(wal = %name, outcome = ?p, "archived");
+                    me.handle.update(|s| {
+                        s.archived_count += 1;
+                        if s.last_archived_wal.as_deref().is_none_or(|l| *l <= *name) {
+                            s.last_archived_wal = Some(name.clone());
+                        }
+                        s.last_archived_time = Some(t.0.clone());
+                        s.last_archived_unix = Some(t.1);
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(wal = %name, "archiving failed: {e}");
+                    me.handle.update(|s| {
+                        s.failed_count += 1;
+                        s.last_failed_wal = Some(name.clone());
+                        s.last_failed_time = Some(t.0.clone());
+                        s.last_failed_unix = Some(t.1);
+                        s.last_error = Some(e.to_string());
+                    });
+                }
+            }
+            me.inflight.lock().expect("no panics while held").remove(&name);
+            let _ = tx.send(Some(r.map_err(|e| e.to_string())));
+            if me.background {
+                me.kick_lookahead();
+            }
+        });
+        rx
+    }
+
+    /// Reads, checks, compresses and uploads one file; records it as done.
+    async fn upload(self: &Arc<Self>, name: &str, path: &Path) -> Result<Pushed, ArchiveError> {
+        let kind = wal::classify(name).ok_or_else(|| ArchiveError::Invalid(format!("{name}: not a WAL file")))?;
+        let size = std::fs::symlink_metadata(path).map_err(io(path))?.len();
+        let _slot = self.uploads.clone().acquire_owned().await.expect("semaphore never closed");
+        let _mem =
+            self.memory.clone().acquire_many_owned(Self::mem_permits(size)).await.expect("semaphore never closed");
+        let me = self.clone();
+        let (p, n) = (path.to_owned(), name.to_owned());
+        let prepared = tokio::task::spawn_blocking(move || me.prepare(&n, kind, &p))
+            .await
+            .map_err(|e| ArchiveError::Invalid(format!("{name}: preparing the upload panicked: {e}")))??;
+        let existing = self.store.find(name).await?;
+        if !existing.is_empty() {
+            let outcome = self.compare_existing(name, kind, &existing[0], &prepared, path).await?;
+            self.done.lock().expect("no panics while held").insert(name.to_owned(), prepared.id);
+            self.trim_done();
+            return Ok(outcome);
+        }
+        let key = self.store.key(name, self.cfg.compression.extension());
+        let body_len = prepared.body.len() as u64;
+        self.store
+            .put(
+                &key,
+                prepared.body,
+                &[(META_HASH, format!("{:032x}", prepared.hash)), (META_SIZE, prepared.raw_len.to_string())],
+            )
+            .await?;
+        self.handle.update(|s| s.uploaded_bytes += body_len);
+        self.done.lock().expect("no panics while held").insert(name.to_owned(), prepared.id);
+        self.trim_done();
+        Ok(Pushed::Uploaded)
+    }
+
+    fn trim_done(&self) {
+        let mut done = self.done.lock().expect("no panics while held");
+        while done.len() > DONE_CACHE_MAX {
+            done.pop_first();
+        }
+    }
+
+    /// Blocking: read the file (no symlinks, owned by postgres when tusk is
+    /// root), check it, hash and compress it.
+    fn prepare(&self, name: &str, kind: Kind, path: &Path) -> Result<Prepared, ArchiveError> {
+        let mut f =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io(path))?;
+        let meta = f.metadata().map_err(io(path))?;
+        if !meta.is_file() {
+            return Err(ArchiveError::Invalid(format!("{}: not a regular file", path.display())));
+        }
+        if let Some((uid, _)) = self.owner
+            && meta.uid() != uid
+        {
+            return Err(ArchiveError::Invalid(format!("{}: not owned by the postgres user", path.display())));
+        }
+        if meta.len() > MAX_FILE {
+            return Err(ArchiveError::Invalid(format!(
+                "{}: {} bytes is too large for a WAL file",
+                path.display(),
+                meta.len()
+            )));
+        }
+        // Only the first page is checked; the rest streams through the hash
+        // into the compressor, so only the compressed copy is held in memory.
+        if let Kind::Segment(seg) | Kind::Partial(seg) = kind {
+            let mut head = [0u8; wal::LONG_HEADER_LEN];
+            f.read_exact(&mut head).map_err(io(path))?;
+            self.check_segment(name, seg, &head, meta.len(), kind)?;
+            f.seek(std::io::SeekFrom::Start(0)).map_err(io(path))?;
+        }
+        let mut reader = HashingReader { inner: f, hasher: Xxh3::new(), len: 0 };
+        let body = compress::compress(self.cfg.compression, &mut reader, meta.len() as usize)?;
+        if reader.len != meta.len() {
+            return Err(ArchiveError::Invalid(format!("{}: changed while it was read", path.display())));
+        }
+        Ok(Prepared { id: FileId::of(&meta), body, hash: reader.hasher.digest128(), raw_len: reader.len })
+    }
+
+    /// A segment must be the named one, of this cluster.
+    fn check_segment(
+        &self,
+        name: &str,
+        seg: SegmentName,
+        raw: &[u8],
+        len: u64,
+        kind: Kind,
+    ) -> Result<(), ArchiveError> {
+        let h = wal::parse_long_header(raw)
+            .map_err(|e| ArchiveError::Invalid(format!("{name}: not a WAL segment: {e}")))?;
+        let seg_size = h.seg_size as u64;
+        if matches!(kind, Kind::Segment(_)) && len != seg_size {
+            return Err(ArchiveError::Invalid(format!("{name}: {len} bytes, but the segment size is {seg_size}")));
+        }
+        if h.pageaddr != seg.start_lsn(seg_size) {
+            return Err(ArchiveError::Invalid(format!(
+                "{name}: the first page is for LSN {:X}/{:X}, not this segment (a recycled file?)",
+                h.pageaddr >> 32,
+                h.pageaddr as u32
+            )));
+        }
+        let sysid = self.sysid()?;
+        if h.sysid != sysid {
+            return Err(ArchiveError::Invalid(format!(
+                "{name}: written by the cluster with system identifier {}, but this cluster's is {sysid}; refusing to archive WAL of another cluster",
+                h.sysid
+            )));
+        }
+        Ok(())
+    }
+
+    /// The archive already holds a copy of `name`: identical → success;
+    /// different → the rules of the module doc.
+    async fn compare_existing(
+        &self,
+        name: &str,
+        kind: Kind,
+        found: &super::store::Found,
+        local: &Prepared,
+        path: &Path,
+    ) -> Result<Pushed, ArchiveError> {
+        let identical = match self.store.head(&found.key).await? {
+            Some(meta) if meta.contains_key(META_HASH) => {
+                meta.get(META_HASH).map(String::as_str) == Some(format!("{:032x}", local.hash).as_str())
+            }
+            // Written by WAL-G (no checksum): compare the content.
+            _ => match self.download(name, found).await? {
+                Some(bytes) => bytes == std::fs::read(path).map_err(io(path))?,
+                None => false,
+            },
+        };
+        if identical {
+            tracing::info!(wal = %name, key = %found.key, "already archived with identical content");
+            return Ok(Pushed::AlreadyArchived);
+        }
+        let tli = match kind {
+            Kind::Segment(s) | Kind::Partial(s) => Some(s.tli),
+            _ => None,
+        };
+        let current = current_timeline(&self.pg_wal());
+        match (kind, tli) {
+            (Kind::History(_), _) => Err(ArchiveError::Conflict(format!(
+                "{name}: a different history file is archived as {}; history files are never overwritten (another cluster or a split brain writes to this prefix?)",
+                found.key
+            ))),
+            (_, Some(t)) if (t < current || matches!(kind, Kind::Partial(_))) && !self.cfg.prevent_overwrite => {
+                tracing::warn!(
+                    wal = %name,
+                    key = %found.key,
+                    timeline = t,
+                    current_timeline = current,
+                    "a different copy of this old-timeline file is already archived (failover: the old primary archived it first); keeping the archived copy"
+                );
+                Ok(Pushed::KeptExisting)
+            }
+            _ => Err(ArchiveError::Conflict(format!(
+                "{name}: a different object is already archived as {}; refusing to overwrite it",
+                found.key
+            ))),
+        }
+    }
+
+    /// Downloads and decompresses one archived copy; `None` if it vanished.
+    async fn download(&self, name: &str, found: &super::store::Found) -> Result<Option<Vec<u8>>, ArchiveError> {
+        let method =
+            found.compression().ok_or_else(|| ArchiveError::Invalid(format!("{}: unknown compression", found.key)))?;
+        let Some((body, meta)) = self.store.get(&found.key).await? else { return Ok(None) };
+        let limit = match wal::classify(name) {
+            Some(Kind::Segment(_)) | Some(Kind::Partial(_)) => MAX_FILE,
+            _ => 64 << 20,
+        };
+        let key = found.key.clone();
+        let raw = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ArchiveError> {
+            let raw = decompress_checked(method, &body, limit, &key, &meta)?;
+            Ok(raw)
+        })
+        .await
+        .map_err(|e| ArchiveError::Invalid(format!("decompressing panicked: {e}")))??;
+        Ok(Some(raw))
+    }
+
+    /// Keeps up to `WALG_UPLOAD_CONCURRENCY` uploads of other `.ready` files
+    /// going (one scan at a time).
+    fn kick_lookahead(self: &Arc<Self>) {
+        if self.scanning.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let pg_wal = me.pg_wal();
+            let ready = tokio::task::spawn_blocking(move || ready_files(&pg_wal)).await.unwrap_or_default();
+            let mut started = 0;
+            for name in ready {
+                let busy = me.inflight.lock().expect("no panics while held").len();
+                if busy >= me.cfg.upload_concurrency {
+                    break;
+                }
+                let known = me.done.lock().expect("no panics while held").contains_key(&name);
+                let running = me.inflight.lock().expect("no panics while held").contains_key(&name);
+                let failed_recently = me
+                    .failed
+                    .lock()
+                    .expect("no panics while held")
+                    .get(&name)
+                    .is_some_and(|t| t.elapsed() < LOOKAHEAD_BACKOFF);
+                if known || running || failed_recently {
+                    continue;
+                }
+                let path = me.pg_wal().join(&name);
+                me.start_upload(&name, path);
+                started += 1;
+            }
+            if started > 0 {
+                tracing::debug!(started, "look-ahead uploads");
+            }
+            me.scanning.store(false, Ordering::Release);
+        });
+    }
+
+    /// While PostgreSQL is archiving (a push in the last 3 s), looks for new
+    /// `.ready` files every 100 ms and starts their uploads before
+    /// PostgreSQL asks: a finished segment is on its way within 100 ms.
+    /// Idle otherwise (archiving paused or off: nothing is uploaded early).
+    pub async fn watch_ready(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let active =
+                self.last_push.lock().expect("no panics while held").is_some_and(|t| t.elapsed() < ACTIVE_WINDOW);
+            if active {
+                self.kick_lookahead();
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- fetch
+
+    /// `restore_command` for `name` into `dest` (absolute).
+    pub async fn fetch(self: &Arc<Self>, name: &str, dest: &Path) -> Result<Fetched, ArchiveError> {
+        let kind =
+            wal::classify(name).ok_or_else(|| ArchiveError::Invalid(format!("{name:?} is not a WAL file name")))?;
+        let r = self.fetch_inner(name, kind, dest).await;
+        match &r {
+            Ok(Fetched::Found) => self.handle.update(|s| s.fetched_count += 1),
+            Ok(Fetched::NotFound) => {}
+            Err(e) => {
+                tracing::error!(wal = %name, "wal-fetch failed: {e}");
+                self.handle.update(|s| s.fetch_failed_count += 1);
+            }
+        }
+        r
+    }
+
+    async fn fetch_inner(self: &Arc<Self>, name: &str, kind: Kind, dest: &Path) -> Result<Fetched, ArchiveError> {
+        let prefetch = self.background
+            && matches!(kind, Kind::Segment(_))
+            && dest.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("RECOVERY"));
+        if prefetch && let Kind::Segment(seg) = kind {
+            // A prefetch of this very segment may be running: wait for it.
+            let pending = self.prefetching.lock().expect("no panics while held").get(name).cloned();
+            if let Some(mut rx) = pending {
+                while !*rx.borrow_and_update() {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            if self.take_prefetched(name, seg, dest)? {
+                self.handle.update(|s| s.prefetch_hits += 1);
+                self.prefetch_after(seg);
+                return Ok(Fetched::Found);
+            }
+        }
+        let found = self.store.find(name).await?;
+        let Some(first) = found.first() else {
+            tracing::debug!(wal = %name, "not in the archive (no object under any extension)");
+            return Ok(Fetched::NotFound);
+        };
+        let raw = match self.download(name, first).await? {
+            Some(r) => r,
+            None => {
+                return Err(ArchiveError::Invalid(format!("{}: listed but gone when downloaded", first.key)));
+            }
+        };
+        self.verify(name, kind, &raw)?;
+        if let Kind::History(tli) = kind
+            && let Ok(h) = wal::parse_history(&String::from_utf8_lossy(&raw))
+        {
+            self.histories.lock().expect("no panics while held").insert(tli, h);
+        }
+        let me = self.clone();
+        let dest_owned = dest.to_owned();
+        tokio::task::spawn_blocking(move || me.write_file(&dest_owned, &raw))
+            .await
+            .map_err(|e| ArchiveError::Invalid(format!("writing panicked: {e}")))??;
+        if prefetch && let Kind::Segment(seg) = kind {
+            self.prefetch_after(seg);
+        }
+        Ok(Fetched::Found)
+    }
+
+    /// Checks downloaded content before it is delivered.
+    fn verify(&self, name: &str, kind: Kind, raw: &[u8]) -> Result<(), ArchiveError> {
+        match kind {
+            Kind::Segment(seg) => {
+                self.check_segment(name, seg, raw, raw.len() as u64, kind).map_err(|e| match e {
+                    ArchiveError::Invalid(m) => ArchiveError::Invalid(format!("archived copy is bad: {m}")),
+                    other => other,
+                })?;
+                if let Ok(h) = wal::parse_long_header(raw) {
+                    self.seg_size.store(h.seg_size as u64, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Kind::History(_) => {
+                let text = std::str::from_utf8(raw)
+                    .map_err(|_| ArchiveError::Invalid(format!("archived {name} is not text")))?;
+                wal::parse_history(text)
+                    .map_err(|e| ArchiveError::Invalid(format!("archived {name} is corrupt: {e}")))?;
+                Ok(())
+            }
+            Kind::Partial(_) | Kind::Backup => Ok(()),
+        }
+    }
+
+    /// Writes `data` to `dest` through a temporary file in the same
+    /// directory and a rename; owned by postgres.
+    fn write_file(&self, dest: &Path, data: &[u8]) -> Result<(), ArchiveError> {
+        let dir = dest.parent().ok_or_else(|| ArchiveError::Invalid(format!("{}: no directory", dest.display())))?;
+        let fname = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
+        let tmp = dir.join(format!(".{fname}.tusk-tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        let r = f.write_all(data).map_err(io(&tmp)).and_then(|_| self.chown(&tmp));
+        drop(f);
+        if let Err(e) = r.and_then(|_| std::fs::rename(&tmp, dest).map_err(io(dest))) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn chown(&self, path: &Path) -> Result<(), ArchiveError> {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io(path))?;
+        }
+        Ok(())
+    }
+
+    /// Moves a complete, valid prefetched copy of `name` to `dest`.
+    fn take_prefetched(&self, name: &str, seg: SegmentName, dest: &Path) -> Result<bool, ArchiveError> {
+        let path = self.prefetch_dir().join(name);
+        let Ok(mut f) = std::fs::File::open(&path) else { return Ok(false) };
+        let mut head = vec![0u8; wal::LONG_HEADER_LEN];
+        let valid = f.read_exact(&mut head).is_ok()
+            && f.metadata().is_ok_and(|m| {
+                wal::parse_long_header(&head).is_ok_and(|h| {
+                    m.len() == h.seg_size as u64
+                        && h.pageaddr == seg.start_lsn(h.seg_size as u64)
+                        && self.sysid().is_ok_and(|s| s == h.sysid)
+                })
+            });
+        drop(f);
+        if !valid {
+            tracing::warn!(wal = %name, "discarding an invalid prefetched file");
+            let _ = std::fs::remove_file(&path);
+            return Ok(false);
+        }
+        std::fs::rename(&path, dest).map_err(io(dest))?;
+        Ok(true)
+    }
+
+    /// Downloads the next `WALG_DOWNLOAD_CONCURRENCY` segments after `seg`
+    /// into the prefetch directory, on the timelines the known history
+    /// files give; removes older prefetched files.
+    fn prefetch_after(self: &Arc<Self>, seg: SegmentName) {
+        let seg_size = match self.seg_size.load(Ordering::Relaxed) {
+            0 => DEFAULT_SEGMENT_SIZE,
+            s => s,
+        };
+        let segno = seg.segno(seg_size);
+        let (target, history) = {
+            let h = self.histories.lock().expect("no panics while held");
+            match h.last_key_value() {
+                Some((t, entries)) if *t > seg.tli => (*t, entries.clone()),
+                _ => (seg.tli, Vec::new()),
+            }
+        };
+        let dir = self.prefetch_dir();
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let older =
+                    e.file_name().to_str().and_then(SegmentName::parse).is_some_and(|s| s.segno(seg_size) <= segno);
+                if older {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        for i in 1..=self.cfg.download_concurrency as u64 {
+            let next_segno = segno + i;
+            let tli = wal::timeline_of_segment(target, &history, next_segno, seg_size);
+            if tli < seg.tli {
+                continue;
+            }
+            let next = SegmentName::from_segno(tli, next_segno, seg_size);
+            let name = next.to_string();
+            if dir.join(&name).exists() {
+                continue;
+            }
+            let (tx, rx) = watch::channel(false);
+            {
+                let mut p = self.prefetching.lock().expect("no panics while held");
+                if p.contains_key(&name) {
+                    continue;
+                }
+                p.insert(name.clone(), rx);
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _slot = me.downloads.clone().acquire_owned().await.expect("semaphore never closed");
+                let _mem = me
+                    .memory
+                    .clone()
+                    .acquire_many_owned(Self::mem_permits(seg_size))
+                    .await
+                    .expect("semaphore never closed");
+                if let Err(e) = me.prefetch_one(&name, next).await {
+                    tracing::debug!(wal = %name, "prefetch: {e}");
+                }
+                me.prefetching.lock().expect("no panics while held").remove(&name);
+                let _ = tx.send(true);
+            });
+        }
+    }
+
+    async fn prefetch_one(self: &Arc<Self>, name: &str, seg: SegmentName) -> Result<(), ArchiveError> {
+        let found = self.store.find(name).await?;
+        let Some(first) = found.first() else { return Ok(()) };
+        let Some(raw) = self.download(name, first).await? else { return Ok(()) };
+        self.verify(name, Kind::Segment(seg), &raw)?;
+        let dir = self.prefetch_dir();
+        let me = self.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
+            if !dir.exists() {
+                std::fs::create_dir(&dir).map_err(io(&dir))?;
+                me.chown(&dir)?;
+            }
+            // Through a temporary file and a rename: never a partial file under the name.
+            me.write_file(&dir.join(&name), &raw)
+        })
+        .await
+        .map_err(|e| ArchiveError::Invalid(format!("prefetch write panicked: {e}")))?
+    }
+
+    /// Removes the prefetch directory (at start: nothing in it is trusted).
+    pub fn clear_prefetch(&self) {
+        let _ = std::fs::remove_dir_all(self.prefetch_dir());
+    }
+}
+
+struct Prepared {
+    id: FileId,
+    body: Vec<u8>,
+    hash: u128,
+    raw_len: u64,
+}
+
+/// Hashes (XXH3-128) and counts what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Xxh3,
+    len: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Decompresses and, when the object carries tusk's checksum, verifies it.
+fn decompress_checked(
+    method: Compression,
+    body: &[u8],
+    limit: u64,
+    key: &str,
+    meta: &HashMap<String, String>,
+) -> Result<Vec<u8>, ArchiveError> {
+    let raw = compress::decompress(method, body, limit, key)?;
+    if let Some(want) = meta.get(META_SIZE)
+        && want.parse::<u64>().ok() != Some(raw.len() as u64)
+    {
+        return Err(ArchiveError::Invalid(format!(
+            "{key}: corrupt archived object: decompressed to {} bytes, {want} were uploaded",
+            raw.len()
+        )));
+    }
+    if let Some(want) = meta.get(META_HASH) {
+        let got = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&raw));
+        if *want != got {
+            return Err(ArchiveError::Invalid(format!("{key}: corrupt archived object: checksum mismatch")));
+        }
+    }
+    Ok(raw)
+}
+
+/// `.ready` files in archive order: history files first, then by name.
+pub fn ready_files(pg_wal: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(pg_wal.join("archive_status")) else { return Vec::new() };
+    let mut v: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ready")).map(str::to_owned))
+        .filter(|n| wal::classify(n).is_some())
+        .collect();
+    v.sort_by_key(|n| (!n.ends_with(".history"), n.clone()));
+    v
+}
+
+/// The newest timeline in `pg_wal` (segment names and history files).
+pub fn current_timeline(pg_wal: &Path) -> u32 {
+    let Ok(rd) = std::fs::read_dir(pg_wal) else { return 1 };
+    rd.flatten()
+        .filter_map(|e| {
+            let n = e.file_name();
+            match wal::classify(n.to_str()?)? {
+                Kind::Segment(s) => Some(s.tli),
+                Kind::History(t) => Some(t),
+                _ => None,
+            }
+        })
+        .max()
+        .unwrap_or(1)
+}
+
+/// Retries for an S3 error during archive recovery (15 s in all); then the
+/// fatal answer stops postgres, and the supervisor's restart resumes
+/// recovery where it stopped.
+pub const FETCH_RETRY_DELAYS: [Duration; 4] =
+    [Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(8)];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_order_and_timeline() {
+        let d = tempfile::tempdir().unwrap();
+        let st = d.path().join("archive_status");
+        std::fs::create_dir(&st).unwrap();
+        for f in [
+            "000000010000000000000004.ready",
+            "000000010000000000000003.ready",
+            "00000002.history.ready",
+            "000000010000000000000002.done",
+            "junk.ready",
+        ] {
+            std::fs::write(st.join(f), "").unwrap();
+        }
+        for f in ["000000010000000000000003", "000000020000000000000004", "00000002.history"] {
+            std::fs::write(d.path().join(f), "").unwrap();
+        }
+        assert_eq!(ready_files(d.path()), ["00000002.history", "000000010000000000000003", "000000010000000000000004"]);
+        assert_eq!(current_timeline(d.path()), 2);
+        assert_eq!(super::super::pending(d.path()), (4, 0));
+    }
+
+    #[test]
+    fn checksummed_objects_are_verified() {
+        let raw = vec![7u8; 100_000];
+        let body = compress::compress(Compression::Lz4, &raw[..], raw.len()).unwrap();
+        let meta: HashMap<String, String> = [
+            (META_HASH.to_owned(), format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&raw))),
+            (META_SIZE.to_owned(), raw.len().to_string()),
+        ]
+        .into();
+        assert!(decompress_checked(Compression::Lz4, &body, 1 << 20, "k", &meta).unwrap() == raw);
+        let mut other = raw.clone();
+        other[500] = 8;
+        let body2 = compress::compress(Compression::Lz4, &other[..], other.len()).unwrap();
+        let e = decompress_checked(Compression::Lz4, &body2, 1 << 20, "k", &meta).unwrap_err();
+        assert!(e.to_string().contains("checksum mismatch"), "{e}");
+        // Objects without tusk's metadata (WAL-G's) are accepted as decoded.
+        assert!(decompress_checked(Compression::Lz4, &body2, 1 << 20, "k", &HashMap::new()).is_ok());
+    }
+
+    #[test]
+    fn memory_permits() {
+        assert_eq!(Archiver::mem_permits(16 << 20), 16);
+        assert_eq!(Archiver::mem_permits(100), 1);
+        assert_eq!(Archiver::mem_permits(1 << 30), MEMORY_BUDGET_MIB);
+    }
+}

@@ -1,0 +1,535 @@
+//! WAL archiving against the real PostgreSQL and a real garage (S3):
+//! wal-push through the supervisor and without it, wal-fetch, the WAL-G
+//! layout for every compression, recovery only from the archive, an S3
+//! outage, conflicts, corruption. Run as root (postgres runs as postgres).
+
+#[path = "support/node.rs"]
+mod node;
+#[path = "support/testbed.rs"]
+mod testbed;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use node::{Node, PG_BIN, require_root, test_dir};
+use testbed::{Garage, shared_garage};
+
+/// A key prefix of its own for each test inside the shared bucket.
+fn unique_prefix(test: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{test}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A standalone tusk node archiving to `garage` under `prefix`.
+fn archiving_node(dir: &Path, garage: &Garage, prefix: &str, compression: &str) -> Node {
+    let mut n = Node::new(dir);
+    for (k, v) in garage.env() {
+        if k.starts_with("AWS_") {
+            n.set(&k, &v);
+        }
+    }
+    n.set("WALG_S3_PREFIX", &format!("s3://{}/{prefix}", garage.bucket));
+    n.set("WALG_COMPRESSION_METHOD", compression);
+    n.set("WALG_UPLOAD_CONCURRENCY", "4");
+    n.set("WALG_DOWNLOAD_CONCURRENCY", "4");
+    n
+}
+
+/// Polls `f` every 100 ms until it returns `Some` (bounded, for safety only).
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes some rows and switches to a new segment `n` times; returns the
+/// names of the segments completed by the switches, in order.
+fn make_segments(node: &Node, n: usize) -> Vec<String> {
+    node.psql("create table if not exists t (id serial primary key, v text)");
+    let mut segs = Vec::new();
+    for _ in 0..n {
+        node.psql("insert into t (v) select md5(i::text) from generate_series(1, 2000) i");
+        segs.push(node.psql("select pg_walfile_name(pg_current_wal_lsn())"));
+        node.psql("select pg_switch_wal()");
+    }
+    segs
+}
+
+/// (archived_count, failed_count, last_archived_wal) of pg_stat_archiver.
+fn archiver(node: &Node) -> (u64, u64, String) {
+    let row = node.psql("select archived_count, failed_count, coalesce(last_archived_wal, '') from pg_stat_archiver");
+    let f: Vec<&str> = row.split('|').collect();
+    (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_owned())
+}
+
+fn wait_archived(node: &Node, last: &str) {
+    wait_for(&format!("{last} archived"), Duration::from_secs(90), || {
+        let (_, _, l) = archiver(node);
+        (!l.is_empty() && l.as_str() >= last).then_some(())
+    });
+}
+
+fn ready_count(node: &Node) -> usize {
+    std::fs::read_dir(node.data().join("pg_wal/archive_status"))
+        .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".ready")).count())
+        .unwrap_or(0)
+}
+
+/// Keys under `prefix` (ListObjectsV2 through curl, signed).
+fn list_keys(garage: &Garage, prefix: &str) -> Vec<String> {
+    let url = format!("{}/{}?list-type=2&prefix={}", garage.endpoint, garage.bucket, prefix.replace('/', "%2F"));
+    let out = garage.curl(&[&url]);
+    let xml = String::from_utf8_lossy(&out.stdout).into_owned();
+    xml.split("<Key>").skip(1).filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_owned())).collect()
+}
+
+/// Runs `tusk ARGS` with the node's environment but no supervisor to talk to.
+fn run_direct(node: &Node, args: &[&str], extra: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(node::tusk_bin());
+    cmd.args(args).env_clear().envs(&node.env).env("TUSK_ARCHIVE_SOCKET", "/nonexistent/tusk.sock");
+    cmd.env("PGDATA", node.data());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run tusk");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A data directory for direct-mode runs: the node's `pg_control`, an
+/// empty `pg_wal`, and the given extra files (relative paths).
+fn fake_pgdata(dir: &Path, node: &Node, name: &str, files: &[&str]) -> std::path::PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(d.join("global")).unwrap();
+    std::fs::create_dir_all(d.join("pg_wal/archive_status")).unwrap();
+    std::fs::copy(node.data().join("global/pg_control"), d.join("global/pg_control")).unwrap();
+    for f in files {
+        std::fs::write(d.join(f), "1\t0/1000000\tno recovery target specified\n").unwrap();
+    }
+    d
+}
+
+fn exit_code(st: std::process::ExitStatus) -> i32 {
+    st.code().unwrap_or(-1)
+}
+
+/// Pushes real segments through the supervisor with each compression,
+/// checks WAL-G's object names, and fetches them back byte for byte, both
+/// through the supervisor and without it.
+#[test]
+fn round_trip_every_compression() {
+    require_root();
+    let garage = shared_garage();
+    for (method, ext) in [("lz4", ".lz4"), ("zstd", ".zst"), ("brotli", ".br"), ("none", "")] {
+        let dir = test_dir(&format!("arch-rt-{method}"));
+        let prefix = unique_prefix(&format!("rt-{method}"));
+        let mut n = archiving_node(dir.path(), garage, &prefix, method);
+        n.start();
+        n.wait_ready(1);
+        let segs = make_segments(&n, 3);
+        wait_archived(&n, segs.last().unwrap());
+        let keys = list_keys(garage, &format!("{prefix}/wal_005/"));
+        for seg in &segs {
+            let key = format!("{prefix}/wal_005/{seg}{ext}");
+            assert!(keys.contains(&key), "{method}: {key} not in {keys:?}");
+            let original = std::fs::read(n.data().join("pg_wal").join(seg)).expect("segment still in pg_wal");
+            // Through the supervisor (dest inside PGDATA, as restore_command's %p is).
+            let dest = n.data().join("tusk-test-fetched");
+            let (st, _, err) = n.run(&["wal-fetch", seg, dest.to_str().unwrap()]);
+            assert_eq!(exit_code(st), 0, "{method} {seg}: {err}");
+            assert!(std::fs::read(&dest).unwrap() == original, "{method} {seg}: fetched bytes differ");
+            std::fs::remove_file(&dest).unwrap();
+            // Without the supervisor, straight from the environment.
+            let dest2 = dir.path().join("direct-fetched");
+            let (code, err) = run_direct(&n, &["wal-fetch", seg, dest2.to_str().unwrap()], &[]);
+            assert_eq!(code, 0, "{method} {seg} direct: {err}");
+            assert!(std::fs::read(&dest2).unwrap() == original, "{method} {seg}: direct fetch differs");
+            std::fs::remove_file(&dest2).unwrap();
+        }
+        // A name that was never archived: "not found" (1), nothing written.
+        let dest = n.data().join("tusk-test-missing");
+        let (st, _, _) = n.run(&["wal-fetch", "0000000100000000000000FE", dest.to_str().unwrap()]);
+        assert_eq!(exit_code(st), 1, "{method}: a confirmed miss is exit 1");
+        assert!(!dest.exists());
+        let (a, f, _) = archiver(&n);
+        assert!(a >= 3 && f == 0, "{method}: archived {a}, failed {f}");
+        // The REST API serves the archiver's counters (/patroni, /metrics).
+        let api = format!("http://127.0.0.1:{}", n.env["APIPORT"]);
+        let out = std::process::Command::new("curl").args(["-sf", &format!("{api}/patroni")]).output().unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("/patroni JSON");
+        assert_eq!(st["archive"]["enabled"], true, "{st}");
+        assert!(st["archive"]["archived_count"].as_u64().unwrap_or(0) >= 3, "{st}");
+        assert!(st["archive"]["last_archived_wal"].is_string(), "{st}");
+        let out = std::process::Command::new("curl").args(["-sf", &format!("{api}/metrics")]).output().unwrap();
+        let metrics = String::from_utf8_lossy(&out.stdout);
+        assert!(metrics.contains("tusk_archive_archived_total{"), "{metrics}");
+        n.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(n.wait_exit(Duration::from_secs(30)).success());
+    }
+}
+
+/// A copy made without WAL recovers only through wal-fetch (with prefetch)
+/// and reaches the same data as the original.
+#[test]
+fn copy_recovers_only_from_the_archive() {
+    require_root();
+    let garage = shared_garage();
+    let dir_a = test_dir("arch-src");
+    let dir_b = test_dir("arch-copy");
+    let prefix = unique_prefix("pitr");
+    let mut a = archiving_node(dir_a.path(), garage, &prefix, "lz4");
+    a.start();
+    a.wait_ready(1);
+    a.psql("create table t (id serial primary key, v text)");
+    a.psql("insert into t (v) select md5(i::text) from generate_series(1, 1000) i");
+    let mut b = archiving_node(dir_b.path(), garage, &prefix, "lz4");
+    let copy = b.data();
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    // A base copy without any WAL (-X none): everything after it must come from S3.
+    let st = Command::new(format!("{PG_BIN}/pg_basebackup"))
+        .args(["-X", "none", "-c", "fast", "-U", "standby", "-h"])
+        .arg(a.socket_dir())
+        .args(["-p", &a.pg_port.to_string(), "-D"])
+        .arg(&copy)
+        .status()
+        .expect("pg_basebackup");
+    assert!(st.success());
+    // Much more WAL after the copy: several segments.
+    for _ in 0..6 {
+        a.psql("insert into t (v) select md5(i::text) from generate_series(1, 20000) i");
+        a.psql("select pg_switch_wal()");
+    }
+    let want = a.psql("select count(*), sum(length(v)), max(id) from t");
+    let last = a.psql("select pg_walfile_name(pg_current_wal_lsn())");
+    a.psql("select pg_switch_wal()");
+    wait_archived(&a, &last);
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(30)).success());
+
+    std::fs::write(copy.join("recovery.signal"), "").unwrap();
+    let _ = std::fs::remove_dir_all(copy.join("pg_wal"));
+    std::fs::create_dir_all(copy.join("pg_wal/archive_status")).unwrap();
+    b.start();
+    b.wait_ready(1);
+    // Connections are accepted from the consistent point on (hot standby);
+    // archive recovery ends when wal-fetch reports the end of the archive.
+    wait_for("the end of archive recovery", Duration::from_secs(120), || {
+        (b.psql("select pg_is_in_recovery()") == "f").then_some(())
+    });
+    let got = b.psql("select count(*), sum(length(v)), max(id) from t");
+    assert_eq!(got, want, "the copy reached the original's data; log:\n{}", b.log_text());
+    let log = b.log_text();
+    let restored = log.matches("from archive").count();
+    assert!(restored >= 6, "segments restored through wal-fetch: {restored}\n{log}");
+    // The copy promoted to timeline 2 and archived its history file.
+    wait_for("00000002.history archived", Duration::from_secs(60), || {
+        (!list_keys(garage, &format!("{prefix}/wal_005/00000002.history")).is_empty()).then_some(())
+    });
+}
+
+/// S3 down while postgres writes: archive_command fails, postgres keeps
+/// every segment; once S3 is back all of them are archived, in order.
+#[test]
+fn s3_outage_keeps_wal_and_catches_up() {
+    require_root();
+    let garage = Garage::new();
+    let dir = test_dir("arch-outage");
+    let prefix = unique_prefix("outage");
+    let mut n = archiving_node(dir.path(), &garage, &prefix, "lz4");
+    n.start();
+    n.wait_ready(1);
+    let before = make_segments(&n, 1);
+    wait_archived(&n, &before[0]);
+    let (_, failed0, _) = archiver(&n);
+
+    garage.stop();
+    let segs = make_segments(&n, 4);
+    // Failures are reported, and nothing is lost meanwhile.
+    wait_for("archive_command failures", Duration::from_secs(60), || (archiver(&n).1 > failed0).then_some(()));
+    let (_, _, last) = archiver(&n);
+    assert!(last.as_str() < segs[0].as_str(), "nothing archived while S3 is down (last {last})");
+    for s in &segs {
+        assert!(n.data().join("pg_wal").join(s).exists(), "{s} kept in pg_wal");
+    }
+    assert!(ready_count(&n) >= 4);
+    // wal-fetch while S3 is down: an error (2), never "not found" (1).
+    let dest = n.data().join("tusk-test-outage");
+    let (st, _, err) = n.run(&["wal-fetch", &before[0], dest.to_str().unwrap()]);
+    assert_eq!(exit_code(st), 2, "an S3 error is not the end of the archive: {err}");
+    assert!(!dest.exists());
+    // During archive recovery (recovery.signal) it is retried, then fatal
+    // (126: postgres aborts recovery instead of ending it early).
+    let recovering = fake_pgdata(dir.path(), &n, "recovering", &["recovery.signal"]);
+    let dest = recovering.join("pg_wal/RECOVERYXLOG");
+    let (code, err) =
+        run_direct(&n, &["wal-fetch", &before[0], dest.to_str().unwrap()], &[("PGDATA", recovering.to_str().unwrap())]);
+    assert_eq!(code, 126, "{err}");
+    assert!(!dest.exists());
+    n.psql("checkpoint"); // would recycle archived segments only
+    for s in &segs {
+        assert!(n.data().join("pg_wal").join(s).exists(), "{s} kept after a checkpoint");
+    }
+
+    // Same ports, same data directory: the same S3 endpoint comes back.
+    let st = Command::new(testbed::script("garage.sh"))
+        .arg("start")
+        .arg(&garage.dir)
+        .arg(garage.s3_port.to_string())
+        .arg((garage.s3_port + 1).to_string())
+        .arg(&garage.bucket)
+        .env("TESTBED_WATCH_PID", std::process::id().to_string())
+        .output()
+        .expect("garage.sh start");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    // New WAL wakes the archiver from its back-off after repeated failures.
+    let after = make_segments(&n, 1);
+    wait_archived(&n, &after[0]);
+    wait_archived(&n, segs.last().unwrap());
+    wait_for("no .ready left", Duration::from_secs(60), || (ready_count(&n) == 0).then_some(()));
+    let keys = list_keys(&garage, &format!("{prefix}/wal_005/"));
+    // Every segment from the first to the last switched one, without a gap.
+    let first = u64::from_str_radix(&before[0][16..], 16).unwrap();
+    let lastn = u64::from_str_radix(&segs.last().unwrap()[16..], 16).unwrap();
+    for i in first..=lastn {
+        let key = format!("{prefix}/wal_005/00000001{:016X}.lz4", i);
+        assert!(keys.contains(&key), "{key} missing: {keys:?}");
+    }
+    assert!(n.log_text().contains("archiving failed"), "failures are logged");
+}
+
+/// Identical re-push succeeds; a different object under an existing name
+/// fails and stays untouched; history files are never overwritten.
+#[test]
+fn conflicts_never_overwrite() {
+    require_root();
+    let garage = shared_garage();
+    let dir = test_dir("arch-conflict");
+    let prefix = unique_prefix("conflict");
+    let mut n = archiving_node(dir.path(), garage, &prefix, "lz4");
+    n.start();
+    n.wait_ready(1);
+    let segs = make_segments(&n, 1);
+    let seg = &segs[0];
+    wait_archived(&n, seg);
+    let key = format!("{prefix}/wal_005/{seg}.lz4");
+    let (code, stored) = garage.get_object(&key);
+    assert_eq!(code, 200);
+    let path = n.data().join("pg_wal").join(seg);
+
+    // Identical re-push: through the supervisor and without it.
+    let (st, _, err) = n.run(&["wal-push", path.to_str().unwrap()]);
+    assert_eq!(exit_code(st), 0, "identical re-push through the supervisor: {err}");
+    let (code, err) = run_direct(&n, &["wal-push", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "identical re-push without the supervisor: {err}");
+
+    // The same name with different content (same cluster, same timeline).
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(other.join(seg), &bytes).unwrap();
+    let (code, err) = run_direct(&n, &["wal-push", other.join(seg).to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "a different object under the same name must fail");
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert!(garage.get_object(&key).1 == stored, "the archived object is untouched");
+
+    // The failover case: the cluster is on timeline 2 now and the differing
+    // file is of timeline 1 (the old primary archived it first): the first
+    // copy is kept, with a warning; WALG_PREVENT_WAL_OVERWRITE refuses it.
+    let promoted = fake_pgdata(dir.path(), &n, "promoted", &["pg_wal/00000002.history"]);
+    let pgdata = ("PGDATA", promoted.to_str().unwrap());
+    let (code, err) = run_direct(&n, &["wal-push", other.join(seg).to_str().unwrap()], &[pgdata]);
+    assert_eq!(code, 0, "failover case: {err}");
+    assert!(err.contains("keeping the archived copy"), "logged: {err}");
+    let (code, _) = run_direct(
+        &n,
+        &["wal-push", other.join(seg).to_str().unwrap()],
+        &[pgdata, ("WALG_PREVENT_WAL_OVERWRITE", "true")],
+    );
+    assert_eq!(code, 1, "refused with WALG_PREVENT_WAL_OVERWRITE=true");
+    assert!(garage.get_object(&key).1 == stored, "the archived object is untouched");
+
+    // WAL of another cluster (other system identifier) is refused before
+    // anything is compared or uploaded.
+    let foreign_dir = dir.path().join("foreign");
+    std::fs::create_dir(&foreign_dir).unwrap();
+    let mut foreign = std::fs::read(&path).unwrap();
+    foreign[24] ^= 0x01; // xlp_sysid of the long page header
+    std::fs::write(foreign_dir.join(seg), &foreign).unwrap();
+    let (code, err) = run_direct(&n, &["wal-push", foreign_dir.join(seg).to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "foreign WAL must be refused");
+    assert!(err.contains("system identifier"), "{err}");
+    assert!(garage.get_object(&key).1 == stored, "the archived object is untouched");
+
+    // History files: identical again is fine, different never replaces it.
+    let hist = other.join("00000007.history");
+    std::fs::write(&hist, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    let (code, err) = run_direct(&n, &["wal-push", hist.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = run_direct(&n, &["wal-push", hist.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "identical history re-push: {err}");
+    std::fs::write(&hist, "1\t0/4000000\tsomething else\n").unwrap();
+    let (code, err) = run_direct(&n, &["wal-push", hist.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "a different history file must fail");
+    assert!(err.contains("never overwritten"), "{err}");
+    let fetched = dir.path().join("h");
+    let (code, err) = run_direct(&n, &["wal-fetch", "00000007.history", fetched.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&fetched).unwrap(), "1\t0/3000000\tno recovery target specified\n");
+    let (a, f, _) = archiver(&n);
+    assert!(a >= 1 && f == 0, "postgres' own archiving unaffected: {a} {f}");
+}
+
+/// A corrupted or truncated object makes wal-fetch fail with a clear
+/// error (not "not found", not bad bytes); nothing is written to %p.
+#[test]
+fn corrupted_object_fails_clearly() {
+    require_root();
+    let garage = shared_garage();
+    let dir = test_dir("arch-corrupt");
+    let prefix = unique_prefix("corrupt");
+    let mut n = archiving_node(dir.path(), garage, &prefix, "lz4");
+    n.start();
+    n.wait_ready(1);
+    let segs = make_segments(&n, 2);
+    wait_archived(&n, &segs[1]);
+    for (i, seg) in segs.iter().enumerate() {
+        let key = format!("{prefix}/wal_005/{seg}.lz4");
+        let (_, mut body) = garage.get_object(&key);
+        if i == 0 {
+            let mid = body.len() / 2;
+            body[mid] ^= 0x5A; // a flipped byte (re-uploaded without tusk's metadata)
+        } else {
+            let len = body.len();
+            body.truncate(len - len / 3);
+        }
+        assert_eq!(garage.put_object(&key, &body), 200);
+        let dest = n.data().join("tusk-test-corrupt");
+        let (st, _, err) = n.run(&["wal-fetch", seg, dest.to_str().unwrap()]);
+        let code = exit_code(st);
+        assert!(code != 0 && code != 1, "corrupt object: exit {code} (must be an error, not found/not-found)");
+        assert!(err.contains(seg) && (err.contains("decompress") || err.contains("corrupt")), "{err}");
+        assert!(!dest.exists(), "no bad bytes delivered");
+    }
+}
+
+/// HA: after a crash failover the new primary archives `00000002.history`
+/// and the old timeline's `.partial`, and the archive stays continuous: a
+/// copy taken on the old timeline recovers from the archive alone, across
+/// the timeline switch, to the new primary's data.
+#[test]
+fn failover_keeps_the_archive_continuous() {
+    require_root();
+    let garage = shared_garage();
+    let etcd = testbed::shared_etcd();
+    let dir = test_dir("arch-ha");
+    let prefix = unique_prefix("ha");
+    let scope = format!("archha-{}", std::process::id());
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            let d = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            let mut n = archiving_node(&d, garage, &prefix, "lz4");
+            let (api, pg) = (n.env["APIPORT"].clone(), n.pg_port);
+            n.set("SCOPE", &scope)
+                .set("PATRONI_NAME", &format!("n{i}"))
+                .set("PG_CONNECT_ADDRESS", &format!("127.0.0.1:{pg}"))
+                .set("RESTAPI_CONNECT_ADDRESS", &format!("127.0.0.1:{api}"))
+                .set("TUSK_BOOTSTRAP_DCS", r#"{"ttl":10,"loop_wait":2,"retry_timeout":3}"#)
+                .set("ETCD3_HOSTS", &etcd.endpoints.join(","))
+                .set("ETCD3_CACERT", &etcd.ca.display().to_string())
+                .set("ETCD3_CERT", &etcd.cert.display().to_string())
+                .set("ETCD3_KEY", &etcd.key.display().to_string());
+            n
+        })
+        .collect();
+    let in_recovery = |n: &Node| -> Option<String> {
+        let out = Command::new(format!("{PG_BIN}/psql"))
+            .args(["-XAtq", "-h"])
+            .arg(n.socket_dir())
+            .args([
+                "-p",
+                &n.pg_port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                "select pg_is_in_recovery()",
+            ])
+            .env("PGCONNECT_TIMEOUT", "2")
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    nodes[0].start();
+    wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(&nodes[0]).as_deref() == Some("f")).then_some(()));
+    nodes[1].start();
+    wait_for("n2 streaming", Duration::from_secs(60), || {
+        (nodes[0].psql("select count(*) from pg_stat_replication where state = 'streaming'") == "1").then_some(())
+    });
+    let segs = make_segments(&nodes[0], 2);
+    wait_archived(&nodes[0], segs.last().unwrap());
+
+    // A copy on timeline 1, without WAL.
+    let copy_dir = test_dir("arch-ha-copy");
+    let mut copy = archiving_node(copy_dir.path(), garage, &prefix, "lz4");
+    std::fs::create_dir_all(copy.data().parent().unwrap()).unwrap();
+    let st = Command::new(format!("{PG_BIN}/pg_basebackup"))
+        .args(["-X", "none", "-c", "fast", "-U", "standby", "-h"])
+        .arg(nodes[0].socket_dir())
+        .args(["-p", &nodes[0].pg_port.to_string(), "-D"])
+        .arg(copy.data())
+        .status()
+        .expect("pg_basebackup");
+    assert!(st.success());
+    nodes[0].psql("insert into t (v) select md5(i::text) from generate_series(1, 5000) i");
+    let lsn = nodes[0].psql("select pg_current_wal_lsn()");
+    wait_for("n2 replayed", Duration::from_secs(30), || {
+        (nodes[1].psql(&format!("select pg_last_wal_replay_lsn() >= '{lsn}'")) == "t").then_some(())
+    });
+
+    // Crash of the leader node (tusk and postmaster together).
+    let pm = nodes[0].postmaster_pid().expect("postmaster pid");
+    nodes[0].signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pm), nix::sys::signal::Signal::SIGKILL);
+    let _ = nodes[0].wait_exit(Duration::from_secs(10));
+    wait_for("n2 promoted", Duration::from_secs(60), || (in_recovery(&nodes[1]).as_deref() == Some("f")).then_some(()));
+    assert_eq!(nodes[1].psql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), "00000002");
+
+    let wal = format!("{prefix}/wal_005/");
+    wait_for("00000002.history and a .partial archived", Duration::from_secs(60), || {
+        let keys = list_keys(garage, &wal);
+        (keys.contains(&format!("{wal}00000002.history.lz4")) && keys.iter().any(|k| k.ends_with(".partial.lz4")))
+            .then_some(())
+    });
+    // More WAL on timeline 2, archived.
+    nodes[1].psql("insert into t (v) select md5(i::text) from generate_series(1, 5000) i");
+    let last = nodes[1].psql("select pg_walfile_name(pg_current_wal_lsn())");
+    assert!(last.starts_with("00000002"), "{last}");
+    nodes[1].psql("select pg_switch_wal()");
+    wait_archived(&nodes[1], &last);
+    let want = nodes[1].psql("select count(*), sum(length(v)) from t");
+
+    // The copy follows the history file from timeline 1 to 2, from the archive only.
+    std::fs::write(copy.data().join("recovery.signal"), "").unwrap();
+    let _ = std::fs::remove_dir_all(copy.data().join("pg_wal"));
+    std::fs::create_dir_all(copy.data().join("pg_wal/archive_status")).unwrap();
+    copy.start();
+    copy.wait_ready(1);
+    wait_for("the copy's end of recovery", Duration::from_secs(120), || {
+        (copy.psql("select pg_is_in_recovery()") == "f").then_some(())
+    });
+    assert_eq!(copy.psql("select count(*), sum(length(v)) from t"), want, "log:\n{}", copy.log_text());
+    let log = copy.log_text();
+    assert!(log.contains("restored log file \"00000002.history\" from archive"), "{log}");
+    assert!(log.contains(&format!("restored log file \"{last}\" from archive")), "{log}");
+}
