@@ -7,7 +7,7 @@ set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 PKGS=(etcd-server etcd-client haproxy patroni pgbackrest podman runc debootstrap
-      openssl curl uidmap)
+      openssl curl uidmap lz4)
 # garage needs a C toolchain for its bundled libraries.
 command -v cc >/dev/null 2>&1 || PKGS+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || PKGS+=(pkg-config)
