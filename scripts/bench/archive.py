@@ -274,6 +274,8 @@ class Tusk(System):
                                                  if k not in ("wal_level", "archive_timeout")}),
                "PATRONI_NAME": "bench", "WALG_COMPRESSION_METHOD": "lz4"}
         env.update(self.s3env)
+        if os.environ.get("TUSK_LOG_LEVEL"):
+            env["TUSK_LOG_LEVEL"] = os.environ["TUSK_LOG_LEVEL"]
         return env
 
     def start_node(self, d, port):
@@ -506,6 +508,10 @@ backend garage
             r["restore"] = {"seconds": round(dt, 2), "segments": n, "seg_per_s": round(n / dt, 1)}
             print(f"   restore: {r['restore']}", flush=True)
             results[name] = r
+            if not args.keep:
+                # Several GB of WAL per system: free the disk before the next one.
+                shutil.rmtree(sysm.dir, ignore_errors=True)
+                shutil.rmtree(copy, ignore_errors=True)
         print()
         print(json.dumps(results, indent=1))
         if len(results) == 2 and "tusk" in results and "pgbackrest" in results:
