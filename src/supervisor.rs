@@ -270,7 +270,16 @@ impl Node {
                 }
             };
             let status = if let Some(client) = client {
-                if let Err(e) = sql::ensure_roles(&client, &self.cfg, &self.passwords).await {
+                // A copy still replaying WAL (recovery.signal) is read-only:
+                // roles are set up once it has been promoted and restarted.
+                let in_recovery = client
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .unwrap_or(false);
+                if in_recovery {
+                    tracing::info!("postgres is in recovery (read-only): roles and passwords left as they are");
+                } else if let Err(e) = sql::ensure_roles(&client, &self.cfg, &self.passwords).await {
                     tracing::error!(error = %e, "cannot set up roles and passwords");
                 }
                 let how = if first { "start" } else { "restart" };

@@ -196,7 +196,10 @@ impl Archiver {
         // Confirmed earlier (look-ahead) and unchanged since: done.
         *self.last_push.lock().expect("no panics while held") = Some(std::time::Instant::now());
         // (A let statement: the guard is dropped before the lock is taken again.)
-        let confirmed = self.done.lock().expect("no panics while held").remove(&name);
+        // The entry stays until the look-ahead scan sees the `.ready` gone,
+        // so the file is not uploaded again between this answer and
+        // PostgreSQL's rename to `.done`.
+        let confirmed = self.done.lock().expect("no panics while held").get(&name).copied();
         if let Some(id) = confirmed
             && std::fs::symlink_metadata(path).is_ok_and(|m| FileId::of(&m) == id)
         {
@@ -218,10 +221,7 @@ impl Archiver {
             }
         };
         match outcome {
-            Ok(p) => {
-                self.done.lock().expect("no panics while held").remove(&name);
-                Ok(p)
-            }
+            Ok(p) => Ok(p),
             // PostgreSQL retries; the next call starts a fresh upload.
             Err(msg) => Err(ArchiveError::Invalid(msg)),
         }
@@ -473,6 +473,11 @@ impl Archiver {
         tokio::spawn(async move {
             let pg_wal = me.pg_wal();
             let ready = tokio::task::spawn_blocking(move || ready_files(&pg_wal)).await.unwrap_or_default();
+            {
+                // Confirmed files PostgreSQL has marked `.done` are forgotten.
+                let pending: std::collections::HashSet<&str> = ready.iter().map(String::as_str).collect();
+                me.done.lock().expect("no panics while held").retain(|k, _| pending.contains(k.as_str()));
+            }
             let mut started = 0;
             for name in ready {
                 let busy = me.inflight.lock().expect("no panics while held").len();
@@ -543,6 +548,7 @@ impl Archiver {
         if prefetch && let Kind::Segment(seg) = kind {
             // A prefetch of this very segment may be running: wait for it.
             let pending = self.prefetching.lock().expect("no panics while held").get(name).cloned();
+            let t0 = std::time::Instant::now();
             if let Some(mut rx) = pending {
                 while !*rx.borrow_and_update() {
                     if rx.changed().await.is_err() {
@@ -551,6 +557,7 @@ impl Archiver {
                 }
             }
             if self.take_prefetched(name, seg, dest)? {
+                tracing::debug!(wal = %name, waited_ms = t0.elapsed().as_millis() as u64, "delivered from prefetch");
                 self.handle.update(|s| s.prefetch_hits += 1);
                 self.prefetch_after(seg);
                 return Ok(Fetched::Found);
@@ -715,8 +722,10 @@ impl Archiver {
                     .acquire_many_owned(Self::mem_permits(seg_size))
                     .await
                     .expect("semaphore never closed");
-                if let Err(e) = me.prefetch_one(&name, next).await {
-                    tracing::debug!(wal = %name, "prefetch: {e}");
+                let t0 = std::time::Instant::now();
+                match me.prefetch_one(&name, next).await {
+                    Ok(()) => tracing::debug!(wal = %name, ms = t0.elapsed().as_millis() as u64, "prefetched"),
+                    Err(e) => tracing::debug!(wal = %name, "prefetch: {e}"),
                 }
                 me.prefetching.lock().expect("no panics while held").remove(&name);
                 let _ = tx.send(true);

@@ -264,6 +264,18 @@ mod tests {
     }
 
     #[test]
+    fn archive_commands_follow_storage() {
+        let conf = render_conf(&parameters(&config(&[]), &tls(), None));
+        assert!(conf.contains("archive_command = '/bin/true'"), "{conf}");
+        assert!(!conf.contains("restore_command"));
+        let conf = render_conf(&parameters(&config(&[("WAL_S3_BUCKET", "b")]), &tls(), None));
+        let line = |k: &str| conf.lines().find(|l| l.starts_with(k)).unwrap_or_default().to_owned();
+        assert!(line("archive_command").ends_with(" wal-push \"%p\"'"), "{conf}");
+        assert!(line("restore_command").ends_with(" wal-fetch \"%f\" \"%p\"'"), "{conf}");
+        assert!(line("archive_command").starts_with("archive_command = '/"), "absolute path: {conf}");
+    }
+
+    #[test]
     fn quoting() {
         assert_eq!(quote("it's"), "'it''s'");
         assert_eq!(quote(r"a\b"), r"'a\\b'");
