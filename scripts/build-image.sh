@@ -24,7 +24,16 @@ export CONTAINERS_CONF
 
 # 1. The binary, built on the host (no Rust toolchain in the image).
 if [ "${SKIP_CARGO:-0}" != 1 ]; then
-    (cd "$root" && cargo build --release --bin tusk)
+    # Run from a test, cargo's per-package variables (CARGO_MANIFEST_DIR, ...)
+    # are set, and build scripts that track them (ring's) would rebuild half
+    # the release tree; keep only the user's cargo settings.
+    (
+        cd "$root"
+        for v in $(compgen -e | grep '^CARGO' | grep -vE '^CARGO_(HOME|TARGET_DIR|BUILD_JOBS|NET_[A-Z_]+|REGISTRIES_[A-Z_]+|INCREMENTAL)$'); do
+            unset "$v"
+        done
+        cargo build --release --bin tusk
+    )
 fi
 bin="$root/target/release/tusk"
 [ -x "$bin" ] || { echo "missing $bin" >&2; exit 1; }
