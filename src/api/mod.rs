@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use client::ApiClient;
-pub use ops::{parse_time, version_num as ops_version_num};
+pub use ops::{parse_time, version_num};
 pub use server::{TlsError, serve, tls_acceptor};
 pub use status::{NodeStatus, Replication, Xlog};
 
@@ -138,14 +138,20 @@ pub struct Started {
 impl Started {
     /// Re-reads the certificate files; keeps the current ones if they fail.
     pub fn reload_tls(&self, api: &crate::config::ApiConfig) {
-        match tls_acceptor(api) {
-            Ok(t) => {
-                if let Ok(mut slot) = self.tls.write() {
-                    *slot = t;
-                }
+        reload_tls(&self.tls, api);
+    }
+}
+
+/// Replaces the TLS acceptor in `slot` with one from the current files;
+/// keeps the old one (and logs why) if they do not load.
+pub fn reload_tls(slot: &std::sync::RwLock<Option<tokio_rustls::TlsAcceptor>>, api: &crate::config::ApiConfig) {
+    match tls_acceptor(api) {
+        Ok(t) => {
+            if let Ok(mut slot) = slot.write() {
+                *slot = t;
             }
-            Err(e) => tracing::error!("keeping the REST API's current certificate: {e}"),
         }
+        Err(e) => tracing::error!("keeping the REST API's current certificate: {e}"),
     }
 }
 

@@ -42,22 +42,7 @@ const BUSY_STATES: [&str; 6] =
 /// is on its way (starting, cloning, rewinding). With `--endpoint`: healthy
 /// when that endpoint answers 200 (e.g. `/readiness`, `/health`).
 pub fn healthcheck(endpoint: Option<String>, timeout: Duration) -> i32 {
-    let cfg = match load() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    rt.block_on(async move {
-        let client = match ApiClient::new(&cfg.api, true) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("tusk: {e}");
-                return EXIT_CONFIG;
-            }
-        };
+    with_local_client(|cfg, client| async move {
         if let Some(path) = endpoint {
             let path = if path.starts_with('/') { path } else { format!("/{path}") };
             return match client.request(Method::GET, &local_url(&cfg, &path), None, timeout).await {
@@ -110,6 +95,18 @@ pub fn healthcheck(endpoint: Option<String>, timeout: Duration) -> i32 {
 
 /// Sends one operation to the local node's API and prints the answer.
 pub fn local_operation(method: Method, path: &str, body: Option<serde_json::Value>, timeout: Duration) -> i32 {
+    with_local_client(|cfg, client| async move {
+        answer(client.request(method, &local_url(&cfg, path), body.as_ref(), timeout).await)
+    })
+}
+
+/// Runs `f` with the configuration and a client for the local API (any
+/// certificate name: it is this node over loopback) on a small runtime.
+fn with_local_client<F, Fut>(f: F) -> i32
+where
+    F: FnOnce(Config, ApiClient) -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
     let cfg = match load() {
         Ok(c) => c,
         Err(code) => return code,
@@ -119,14 +116,13 @@ pub fn local_operation(method: Method, path: &str, body: Option<serde_json::Valu
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let client = match ApiClient::new(&cfg.api, true) {
-            Ok(c) => c,
+        match ApiClient::new(&cfg.api, true) {
+            Ok(client) => f(cfg, client).await,
             Err(e) => {
                 eprintln!("tusk: {e}");
-                return EXIT_CONFIG;
+                EXIT_CONFIG
             }
-        };
-        answer(client.request(method, &local_url(&cfg, path), body.as_ref(), timeout).await)
+        }
     })
 }
 

@@ -360,14 +360,7 @@ impl Ha {
         if let Some(pm) = &self.pm {
             pm.signal(Signal::SIGHUP);
         }
-        match api::tls_acceptor(&self.cfg.api) {
-            Ok(t) => {
-                if let Ok(mut slot) = self.api_tls.write() {
-                    *slot = t;
-                }
-            }
-            Err(e) => tracing::error!("keeping the REST API's current certificate: {e}"),
-        }
+        api::reload_tls(&self.api_tls, &self.cfg.api);
         let etcd = self.cfg.etcd.clone().expect("HA mode has an etcd section");
         let timeout = Duration::from_secs(self.config.normalized().retry_timeout);
         match Dcs::connect(&etcd, &self.cfg.namespace, &self.cfg.scope, timeout).await {
@@ -1124,7 +1117,7 @@ impl Ha {
             }
         }
         if let Some(v) = &req.postgres_version
-            && let (Some(want), Some(have)) = (api::ops_version_num(v), st.server_version)
+            && let (Some(want), Some(have)) = (api::version_num(v), st.server_version)
             && have >= want
         {
             return Err(not_satisfied());
