@@ -97,6 +97,7 @@ fn bootstrap_patronictl_crash_rejoin_handover_switchover() {
 
     // Switchover to a named candidate through the CLI.
     let candidate = (1..=3).map(|i| format!("n{i}")).find(|n| n != &third).unwrap();
+    c.wait_streaming(&candidate, Duration::from_secs(30));
     let out = {
         let n = &c.nodes[0];
         Command::new(node::tusk_bin()).args(["switchover", "--candidate", &candidate]).env_clear().envs(&n.env).output().unwrap()

@@ -91,7 +91,9 @@ impl Cluster {
         }
     }
 
-    /// Waits until `name` streams from the leader.
+    /// Waits until `name` streams from the leader and its REST API says so
+    /// (a switchover candidate is judged by its API, which follows
+    /// postgres by up to one HA round).
     pub fn wait_streaming(&self, name: &str, timeout: Duration) {
         let n = &self.nodes[self.index(name)];
         let t0 = Instant::now();
@@ -99,6 +101,31 @@ impl Cluster {
             assert!(t0.elapsed() < timeout, "{name} is not streaming after {timeout:?}:\n{}", n.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
+        loop {
+            let st = self.api_status(name);
+            if st.as_ref().is_some_and(|s| s["state"] == "running" && s["role"] == "replica") {
+                return;
+            }
+            assert!(t0.elapsed() < timeout, "{name}'s API does not report a running replica after {timeout:?}: {st:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `GET /patroni` of a member (over TLS with the node's own certificate
+    /// when its API has one); `None` when it does not answer.
+    pub fn api_status(&self, name: &str) -> Option<serde_json::Value> {
+        let n = self.node(name);
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--max-time", "2"]);
+        let url = match (n.env.get("SSL_RESTAPI_CERTIFICATE_FILE"), n.env.get("SSL_RESTAPI_PRIVATE_KEY_FILE")) {
+            (Some(cert), Some(key)) => {
+                cmd.args(["-k", "--cert", cert, "--key", key]);
+                format!("https://127.0.0.1:{}/patroni", self.api_port(name))
+            }
+            _ => format!("http://127.0.0.1:{}/patroni", self.api_port(name)),
+        };
+        let out = cmd.arg(url).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// Starts every node at once, waits for a leader and for every other
