@@ -353,10 +353,7 @@ impl Node {
     /// Publishes the status the REST API serves.
     async fn publish(&self, state: &str, client: Option<&tokio_postgres::Client>) {
         let (pos, details) = match client {
-            Some(c) => (
-                postgres::replication::position(c).await.ok(),
-                sql::details(c).await.ok(),
-            ),
+            Some(c) => (postgres::replication::position(c).await.ok(), sql::details(c).await.ok()),
             None => (None, None),
         };
         self.api.status.send_modify(|st| {

@@ -73,13 +73,25 @@ fn standalone_endpoints_auth_limits_and_healthcheck() {
     assert!(s["server_version"].as_u64().unwrap_or(0) >= 150000, "{s}");
     assert!(s["xlog"]["location"].as_u64().is_some(), "{s}");
     assert!(s["postmaster_start_time"].as_str().is_some(), "{s}");
-    for (path, want) in [("/", 200), ("/primary", 200), ("/read-write", 200), ("/replica", 503), ("/read-only", 200), ("/health", 200), ("/liveness", 200), ("/readiness", 200), ("/nope", 503)] {
+    for (path, want) in [
+        ("/", 200),
+        ("/primary", 200),
+        ("/read-write", 200),
+        ("/replica", 503),
+        ("/read-only", 200),
+        ("/health", 200),
+        ("/liveness", 200),
+        ("/readiness", 200),
+        ("/nope", 503),
+    ] {
         let (code, body) = curl(&[&format!("{base}{path}")]);
         assert_eq!(code, want, "GET {path}: {body}");
         assert_eq!(json(&body)["role"], "primary", "GET {path} returns the status JSON");
     }
     // HAProxy's forms: status line only.
-    for (method, path, want) in [("OPTIONS", "/", 200), ("HEAD", "/primary", 200), ("OPTIONS", "/replica", 503), ("HEAD", "/replica", 503)] {
+    for (method, path, want) in
+        [("OPTIONS", "/", 200), ("HEAD", "/primary", 200), ("OPTIONS", "/replica", 503), ("HEAD", "/replica", 503)]
+    {
         let mut args = vec!["-X", method];
         if method == "HEAD" {
             args = vec!["-I"];
@@ -107,7 +119,9 @@ fn standalone_endpoints_auth_limits_and_healthcheck() {
     let (code, _) = curl(&["-X", "POST", &reload]);
     assert_eq!(code, 401);
     let out = Command::new("curl").args(["-s", "-D", "-", "-o", "/dev/null", "-X", "POST", &reload]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).to_ascii_lowercase().contains("www-authenticate: basic realm=\"patroni\""));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase().contains("www-authenticate: basic realm=\"patroni\"")
+    );
     assert_eq!(curl(&["-X", "POST", "-u", "admin:wrong", &reload]).0, 401);
     assert_eq!(curl(&["-X", "POST", "-u", "other:s3cret-api", &reload]).0, 401);
     assert_eq!(curl(&["-X", "POST", "-u", "admin:s3cret-api", &reload]).0, 202);
@@ -115,23 +129,43 @@ fn standalone_endpoints_auth_limits_and_healthcheck() {
 
     // Bad bodies: 400, never a crash.
     let restart = format!("{base}/restart");
-    for bad in ["{not json", "[1,2]", "\"x\"", "{\"role\":\"king\"}", "{\"schedule\":\"2020-01-01T00:00:00\"}", "{\"bogus\":1}"] {
-        let (code, body) = curl(&["-X", "POST", "-u", "admin:s3cret-api", "-H", "Content-Type: application/json", "-d", bad, &restart]);
+    for bad in [
+        "{not json",
+        "[1,2]",
+        "\"x\"",
+        "{\"role\":\"king\"}",
+        "{\"schedule\":\"2020-01-01T00:00:00\"}",
+        "{\"bogus\":1}",
+    ] {
+        let (code, body) = curl(&[
+            "-X",
+            "POST",
+            "-u",
+            "admin:s3cret-api",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            bad,
+            &restart,
+        ]);
         assert_eq!(code, 400, "{bad}: {body}");
     }
     // A scheduled time in the past: 422.
-    let (code, _) = curl(&["-X", "POST", "-u", "admin:s3cret-api", "-d", "{\"schedule\":\"2020-01-01T00:00:00+00:00\"}", &restart]);
+    let (code, _) =
+        curl(&["-X", "POST", "-u", "admin:s3cret-api", "-d", "{\"schedule\":\"2020-01-01T00:00:00+00:00\"}", &restart]);
     assert_eq!(code, 422);
     // Operations a standalone node does not do: a clear 503.
     let (code, body) = curl(&["-X", "POST", "-u", "admin:s3cret-api", "-d", "{}", &restart]);
     assert_eq!(code, 503, "{body}");
-    let (code, body) = curl(&["-X", "POST", "-u", "admin:s3cret-api", "-d", "{\"leader\":\"x\"}", &format!("{base}/switchover")]);
+    let (code, body) =
+        curl(&["-X", "POST", "-u", "admin:s3cret-api", "-d", "{\"leader\":\"x\"}", &format!("{base}/switchover")]);
     assert_eq!(code, 503, "{body}");
     // Oversized body: refused.
     let big = format!("{{\"x\":\"{}\"}}", "a".repeat(200_000));
     let big_file = dir.path().join("big.json");
     std::fs::write(&big_file, big).unwrap();
-    let (code, _) = curl(&["-X", "POST", "-u", "admin:s3cret-api", "--data-binary", &format!("@{}", big_file.display()), &restart]);
+    let (code, _) =
+        curl(&["-X", "POST", "-u", "admin:s3cret-api", "--data-binary", &format!("@{}", big_file.display()), &restart]);
     assert_eq!(code, 413);
     // Oversized headers: refused.
     let huge_header = format!("X-Junk: {}", "b".repeat(40_000));
@@ -306,7 +340,13 @@ fn cluster_operations_through_the_api_and_patronictl() {
     }
 
     // PATCH /config merges, with the result visible in GET /config.
-    let (code, body) = curl(&["-X", "PATCH", "-d", r#"{"postgresql":{"parameters":{"work_mem":"7MB"}}}"#, &format!("{}/config", base(&replicas[1]))]);
+    let (code, body) = curl(&[
+        "-X",
+        "PATCH",
+        "-d",
+        r#"{"postgresql":{"parameters":{"work_mem":"7MB"}}}"#,
+        &format!("{}/config", base(&replicas[1])),
+    ]);
     assert_eq!(code, 200, "{body}");
     let (code, body) = curl(&[&format!("{}/config", base(&leader))]);
     assert_eq!(code, 200);
@@ -352,7 +392,9 @@ fn cluster_operations_through_the_api_and_patronictl() {
     let before = json(&curl(&[&format!("{}/patroni", base(&leader))]).1)["postmaster_start_time"].clone();
     let (ok, out) = patronictl(&c, &["restart", &c.scope, &leader, "--force"]);
     assert!(ok && out.contains("Success: restart on member"), "patronictl restart: {out}");
-    let after = json(&wait_http(&format!("{}/health", base(&leader)), 200, Duration::from_secs(30)))["postmaster_start_time"].clone();
+    let after =
+        json(&wait_http(&format!("{}/health", base(&leader)), 200, Duration::from_secs(30)))["postmaster_start_time"]
+            .clone();
     assert_ne!(before, after, "postmaster_start_time must change");
     c.wait_streaming(&leader, Duration::from_secs(30));
     assert_eq!(c.leader_key().as_deref(), Some(new_leader.as_str()));

@@ -70,7 +70,10 @@ impl LoadProcess {
         }
         let mut out = String::new();
         child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        let line = out.lines().find_map(|l| l.split_once(REPORT_MARK).map(|(_, r)| r)).unwrap_or_else(|| panic!("no report in {out}"));
+        let line = out
+            .lines()
+            .find_map(|l| l.split_once(REPORT_MARK).map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("no report in {out}"));
         serde_json::from_str(line).expect("report JSON")
     }
 }
@@ -213,7 +216,11 @@ fn malformed_requests_are_refused_and_others_still_served() {
     expect_refused(port, "no HTTP version", b"GET /\r\n\r\n");
     expect_refused(port, "bad header line", b"GET / HTTP/1.1\r\nHost x\r\nno colon here\r\n\r\n");
     expect_refused(port, "bad content-length", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n");
-    expect_refused(port, "conflicting content-length", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab");
+    expect_refused(
+        port,
+        "conflicting content-length",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    );
     let mut huge_header = b"GET /patroni HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
     huge_header.extend(std::iter::repeat_n(b'a', 1 << 20));
     huge_header.extend_from_slice(b"\r\n\r\n");

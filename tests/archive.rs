@@ -115,6 +115,57 @@ fn fake_pgdata(dir: &Path, node: &Node, name: &str, files: &[&str]) -> std::path
     d
 }
 
+/// Two HA nodes archiving to the same prefix, against the shared etcd.
+fn ha_archiving_nodes(
+    dir: &Path,
+    garage: &Garage,
+    etcd: &testbed::Etcd,
+    prefix: &str,
+    scope: &str,
+    dcs: &str,
+) -> Vec<Node> {
+    let scope = format!("{scope}-{}", std::process::id());
+    (1..=2)
+        .map(|i| {
+            let d = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            let mut n = archiving_node(&d, garage, prefix, "lz4");
+            let (api, pg) = (n.env["APIPORT"].clone(), n.pg_port);
+            n.set("SCOPE", &scope)
+                .set("PATRONI_NAME", &format!("n{i}"))
+                .set("PG_CONNECT_ADDRESS", &format!("127.0.0.1:{pg}"))
+                .set("RESTAPI_CONNECT_ADDRESS", &format!("127.0.0.1:{api}"))
+                .set("TUSK_BOOTSTRAP_DCS", dcs)
+                .set("ETCD3_HOSTS", &etcd.endpoints.join(","))
+                .set("ETCD3_CACERT", &etcd.ca.display().to_string())
+                .set("ETCD3_CERT", &etcd.cert.display().to_string())
+                .set("ETCD3_KEY", &etcd.key.display().to_string());
+            n
+        })
+        .collect()
+}
+
+/// `pg_is_in_recovery()` of a node, `None` while it does not answer.
+fn in_recovery(n: &Node) -> Option<String> {
+    let out = Command::new(format!("{PG_BIN}/psql"))
+        .args(["-XAtq", "-h"])
+        .arg(n.socket_dir())
+        .args(["-p", &n.pg_port.to_string(), "-U", "postgres", "-d", "postgres", "-c", "select pg_is_in_recovery()"])
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// SIGKILL of tusk and its postmaster together (a crashed container).
+fn crash(n: &mut Node) {
+    let pm = n.postmaster_pid().expect("postmaster pid");
+    n.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pm), nix::sys::signal::Signal::SIGKILL);
+    let _ = n.wait_exit(Duration::from_secs(10));
+}
+
 fn exit_code(st: std::process::ExitStatus) -> i32 {
     st.code().unwrap_or(-1)
 }
@@ -431,45 +482,14 @@ fn failover_keeps_the_archive_continuous() {
     let etcd = testbed::shared_etcd();
     let dir = test_dir("arch-ha");
     let prefix = unique_prefix("ha");
-    let scope = format!("archha-{}", std::process::id());
-    let mut nodes: Vec<Node> = (1..=2)
-        .map(|i| {
-            let d = dir.path().join(format!("n{i}"));
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-            let mut n = archiving_node(&d, garage, &prefix, "lz4");
-            let (api, pg) = (n.env["APIPORT"].clone(), n.pg_port);
-            n.set("SCOPE", &scope)
-                .set("PATRONI_NAME", &format!("n{i}"))
-                .set("PG_CONNECT_ADDRESS", &format!("127.0.0.1:{pg}"))
-                .set("RESTAPI_CONNECT_ADDRESS", &format!("127.0.0.1:{api}"))
-                .set("TUSK_BOOTSTRAP_DCS", r#"{"ttl":10,"loop_wait":2,"retry_timeout":3}"#)
-                .set("ETCD3_HOSTS", &etcd.endpoints.join(","))
-                .set("ETCD3_CACERT", &etcd.ca.display().to_string())
-                .set("ETCD3_CERT", &etcd.cert.display().to_string())
-                .set("ETCD3_KEY", &etcd.key.display().to_string());
-            n
-        })
-        .collect();
-    let in_recovery = |n: &Node| -> Option<String> {
-        let out = Command::new(format!("{PG_BIN}/psql"))
-            .args(["-XAtq", "-h"])
-            .arg(n.socket_dir())
-            .args([
-                "-p",
-                &n.pg_port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                "select pg_is_in_recovery()",
-            ])
-            .env("PGCONNECT_TIMEOUT", "2")
-            .output()
-            .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
+    let mut nodes = ha_archiving_nodes(
+        dir.path(),
+        garage,
+        etcd,
+        &prefix,
+        "archha",
+        r#"{"ttl":10,"loop_wait":2,"retry_timeout":3}"#,
+    );
     nodes[0].start();
     wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(&nodes[0]).as_deref() == Some("f")).then_some(()));
     nodes[1].start();
@@ -498,10 +518,7 @@ fn failover_keeps_the_archive_continuous() {
     });
 
     // Crash of the leader node (tusk and postmaster together).
-    let pm = nodes[0].postmaster_pid().expect("postmaster pid");
-    nodes[0].signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pm), nix::sys::signal::Signal::SIGKILL);
-    let _ = nodes[0].wait_exit(Duration::from_secs(10));
+    crash(&mut nodes[0]);
     wait_for("n2 promoted", Duration::from_secs(60), || (in_recovery(&nodes[1]).as_deref() == Some("f")).then_some(()));
     assert_eq!(nodes[1].psql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), "00000002");
 
@@ -532,4 +549,73 @@ fn failover_keeps_the_archive_continuous() {
     let log = copy.log_text();
     assert!(log.contains("restored log file \"00000002.history\" from archive"), "{log}");
     assert!(log.contains(&format!("restored log file \"{last}\" from archive")), "{log}");
+}
+
+/// A new leader that forked before the old primary's last checkpoints: the
+/// old primary has recycled the WAL pg_rewind must read from the fork's
+/// checkpoint on, so pg_rewind gets it from the archive through
+/// `restore_command` (`--restore-target-wal`) and the node rejoins without
+/// a re-clone.
+#[test]
+fn rewind_reads_recycled_wal_from_the_archive() {
+    require_root();
+    let garage = shared_garage();
+    let etcd = testbed::shared_etcd();
+    let dir = test_dir("arch-rewind");
+    let prefix = unique_prefix("rewind");
+    // A generous lag limit: the late node catches up from the archive, and
+    // this test is about the rewind, not the lag rule.
+    let dcs = r#"{"ttl":10,"loop_wait":2,"retry_timeout":3,"maximum_lag_on_failover":1073741824}"#;
+    let mut nodes = ha_archiving_nodes(dir.path(), garage, etcd, &prefix, "archrw", dcs);
+    nodes[0].start();
+    wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(&nodes[0]).as_deref() == Some("f")).then_some(()));
+    nodes[1].start();
+    wait_for("n2 streaming", Duration::from_secs(60), || {
+        (nodes[0].psql("select count(*) from pg_stat_replication where state = 'streaming'") == "1").then_some(())
+    });
+    let segs = make_segments(&nodes[0], 1);
+    wait_archived(&nodes[0], segs.last().unwrap());
+
+    // n2 stops; n1 drops its slot once n2's member key is gone.
+    nodes[1].signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(nodes[1].wait_exit(Duration::from_secs(30)).code(), Some(0));
+    wait_for("n2's slot dropped", Duration::from_secs(40), || {
+        (nodes[0].psql("select count(*) from pg_replication_slots") == "0").then_some(())
+    });
+
+    // n1 goes on: a checkpoint, three archived segments, and a last
+    // checkpoint in the current segment, which recycles all older ones.
+    nodes[0].psql("checkpoint");
+    let segs = make_segments(&nodes[0], 3);
+    wait_archived(&nodes[0], segs.last().unwrap());
+    nodes[0].psql("insert into t (v) values ('after the fork')");
+    nodes[0].psql("checkpoint");
+    for s in &segs {
+        assert!(
+            !nodes[0].data().join("pg_wal").join(s).exists(),
+            "{s} still in n1's pg_wal: the test would prove nothing"
+        );
+    }
+    crash(&mut nodes[0]);
+
+    // n2 replays the archive, takes over once n1's lease is gone, and forks
+    // before n1's last checkpoint.
+    nodes[1].start();
+    wait_for("n2 promoted", Duration::from_secs(90), || (in_recovery(&nodes[1]).as_deref() == Some("f")).then_some(()));
+    assert_eq!(nodes[1].psql("select count(*) from t where v = 'after the fork'"), "0");
+    nodes[1].psql("insert into t (v) values ('on timeline 2')");
+
+    // n1 rejoins: pg_rewind with WAL from the archive, no re-clone.
+    nodes[0].start();
+    wait_for("n1 streaming from n2", Duration::from_secs(90), || {
+        (nodes[1].psql("select count(*) from pg_stat_replication where state = 'streaming'") == "1").then_some(())
+    });
+    let log = nodes[0].log_text();
+    assert!(log.contains("pg_rewind done"), "n1 was not rewound:\n{log}");
+    assert!(!log.contains("rebuilding this replica"), "pg_rewind failed and n1 was re-cloned:\n{log}");
+    let want = nodes[1].psql("select count(*), sum(length(v)) from t");
+    wait_for("n1 has n2's data", Duration::from_secs(30), || {
+        (nodes[0].psql("select count(*), sum(length(v)) from t") == want).then_some(())
+    });
+    assert_eq!(nodes[0].psql("select count(*) from t where v = 'after the fork'"), "0", "n1 kept its diverged row");
 }

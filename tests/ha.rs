@@ -73,7 +73,7 @@ fn bootstrap_patronictl_crash_rejoin_handover_switchover() {
     assert!(took <= Duration::from_secs(TTL + 2), "failover took {took:?}");
     // The old leader, restarted, rejoins as a replica (pg_rewind).
     c.nodes[li].start();
-    c.nodes[li].wait_ready(2);
+    c.nodes[li].wait_ready_since_start();
     c.wait_streaming(&leader, Duration::from_secs(30));
     assert!(c.nodes[li].log_text().contains("pg_rewind"), "rejoin used pg_rewind");
     let count = psql_ok(&c.nodes[c.index(&new_leader)], "SELECT count(*) FROM t");
@@ -92,7 +92,7 @@ fn bootstrap_patronictl_crash_rejoin_handover_switchover() {
     assert!(took < Duration::from_secs(5), "hand-over took {took:?}");
     assert_eq!(c.nodes[ni].wait_exit(Duration::from_secs(10)).code(), Some(0));
     c.nodes[ni].start();
-    c.nodes[ni].wait_ready(2);
+    c.nodes[ni].wait_ready_since_start();
     c.wait_streaming(&new_leader, Duration::from_secs(30));
 
     // Switchover to a named candidate through the CLI.
@@ -100,7 +100,12 @@ fn bootstrap_patronictl_crash_rejoin_handover_switchover() {
     c.wait_streaming(&candidate, Duration::from_secs(30));
     let out = {
         let n = &c.nodes[0];
-        Command::new(node::tusk_bin()).args(["switchover", "--candidate", &candidate]).env_clear().envs(&n.env).output().unwrap()
+        Command::new(node::tusk_bin())
+            .args(["switchover", "--candidate", &candidate])
+            .env_clear()
+            .envs(&n.env)
+            .output()
+            .unwrap()
     };
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(c.wait_leader(Duration::from_secs(10), None), candidate);
@@ -116,7 +121,11 @@ fn bootstrap_patronictl_crash_rejoin_handover_switchover() {
     // Dynamic configuration: a parameter set in etcd's `config` reaches every
     // node with a reload, no restart.
     let key = format!("/service/{}/config", c.scope);
-    let out = c.etcd.etcdctl(&["put", &key, r#"{"ttl":10,"loop_wait":2,"retry_timeout":3,"postgresql":{"parameters":{"work_mem":"7MB"}}}"#]);
+    let out = c.etcd.etcdctl(&[
+        "put",
+        &key,
+        r#"{"ttl":10,"loop_wait":2,"retry_timeout":3,"postgresql":{"parameters":{"work_mem":"7MB"}}}"#,
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let t0 = Instant::now();
     while !c.nodes.iter().all(|n| try_sql(n, "SHOW work_mem").as_deref() == Some("7MB")) {
@@ -162,7 +171,16 @@ fn partitioned_leader_fences_before_anyone_promotes() {
                 let ok = Command::new(format!("{PG_BIN}/psql"))
                     .args(["-XAtq", "-h"])
                     .arg(&sock)
-                    .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", "INSERT INTO t VALUES (now())"])
+                    .args([
+                        "-p",
+                        &port.to_string(),
+                        "-U",
+                        "postgres",
+                        "-d",
+                        "postgres",
+                        "-c",
+                        "INSERT INTO t VALUES (now())",
+                    ])
                     .env("PGCONNECT_TIMEOUT", "1")
                     .output()
                     .is_ok_and(|o| o.status.success());
@@ -184,9 +202,11 @@ fn partitioned_leader_fences_before_anyone_promotes() {
         t.join().unwrap();
     }
     let acks = acks.lock().unwrap();
-    let last_old = acks.iter().filter(|(i, _)| *i == 0).map(|(_, t)| *t).max().expect("n1 acknowledged writes before the cut");
+    let last_old =
+        acks.iter().filter(|(i, _)| *i == 0).map(|(_, t)| *t).max().expect("n1 acknowledged writes before the cut");
     let new_i = c.index(&new_leader);
-    let first_new = acks.iter().filter(|(i, _)| *i == new_i).map(|(_, t)| *t).min().expect("the new leader acknowledged writes");
+    let first_new =
+        acks.iter().filter(|(i, _)| *i == new_i).map(|(_, t)| *t).min().expect("the new leader acknowledged writes");
     eprintln!(
         "partition: n1 last write {:?} after the cut, {new_leader} first write {:?} after the cut",
         last_old.duration_since(cut_at),

@@ -45,12 +45,18 @@ fn sql_via(port: u16, sql: &str) -> Result<String, String> {
 
 /// The member behind a PostgreSQL port.
 fn member_of(c: &Cluster, pg_port: &str) -> String {
-    c.names().into_iter().find(|n| c.node(n).pg_port.to_string() == pg_port).unwrap_or_else(|| panic!("no node on port {pg_port}"))
+    c.names()
+        .into_iter()
+        .find(|n| c.node(n).pg_port.to_string() == pg_port)
+        .unwrap_or_else(|| panic!("no node on port {pg_port}"))
 }
 
 /// Inserts a row through `port`; returns (member that took it, in recovery?).
 fn write_via(c: &Cluster, port: u16, tag: &str) -> Result<(String, String), String> {
-    let out = sql_via(port, &format!("INSERT INTO t (via) VALUES ('{tag}') RETURNING inet_server_port(), pg_is_in_recovery()"))?;
+    let out = sql_via(
+        port,
+        &format!("INSERT INTO t (via) VALUES ('{tag}') RETURNING inet_server_port(), pg_is_in_recovery()"),
+    )?;
     let (p, rec) = out.split_once('|').ok_or_else(|| format!("unexpected output {out:?}"))?;
     Ok((member_of(c, p), rec.to_owned()))
 }
@@ -59,7 +65,8 @@ fn write_via(c: &Cluster, port: u16, tag: &str) -> Result<(String, String), Stri
 fn reads_via(c: &Cluster, port: u16, n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for _ in 0..n {
-        let out = sql_via(port, "SELECT inet_server_port(), pg_is_in_recovery(), count(*) FROM t").expect("read through haproxy");
+        let out = sql_via(port, "SELECT inet_server_port(), pg_is_in_recovery(), count(*) FROM t")
+            .expect("read through haproxy");
         let f: Vec<&str> = out.split('|').collect();
         assert_eq!(f[1], "t", "a read through the replica port reached a primary ({}): {out}", member_of(c, f[0]));
         *seen.entry(member_of(c, f[0])).or_default() += 1;
@@ -78,7 +85,11 @@ fn wait_up(h: &HaProxy, listen: &str, want: &[String], timeout: Duration) -> Dur
         if up == want && h.passing(listen) == want {
             return t0.elapsed();
         }
-        assert!(t0.elapsed() < timeout, "{listen}: UP {up:?}, expected {want:?} after {timeout:?}\n{}", h.status_table());
+        assert!(
+            t0.elapsed() < timeout,
+            "{listen}: UP {up:?}, expected {want:?} after {timeout:?}\n{}",
+            h.status_table()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -99,8 +110,11 @@ fn routes_and_follows_a_switchover(name: &str, configure: impl Fn(&mut node::Nod
     let replicas: Vec<String> = c.names().into_iter().filter(|n| n != &leader).collect();
     let all = c.names();
     psql_ok(c.node(&leader), "CREATE TABLE t (id serial PRIMARY KEY, via text)");
-    let servers: Vec<Server> =
-        c.names().iter().map(|n| Server { name: n.clone(), pg_port: c.node(n).pg_port, api_port: c.api_port(n) }).collect();
+    let servers: Vec<Server> = c
+        .names()
+        .iter()
+        .map(|n| Server { name: n.clone(), pg_port: c.node(n).pg_port, api_port: c.api_port(n) })
+        .collect();
 
     // (a) `option httpchk` (OPTIONS /) on the primary.
     let a = HaProxy::start_with(&format!("{name}-a"), &[("primary", "", false)], &servers, server_opts);
@@ -160,13 +174,23 @@ fn routes_and_follows_a_switchover(name: &str, configure: impl Fn(&mut node::Nod
                 // Before HAProxy marks the old leader down (fall 2), a write
                 // may still reach it and fail (read-only) or succeed before
                 // it demoted; either way it is never a replica accepting writes.
-                Ok((m, rec)) => assert!(m == leader && rec == "f", "write through {listen} reached {m} (in recovery: {rec})"),
+                Ok((m, rec)) => {
+                    assert!(m == leader && rec == "f", "write through {listen} reached {m} (in recovery: {rec})")
+                }
                 Err(_) => {}
             }
-            assert!(t0.elapsed() < deadline, "{listen}: writes do not reach {candidate} after {deadline:?}\n{}", h.status_table());
+            assert!(
+                t0.elapsed() < deadline,
+                "{listen}: writes do not reach {candidate} after {deadline:?}\n{}",
+                h.status_table()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        eprintln!("{name}: writes through {listen} (port {}) reach {candidate} {:?} after the switchover", h.port(listen), t0.elapsed());
+        eprintln!(
+            "{name}: writes through {listen} (port {}) reach {candidate} {:?} after the switchover",
+            h.port(listen),
+            t0.elapsed()
+        );
     }
     wait_up(&a, "primary", std::slice::from_ref(&candidate), deadline);
     eprintln!("{name}: (a) primary UP = [{candidate}] {:?} after the switchover", t0.elapsed());
@@ -183,7 +207,8 @@ fn routes_and_follows_a_switchover(name: &str, configure: impl Fn(&mut node::Nod
     let seen = reads_via(&c, b.port("replicas"), 4);
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), new_replicas, "reads after the switchover: {seen:?}");
     // Every write acknowledged through HAProxy is on the new leader.
-    let on_leader: i64 = psql_ok(c.node(&candidate), "SELECT count(*) FROM t WHERE via LIKE 'after-%'").parse().unwrap();
+    let on_leader: i64 =
+        psql_ok(c.node(&candidate), "SELECT count(*) FROM t WHERE via LIKE 'after-%'").parse().unwrap();
     assert!(on_leader >= 3, "the writes after the switchover are on {candidate}: {on_leader}");
 }
 

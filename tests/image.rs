@@ -228,7 +228,12 @@ fn image_runs_postgres_and_stops_cleanly() {
         if out.status.success() {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "podman healthcheck run: {}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "podman healthcheck run: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 

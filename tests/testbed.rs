@@ -75,10 +75,7 @@ fn etcd_single_member_mutual_tls() {
         .output()
         .unwrap();
     let body = ok(out);
-    assert!(
-        body.contains(r#""value":"aGVsbG8=""#),
-        "gateway range: {body}"
-    ); // "hello"
+    assert!(body.contains(r#""value":"aGVsbG8=""#), "gateway range: {body}"); // "hello"
 
     let log = || std::fs::read_to_string(etcd.log_file(0)).unwrap_or_default();
     let ep = etcd.endpoints_arg();
@@ -86,11 +83,7 @@ fn etcd_single_member_mutual_tls() {
     // No client certificate: refused during the TLS handshake.
     let cacert = format!("--cacert={}", etcd.ca.display());
     let out = etcd.etcdctl_raw(&ep, &[&cacert], &["get", "/testbed/a"]);
-    assert!(
-        !out.status.success(),
-        "no-cert client was served: {}",
-        text(&out)
-    );
+    assert!(!out.status.success(), "no-cert client was served: {}", text(&out));
     assert!(
         eventually(5, || log().contains("client didn't provide a certificate")),
         "etcd log does not show the rejection"
@@ -100,14 +93,9 @@ fn etcd_single_member_mutual_tls() {
     let cert = format!("--cert={}", etcd.other_client_cert.display());
     let key = format!("--key={}", etcd.other_client_key.display());
     let out = etcd.etcdctl_raw(&ep, &[&cacert, &cert, &key], &["get", "/testbed/a"]);
+    assert!(!out.status.success(), "foreign-CA client was served: {}", text(&out));
     assert!(
-        !out.status.success(),
-        "foreign-CA client was served: {}",
-        text(&out)
-    );
-    assert!(
-        eventually(5, || log()
-            .contains("certificate signed by unknown authority")),
+        eventually(5, || log().contains("certificate signed by unknown authority")),
         "etcd log does not show the rejection"
     );
 
@@ -125,11 +113,7 @@ fn etcd_cluster_survives_loss_of_one_member() {
     assert_eq!(etcd.endpoints.len(), 3);
 
     let health = etcd.etcdctl(&["endpoint", "health", "--cluster"]);
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&health.stdout),
-        String::from_utf8_lossy(&health.stderr)
-    );
+    let report = format!("{}{}", String::from_utf8_lossy(&health.stdout), String::from_utf8_lossy(&health.stderr));
     assert!(health.status.success(), "{}", text(&health));
     assert_eq!(report.matches("is healthy").count(), 3, "{report}");
     let members = ok(etcd.etcdctl(&["member", "list"]));
@@ -137,10 +121,7 @@ fn etcd_cluster_survives_loss_of_one_member() {
 
     // Lose n1 (SIGKILL); n0 and n2 still form a quorum.
     etcd.kill_member(1);
-    let survivors = format!(
-        "https://{},https://{}",
-        etcd.endpoints[0], etcd.endpoints[2]
-    );
+    let survivors = format!("https://{},https://{}", etcd.endpoints[0], etcd.endpoints[2]);
     // (If n1 led, the survivors first elect a new leader: retry, bounded.)
     let t0 = std::time::Instant::now();
     let mut last = None;
@@ -150,23 +131,13 @@ fn etcd_cluster_survives_loss_of_one_member() {
         last = Some(out);
         done
     });
-    assert!(
-        put,
-        "survivors refuse writes: {}",
-        text(last.as_ref().unwrap())
-    );
+    assert!(put, "survivors refuse writes: {}", text(last.as_ref().unwrap()));
     eprintln!("write after losing n1 succeeded after {:?}", t0.elapsed());
     for ep in [&etcd.endpoints[0], &etcd.endpoints[2]] {
-        let got = ok(etcd.etcdctl_at(
-            &format!("https://{ep}"),
-            &["get", "--print-value-only", "/testbed/after-loss"],
-        ));
+        let got = ok(etcd.etcdctl_at(&format!("https://{ep}"), &["get", "--print-value-only", "/testbed/after-loss"]));
         assert_eq!(got.trim(), "still-here");
     }
-    let dead = etcd.etcdctl_at(
-        &format!("https://{}", etcd.endpoints[1]),
-        &["endpoint", "health"],
-    );
+    let dead = etcd.etcdctl_at(&format!("https://{}", etcd.endpoints[1]), &["endpoint", "health"]);
     assert!(!dead.status.success(), "killed member still healthy");
 }
 
@@ -183,59 +154,38 @@ fn garage_bucket_anonymous_refused_signed_roundtrip() {
 
     // The bucket exists, and the key may use it.
     let info = ok(g.cli(&["bucket", "info", &g.bucket]));
-    assert!(
-        info.contains(&g.access_key),
-        "bucket info lacks the key: {info}"
-    );
+    assert!(info.contains(&g.access_key), "bucket info lacks the key: {info}");
     assert!(ok(g.cli(&["bucket", "list"])).contains(&g.bucket));
 
     // Anonymous request (raw HTTP): an S3 error.
     let mut s = TcpStream::connect(("127.0.0.1", g.s3_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /{}/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-        g.bucket, g.s3_port
-    )
-    .unwrap();
+    write!(s, "GET /{}/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", g.bucket, g.s3_port).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 403"), "anonymous: {resp}");
     assert!(resp.contains("AccessDenied"), "anonymous: {resp}");
 
     // Signed PUT then GET: byte-identical (1 MiB + 7, all byte values).
-    let data: Vec<u8> = (0..(1 << 20) + 7u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let data: Vec<u8> = (0..(1 << 20) + 7u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     assert_eq!(g.put_object("testbed/blob", &data), 200);
     let (code, body) = g.get_object("testbed/blob");
     assert_eq!(code, 200);
-    assert!(
-        body == data,
-        "object differs ({} vs {} bytes)",
-        body.len(),
-        data.len()
-    );
+    assert!(body == data, "object differs ({} vs {} bytes)", body.len(), data.len());
     let (code, _) = g.get_object("testbed/missing");
     assert_eq!(code, 404);
 
     // A wrong secret is refused.
     let wrong = "0".repeat(64);
     let url = g.object_url("testbed/blob");
-    let out = g.curl_as(
-        &g.access_key,
-        &wrong,
-        &["-o", "/dev/null", "-w", "%{http_code}", &url],
-    );
+    let out = g.curl_as(&g.access_key, &wrong, &["-o", "/dev/null", "-w", "%{http_code}", &url]);
     assert_eq!(ok(out).trim(), "403");
 }
 
 #[test]
 fn shared_instances_are_shared_and_work() {
     let e1 = testbed::shared_etcd() as *const Etcd;
-    let e2 = std::thread::spawn(|| testbed::shared_etcd() as *const Etcd as usize)
-        .join()
-        .unwrap();
+    let e2 = std::thread::spawn(|| testbed::shared_etcd() as *const Etcd as usize).join().unwrap();
     assert_eq!(e1 as usize, e2);
     let etcd = testbed::shared_etcd();
     ok(etcd.etcdctl(&["put", "/testbed/shared", "1"]));

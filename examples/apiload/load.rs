@@ -170,7 +170,8 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Report {
                 let outcome = match slots.acquire_owned().await {
                     Err(_) => Outcome::Unsent,
                     Ok(_permit) => {
-                        let req = hyper::Request::builder().method(method).uri(uri).body(Empty::new()).expect("request");
+                        let req =
+                            hyper::Request::builder().method(method).uri(uri).body(Empty::new()).expect("request");
                         let exchange = async {
                             let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
                             let code = resp.status().as_u16();
@@ -209,7 +210,8 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Report {
     tasks.abort_all();
     let elapsed = start.elapsed();
 
-    let mut urls: Vec<UrlReport> = spec.urls.iter().map(|u| UrlReport { url: u.clone(), ..Default::default() }).collect();
+    let mut urls: Vec<UrlReport> =
+        spec.urls.iter().map(|u| UrlReport { url: u.clone(), ..Default::default() }).collect();
     let mut total = UrlReport { url: "total".into(), ..Default::default() };
     for (target, o) in outcomes.lock().expect("lock").iter() {
         urls[*target].add(o);
@@ -224,7 +226,13 @@ pub async fn run(spec: Spec, stop: impl Future<Output = ()>) -> Report {
     }
     total.finish();
     let window = scheduled_end.duration_since(start).as_secs_f64().max(1e-9);
-    Report { achieved_rate: total.responses as f64 / window, spec: Some(spec), urls, total, elapsed_s: elapsed.as_secs_f64() }
+    Report {
+        achieved_rate: total.responses as f64 / window,
+        spec: Some(spec),
+        urls,
+        total,
+        elapsed_s: elapsed.as_secs_f64(),
+    }
 }
 
 impl Report {

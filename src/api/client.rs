@@ -77,17 +77,20 @@ impl ApiClient {
             builder.with_root_certificates(roots)
         };
         let tls = match identity {
-            Some((chain, key)) => {
-                builder.with_client_auth_cert(chain, key).map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?
-            }
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?,
             None => builder.with_no_client_auth(),
         };
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(2)));
         http.set_nodelay(true);
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         Ok(ApiClient { http, auth: api.auth.clone() })
     }
@@ -103,7 +106,8 @@ impl ApiClient {
         let uri: hyper::Uri = url.parse().map_err(|_| ClientError::Url(url.to_owned()))?;
         let mut req = hyper::Request::builder().method(method).uri(uri);
         if let Some(a) = &self.auth {
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", a.username, a.password.expose()));
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", a.username, a.password.expose()));
             req = req.header(hyper::header::AUTHORIZATION, format!("Basic {token}"));
         }
         let payload = match body {
@@ -115,10 +119,11 @@ impl ApiClient {
         };
         let req = req.body(Full::new(payload)).map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
         let fetch = async {
-            let resp = self.http.request(req).await.map_err(|e| ClientError::Request {
-                url: url.to_owned(),
-                message: error_chain(&e),
-            })?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| ClientError::Request { url: url.to_owned(), message: error_chain(&e) })?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()

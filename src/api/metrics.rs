@@ -48,8 +48,16 @@ pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
     gauge("patroni_postgres_running", "Value is 1 if PostgreSQL is running, 0 otherwise.", b(running));
     gauge("patroni_postmaster_start_time", "Epoch seconds since PostgreSQL started.", start_epoch(s));
     gauge("patroni_primary", "Value is 1 if this node is the leader, 0 otherwise.", b(primary && s.is_leader()));
-    gauge("patroni_master", "Value is 1 if this node is the leader, 0 otherwise (Patroni 3 name).", b(primary && s.is_leader()));
-    gauge("patroni_xlog_location", "Current location of the primary's WAL (bytes).", s.xlog.location.unwrap_or(0) as f64);
+    gauge(
+        "patroni_master",
+        "Value is 1 if this node is the leader, 0 otherwise (Patroni 3 name).",
+        b(primary && s.is_leader()),
+    );
+    gauge(
+        "patroni_xlog_location",
+        "Current location of the primary's WAL (bytes).",
+        s.xlog.location.unwrap_or(0) as f64,
+    );
     gauge("patroni_standby_leader", "Value is 1 if this node is the standby leader, 0 otherwise.", 0.0);
     gauge("patroni_replica", "Value is 1 if this node is a replica, 0 otherwise.", b(replica));
     gauge("patroni_sync_standby", "Value is 1 if this node is a sync standby, 0 otherwise.", 0.0);
@@ -82,10 +90,22 @@ pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
     gauge("patroni_cluster_unlocked", "Value is 1 if the cluster has no leader, 0 otherwise.", b(s.cluster_unlocked));
     gauge("patroni_failsafe_mode_is_active", "Value is 1 if failsafe mode is active, 0 otherwise.", 0.0);
     gauge("patroni_postgres_timeline", "PostgreSQL timeline of this node.", s.timeline.unwrap_or(0) as f64);
-    gauge("patroni_dcs_last_seen", "Epoch seconds of the last successful read of the DCS.", s.dcs_last_seen.unwrap_or(0) as f64);
-    gauge("patroni_pending_restart", "Value is 1 if a parameter change needs a restart, 0 otherwise.", b(s.pending_restart));
+    gauge(
+        "patroni_dcs_last_seen",
+        "Epoch seconds of the last successful read of the DCS.",
+        s.dcs_last_seen.unwrap_or(0) as f64,
+    );
+    gauge(
+        "patroni_pending_restart",
+        "Value is 1 if a parameter change needs a restart, 0 otherwise.",
+        b(s.pending_restart),
+    );
     gauge("patroni_is_paused", "Value is 1 if the cluster is in maintenance mode, 0 otherwise.", b(s.pause));
-    gauge("tusk_leader", "Value is 1 if this node holds the leader key (or runs standalone), 0 otherwise.", b(s.is_leader()));
+    gauge(
+        "tusk_leader",
+        "Value is 1 if this node holds the leader key (or runs standalone), 0 otherwise.",
+        b(s.is_leader()),
+    );
     if !s.replication.is_empty() {
         let _ = writeln!(
             out,

@@ -212,7 +212,10 @@ fn parse_schedule(v: &str, what: &str) -> Result<time::OffsetDateTime, Response<
         || v.ends_with('z')
         || v.rfind(['+', '-']).is_some_and(|i| i > 10 && v[i + 1..].chars().all(|c| c.is_ascii_digit() || c == ':'));
     if !has_zone {
-        return Err(text(StatusCode::BAD_REQUEST, format!("Timezone information is mandatory for the scheduled {what}")));
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("Timezone information is mandatory for the scheduled {what}"),
+        ));
     }
     let t = parse_time(v)
         .ok_or_else(|| text(StatusCode::UNPROCESSABLE_ENTITY, format!("Unable to parse scheduled timestamp ({v})")))?;
@@ -273,10 +276,15 @@ pub(super) async fn switchover(state: &ApiState, req: Request<Body>, failover: b
     };
     let v = &snap.view;
     if v.config.pause && candidate.is_none() {
-        return text(StatusCode::BAD_REQUEST, format!("{} is possible only to a specific candidate in a paused state", title(action)));
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("{} is possible only to a specific candidate in a paused state", title(action)),
+        );
     }
     let at = match &scheduled {
-        Some(_) if v.config.pause => return text(StatusCode::BAD_REQUEST, "Can't schedule switchover in the paused state"),
+        Some(_) if v.config.pause => {
+            return text(StatusCode::BAD_REQUEST, "Can't schedule switchover in the paused state");
+        }
         Some(s) => match parse_schedule(s, action) {
             Ok(t) => Some(t),
             Err(r) => return r,
@@ -308,30 +316,39 @@ pub(super) async fn switchover(state: &ApiState, req: Request<Body>, failover: b
             .map(|(n, m)| (n.clone(), m.api_url.clone()))
             .collect();
         if names.is_empty() {
-            return text(StatusCode::PRECONDITION_FAILED, "failover is not possible: cluster does not have members except leader");
+            return text(
+                StatusCode::PRECONDITION_FAILED,
+                "failover is not possible: cluster does not have members except leader",
+            );
         }
         let checks = names.iter().map(|(_, url)| state.peers().peer_status(url, Duration::from_secs(2)));
         let replies = futures_util::future::join_all(checks).await;
         let healthy = replies.iter().flatten().any(|s| {
-            s.state == "running" && s.role == "replica" && s.tags.get("nofailover").is_none_or(|t| t.as_bool() != Some(true))
+            s.state == "running"
+                && s.role == "replica"
+                && s.tags.get("nofailover").is_none_or(|t| t.as_bool() != Some(true))
         });
         if !healthy {
-            return text(StatusCode::PRECONDITION_FAILED, "failover is not possible: no good candidates have been found");
+            return text(
+                StatusCode::PRECONDITION_FAILED,
+                "failover is not possible: no good candidates have been found",
+            );
         }
     }
     let request = Failover {
         leader: leader.clone(),
         member: candidate.clone(),
-        scheduled_at: at.map(|t| {
-            t.format(&time::format_description::well_known::Rfc3339).expect("a parsed time formats")
-        }),
+        scheduled_at: at
+            .map(|t| t.format(&time::format_description::well_known::Rfc3339).expect("a parsed time formats")),
     };
     match dcs.put_failover(&request, Some(snap.failover_revision.unwrap_or(0))).await {
         Ok(true) => {}
         Ok(false) if snap.view.failover.is_some() => {
             return text(StatusCode::SERVICE_UNAVAILABLE, "another switchover or failover is pending");
         }
-        Ok(false) => return text(StatusCode::SERVICE_UNAVAILABLE, "failed to write the failover key: changed concurrently"),
+        Ok(false) => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "failed to write the failover key: changed concurrently");
+        }
         Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("failed to write the failover key: {e}")),
     }
     let _ = state.commands().try_send(Command::Wake);
@@ -420,16 +437,26 @@ pub(super) async fn restart(state: &ApiState, req: Request<Body>) -> Response<Bo
             },
             ("role", Value::String(s)) => match s.as_str() {
                 "primary" | "master" | "replica" => r.role = Some(s.clone()),
-                _ => return text(StatusCode::BAD_REQUEST, format!("PostgreSQL role should be either primary or replica, not {s:?}")),
+                _ => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("PostgreSQL role should be either primary or replica, not {s:?}"),
+                    );
+                }
             },
             ("postgres_version", Value::String(s)) => {
                 if version_num(s).is_none() {
-                    return text(StatusCode::BAD_REQUEST, format!("PostgreSQL version should be in the first.major.minor format: {s:?}"));
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("PostgreSQL version should be in the first.major.minor format: {s:?}"),
+                    );
                 }
                 r.postgres_version = Some(s.clone());
             }
             ("restart_pending", Value::Bool(b)) => r.restart_pending = *b,
-            ("restart_pending", Value::String(s)) => r.restart_pending = matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1"),
+            ("restart_pending", Value::String(s)) => {
+                r.restart_pending = matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1")
+            }
             ("timeout", v) => {
                 let secs = match v {
                     Value::Number(n) => n.as_f64(),

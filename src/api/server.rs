@@ -69,11 +69,8 @@ pub fn tls_acceptor(api: &ApiConfig) -> Result<Option<TlsAcceptor>, TlsError> {
                 roots.add(c).map_err(|e| err("SSL_RESTAPI_CA_FILE")(&e))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if tls.verify_client == VerifyClient::Optional {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
+            let verifier =
+                if tls.verify_client == VerifyClient::Optional { verifier.allow_unauthenticated() } else { verifier };
             builder.with_client_cert_verifier(verifier.build().map_err(|e| err("SSL_RESTAPI_CA_FILE")(&e))?)
         }
         _ => builder.with_no_client_auth(),
@@ -301,7 +298,9 @@ async fn route(state: ApiState, peer: Peer, req: Request<Body>) -> Response<Body
 fn health(state: &ApiState, path: &str, query: Option<&str>, with_body: bool) -> Response<Body> {
     let check = match Check::parse(path, query) {
         Ok(c) => c,
-        Err(e) => return if with_body { text(StatusCode::BAD_REQUEST, e) } else { status_only(StatusCode::BAD_REQUEST) },
+        Err(e) => {
+            return if with_body { text(StatusCode::BAD_REQUEST, e) } else { status_only(StatusCode::BAD_REQUEST) };
+        }
     };
     let status = state.0.status.borrow().clone();
     let code = health_status(&check, &status, Instant::now());
@@ -345,7 +344,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads a JSON object body (empty: `{}`), bounded in size and time.
-pub(super) async fn read_json(req: Request<Body>) -> Result<serde_json::Map<String, serde_json::Value>, Response<Body>> {
+pub(super) async fn read_json(
+    req: Request<Body>,
+) -> Result<serde_json::Map<String, serde_json::Value>, Response<Body>> {
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > MAX_BODY
     {

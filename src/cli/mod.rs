@@ -104,7 +104,9 @@ pub fn dispatch(cli: Cli) -> i32 {
         Some(Command::CancelRestart) => {
             api::local_operation(Method::DELETE, "/restart", None, std::time::Duration::from_secs(15))
         }
-        Some(Command::Reload) => api::local_operation(Method::POST, "/reload", None, std::time::Duration::from_secs(15)),
+        Some(Command::Reload) => {
+            api::local_operation(Method::POST, "/reload", None, std::time::Duration::from_secs(15))
+        }
         Some(Command::Reinit { force }) => api::local_operation(
             Method::POST,
             "/reinitialize",

@@ -78,10 +78,16 @@ pub(super) fn parse(
     let auth = match (username, password) {
         (None, None) => None,
         (Some(_), None) => {
-            return Err(ConfigError::new("PATRONI_RESTAPI_PASSWORD", "PATRONI_RESTAPI_USERNAME is set but no password"));
+            return Err(ConfigError::new(
+                "PATRONI_RESTAPI_PASSWORD",
+                "PATRONI_RESTAPI_USERNAME is set but no password",
+            ));
         }
         (None, Some(_)) => {
-            return Err(ConfigError::new("PATRONI_RESTAPI_USERNAME", "PATRONI_RESTAPI_PASSWORD is set but no user name"));
+            return Err(ConfigError::new(
+                "PATRONI_RESTAPI_USERNAME",
+                "PATRONI_RESTAPI_PASSWORD is set but no user name",
+            ));
         }
         (Some(u), Some(p)) => {
             if u.contains(':') {
@@ -105,7 +111,8 @@ pub(super) fn parse(
     )?;
     let ca = pem_source("SSL_RESTAPI_CA", &get("SSL_RESTAPI_CA"), "SSL_RESTAPI_CA_FILE", &get("SSL_RESTAPI_CA_FILE"))?;
     let verify = get("PATRONI_RESTAPI_VERIFY_CLIENT");
-    let var = |pem: &Pem, file: &'static str, inline: &'static str| if matches!(pem, Pem::File(_)) { file } else { inline };
+    let var =
+        |pem: &Pem, file: &'static str, inline: &'static str| if matches!(pem, Pem::File(_)) { file } else { inline };
     let tls = match (cert, key) {
         (None, None) => {
             if ca.is_some() {
@@ -115,7 +122,10 @@ pub(super) fn parse(
                 ));
             }
             if verify.is_some() {
-                return Err(ConfigError::new("PATRONI_RESTAPI_VERIFY_CLIENT", "needs TLS (SSL_RESTAPI_CERTIFICATE_FILE)"));
+                return Err(ConfigError::new(
+                    "PATRONI_RESTAPI_VERIFY_CLIENT",
+                    "needs TLS (SSL_RESTAPI_CERTIFICATE_FILE)",
+                ));
             }
             None
         }

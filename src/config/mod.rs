@@ -24,8 +24,8 @@ pub use host::HostFacts;
 pub use secret::Secret;
 pub use storage::{Compression, StorageConfig};
 
-use parse::*;
 pub(crate) use parse::MANAGED_PARAMETERS;
+use parse::*;
 
 /// Exit status for a configuration error (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;

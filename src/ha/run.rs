@@ -22,7 +22,6 @@ use tokio_postgres::Client;
 
 use super::decide::{Action, ClusterView, DataDir, Due, Local, PeerReply, PeerReport, Postgres, decide, schedule_due};
 use crate::api::{self, ApiClient, Command, NodeStatus, Reply, RestartRequest, Xlog};
-use axum::http::StatusCode;
 use crate::config::{Config, Secret};
 use crate::dcs::client::{Dcs, DcsError};
 use crate::dcs::values::{Failover, HistoryLine, MemberValue, PATRONI_COMPAT_VERSION, Status};
@@ -33,6 +32,7 @@ use crate::postgres::process::{self, Postmaster};
 use crate::postgres::replication::{self, Upstream};
 use crate::postgres::{Binaries, RunAs, sql};
 use crate::supervisor::{EXIT_FAILURE, Request, Signals, stop_postgres};
+use axum::http::StatusCode;
 
 /// How often the REST API's WAL positions are refreshed between rounds.
 const STATUS_REFRESH: Duration = Duration::from_secs(1);
@@ -371,7 +371,9 @@ impl Ha {
                     self.spawn_watch();
                     tracing::info!("reloaded: etcd certificates re-read, postgres reloaded");
                 }
-                Err(e) => tracing::error!(error = %e, "keeping the current etcd connection: the new certificates do not work"),
+                Err(e) => {
+                    tracing::error!(error = %e, "keeping the current etcd connection: the new certificates do not work")
+                }
             },
             Err(e) => tracing::error!(error = %e, "keeping the current etcd connection"),
         }
@@ -435,10 +437,8 @@ impl Ha {
             }
         };
         self.dcs_reachable = true;
-        self.dcs_last_seen = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_secs());
+        self.dcs_last_seen =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs());
         let mut snap = snap;
         self.scheduled_switchover = None;
         if let Some(f) = &mut snap.view.failover
@@ -1028,9 +1028,10 @@ impl Ha {
             Command::Reload => self.reload().await,
             Command::Restart(req, reply) => {
                 let answer = match req.schedule {
-                    Some(_) if self.scheduled_restart.is_some() => {
-                        Reply::new(StatusCode::CONFLICT, "Failed to schedule restart: another restart is already scheduled")
-                    }
+                    Some(_) if self.scheduled_restart.is_some() => Reply::new(
+                        StatusCode::CONFLICT,
+                        "Failed to schedule restart: another restart is already scheduled",
+                    ),
                     Some(_) if self.config.pause => Reply::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "Failed to schedule restart: cannot schedule a restart in maintenance mode",
@@ -1108,7 +1109,10 @@ impl Ha {
         let st = self.status.borrow().clone();
         let not_satisfied = || Reply::new(StatusCode::SERVICE_UNAVAILABLE, "restart conditions are not satisfied");
         if self.pm.is_none() || !st.running() {
-            return Err(Reply::new(StatusCode::SERVICE_UNAVAILABLE, format!("postgres is not running (state: {})", st.state)));
+            return Err(Reply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("postgres is not running (state: {})", st.state),
+            ));
         }
         if let Some(role) = &req.role {
             let want_primary = role == "primary" || role == "master";

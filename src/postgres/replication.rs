@@ -103,9 +103,20 @@ pub async fn rewind(
         "host={host} port={port} user={} dbname=postgres sslmode=require",
         cfg.credentials.superuser.name
     ));
+    // WAL the former primary already recycled (a lagging new leader forked
+    // before our last checkpoint) comes from the archive through
+    // restore_command (`tusk wal-fetch`, PostgreSQL 13+), as Patroni does.
+    if restore_target_wal(cfg, bin) {
+        cmd.arg("--restore-target-wal");
+    }
     run_tool(cmd, cfg, run_as, "pg_rewind", &[("PGPASSWORD", superuser_pw.expose())]).await?;
     tracing::info!(leader, elapsed_ms = started.elapsed().as_millis() as u64, "pg_rewind done");
     Ok(())
+}
+
+/// Whether pg_rewind may fetch missing WAL through restore_command.
+fn restore_target_wal(cfg: &Config, bin: &Binaries) -> bool {
+    cfg.storage.is_some() && bin.version >= 13
 }
 
 async fn run_tool(

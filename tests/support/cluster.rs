@@ -149,7 +149,12 @@ impl Cluster {
             .envs(&self.nodes[0].env)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn patronictl_config(&self) -> PathBuf {
@@ -171,7 +176,12 @@ impl Cluster {
     }
 
     pub fn patronictl_list(&self) -> Vec<serde_json::Value> {
-        let out = Command::new("patronictl").arg("-c").arg(self.patronictl_config()).args(["list", "-f", "json"]).output().unwrap();
+        let out = Command::new("patronictl")
+            .arg("-c")
+            .arg(self.patronictl_config())
+            .args(["list", "-f", "json"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "patronictl: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("patronictl JSON")
     }

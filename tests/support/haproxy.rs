@@ -48,7 +48,10 @@ pub fn config(admin_socket: &Path, listens: &[Listen], servers: &[Server], serve
     );
     for l in listens {
         cfg.push_str(&format!("\nlisten {}\n    bind 127.0.0.1:{}\n", l.name, l.port));
-        cfg.push_str(&format!("    option httpchk {}\n    http-check expect status 200\n", l.check).replace("httpchk \n", "httpchk\n"));
+        cfg.push_str(
+            &format!("    option httpchk {}\n    http-check expect status 200\n", l.check)
+                .replace("httpchk \n", "httpchk\n"),
+        );
         if l.roundrobin {
             cfg.push_str("    balance roundrobin\n");
         }
@@ -85,8 +88,11 @@ impl HaProxy {
                 .enumerate()
                 .map(|(i, (name, check, rr))| Listen { name, port: base + i as u16, check, roundrobin: *rr })
                 .collect();
-            std::fs::write(dir.path().join("haproxy.cfg"), config(&dir.path().join("admin.sock"), &listens, servers, server_opts))
-                .expect("write haproxy.cfg");
+            std::fs::write(
+                dir.path().join("haproxy.cfg"),
+                config(&dir.path().join("admin.sock"), &listens, servers, server_opts),
+            )
+            .expect("write haproxy.cfg");
             let out = Command::new(testbed::script("haproxy.sh"))
                 .arg("start")
                 .arg(dir.path())
@@ -116,7 +122,8 @@ impl HaProxy {
 
     /// Runs one command on the admin socket; returns its output.
     pub fn admin(&self, command: &str) -> String {
-        let mut s = UnixStream::connect(self.dir.path().join("admin.sock")).expect("connect to the haproxy stats socket");
+        let mut s =
+            UnixStream::connect(self.dir.path().join("admin.sock")).expect("connect to the haproxy stats socket");
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(format!("{command}\n").as_bytes()).unwrap();
         let mut out = String::new();
@@ -140,7 +147,8 @@ impl HaProxy {
         let stat = self.admin("show stat");
         let mut lines = stat.lines();
         let header: Vec<&str> = lines.next().unwrap_or("").trim_start_matches("# ").split(',').collect();
-        let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name} in {header:?}"));
+        let col =
+            |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name} in {header:?}"));
         let (st, chk) = (col("status"), col("check_status"));
         let mut out: Vec<String> = lines
             .map(|l| l.split(',').collect::<Vec<_>>())

@@ -59,6 +59,8 @@ pub struct Node {
     pub as_user: Option<(u32, u32)>,
     /// Command prefix (e.g. `unshare --pid --fork --mount-proc`).
     pub wrapper: Vec<String>,
+    /// "PostgreSQL is ready" lines in the log before the latest `start()`.
+    pub readies_before_start: usize,
 }
 
 impl Node {
@@ -85,6 +87,7 @@ impl Node {
             log: dir.join("tusk.log"),
             as_user: None,
             wrapper: vec![],
+            readies_before_start: 0,
         }
     }
 
@@ -127,6 +130,7 @@ impl Node {
     /// Starts the daemon in the background; its stderr goes to `self.log` (appended).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already started");
+        self.readies_before_start = self.log_text().matches("PostgreSQL is ready").count();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = self
             .command(&[])
@@ -170,6 +174,13 @@ impl Node {
     /// Waits for the `n`th "PostgreSQL is ready" (1 = first start).
     pub fn wait_ready(&mut self, n: usize) {
         self.wait_log("PostgreSQL is ready", n, Duration::from_secs(60));
+    }
+
+    /// Waits for the first "PostgreSQL is ready" of the latest `start()`
+    /// (the log is appended across restarts, and an HA node logs one per
+    /// role it settles in).
+    pub fn wait_ready_since_start(&mut self) {
+        self.wait_ready(self.readies_before_start + 1);
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
