@@ -3,6 +3,8 @@
 //! layout for every compression, recovery only from the archive, an S3
 //! outage, conflicts, corruption. Run as root (postgres runs as postgres).
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/node.rs"]
 mod node;
 #[path = "support/testbed.rs"]
@@ -13,6 +15,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use cluster::{Cluster, try_sql};
 use node::{Node, PG_BIN, require_root, test_dir};
 use testbed::{Garage, shared_garage};
 
@@ -25,6 +28,12 @@ fn unique_prefix(test: &str) -> String {
 /// A standalone tusk node archiving to `garage` under `prefix`.
 fn archiving_node(dir: &Path, garage: &Garage, prefix: &str, compression: &str) -> Node {
     let mut n = Node::new(dir);
+    archive_to(&mut n, garage, prefix, compression);
+    n
+}
+
+/// Makes `n` archive to `garage` under `prefix`.
+fn archive_to(n: &mut Node, garage: &Garage, prefix: &str, compression: &str) {
     for (k, v) in garage.env() {
         if k.starts_with("AWS_") {
             n.set(&k, &v);
@@ -34,7 +43,6 @@ fn archiving_node(dir: &Path, garage: &Garage, prefix: &str, compression: &str) 
     n.set("WALG_COMPRESSION_METHOD", compression);
     n.set("WALG_UPLOAD_CONCURRENCY", "4");
     n.set("WALG_DOWNLOAD_CONCURRENCY", "4");
-    n
 }
 
 /// Polls `f` every 100 ms until it returns `Some` (bounded, for safety only).
@@ -115,55 +123,21 @@ fn fake_pgdata(dir: &Path, node: &Node, name: &str, files: &[&str]) -> std::path
     d
 }
 
-/// Two HA nodes archiving to the same prefix, against the shared etcd.
-fn ha_archiving_nodes(
-    dir: &Path,
-    garage: &Garage,
-    etcd: &testbed::Etcd,
-    prefix: &str,
-    scope: &str,
-    dcs: &str,
-) -> Vec<Node> {
-    let scope = format!("{scope}-{}", std::process::id());
-    (1..=2)
-        .map(|i| {
-            let d = dir.join(format!("n{i}"));
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-            let mut n = archiving_node(&d, garage, prefix, "lz4");
-            let (api, pg) = (n.env["APIPORT"].clone(), n.pg_port);
-            n.set("SCOPE", &scope)
-                .set("PATRONI_NAME", &format!("n{i}"))
-                .set("PG_CONNECT_ADDRESS", &format!("127.0.0.1:{pg}"))
-                .set("RESTAPI_CONNECT_ADDRESS", &format!("127.0.0.1:{api}"))
-                .set("TUSK_BOOTSTRAP_DCS", dcs)
-                .set("ETCD3_HOSTS", &etcd.endpoints.join(","))
-                .set("ETCD3_CACERT", &etcd.ca.display().to_string())
-                .set("ETCD3_CERT", &etcd.cert.display().to_string())
-                .set("ETCD3_KEY", &etcd.key.display().to_string());
-            n
-        })
-        .collect()
+/// An HA cluster of two nodes on the shared etcd, archiving to one prefix.
+fn archiving_cluster(name: &str, garage: &Garage, prefix: &str, dcs: &str) -> Cluster {
+    let etcd = testbed::shared_etcd();
+    let eps = etcd.endpoints.join(",");
+    let mut c = Cluster::new(name, etcd, 2, |_| eps.clone());
+    for n in &mut c.nodes {
+        archive_to(n, garage, prefix, "lz4");
+        n.set("TUSK_BOOTSTRAP_DCS", dcs);
+    }
+    c
 }
 
 /// `pg_is_in_recovery()` of a node, `None` while it does not answer.
 fn in_recovery(n: &Node) -> Option<String> {
-    let out = Command::new(format!("{PG_BIN}/psql"))
-        .args(["-XAtq", "-h"])
-        .arg(n.socket_dir())
-        .args(["-p", &n.pg_port.to_string(), "-U", "postgres", "-d", "postgres", "-c", "select pg_is_in_recovery()"])
-        .env("PGCONNECT_TIMEOUT", "2")
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// SIGKILL of tusk and its postmaster together (a crashed container).
-fn crash(n: &mut Node) {
-    let pm = n.postmaster_pid().expect("postmaster pid");
-    n.signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pm), nix::sys::signal::Signal::SIGKILL);
-    let _ = n.wait_exit(Duration::from_secs(10));
+    try_sql(n, "select pg_is_in_recovery()")
 }
 
 fn exit_code(st: std::process::ExitStatus) -> i32 {
@@ -479,17 +453,9 @@ fn corrupted_object_fails_clearly() {
 fn failover_keeps_the_archive_continuous() {
     require_root();
     let garage = shared_garage();
-    let etcd = testbed::shared_etcd();
-    let dir = test_dir("arch-ha");
     let prefix = unique_prefix("ha");
-    let mut nodes = ha_archiving_nodes(
-        dir.path(),
-        garage,
-        etcd,
-        &prefix,
-        "archha",
-        r#"{"ttl":10,"loop_wait":2,"retry_timeout":3}"#,
-    );
+    let mut c = archiving_cluster("archha", garage, &prefix, cluster::DCS);
+    let nodes = &mut c.nodes;
     nodes[0].start();
     wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(&nodes[0]).as_deref() == Some("f")).then_some(()));
     nodes[1].start();
@@ -518,7 +484,8 @@ fn failover_keeps_the_archive_continuous() {
     });
 
     // Crash of the leader node (tusk and postmaster together).
-    crash(&mut nodes[0]);
+    c.kill_node("n1");
+    let nodes = &mut c.nodes;
     wait_for("n2 promoted", Duration::from_secs(60), || (in_recovery(&nodes[1]).as_deref() == Some("f")).then_some(()));
     assert_eq!(nodes[1].psql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), "00000002");
 
@@ -560,13 +527,12 @@ fn failover_keeps_the_archive_continuous() {
 fn rewind_reads_recycled_wal_from_the_archive() {
     require_root();
     let garage = shared_garage();
-    let etcd = testbed::shared_etcd();
-    let dir = test_dir("arch-rewind");
     let prefix = unique_prefix("rewind");
     // A generous lag limit: the late node catches up from the archive, and
     // this test is about the rewind, not the lag rule.
     let dcs = r#"{"ttl":10,"loop_wait":2,"retry_timeout":3,"maximum_lag_on_failover":1073741824}"#;
-    let mut nodes = ha_archiving_nodes(dir.path(), garage, etcd, &prefix, "archrw", dcs);
+    let mut c = archiving_cluster("archrw", garage, &prefix, dcs);
+    let nodes = &mut c.nodes;
     nodes[0].start();
     wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(&nodes[0]).as_deref() == Some("f")).then_some(()));
     nodes[1].start();
@@ -596,7 +562,8 @@ fn rewind_reads_recycled_wal_from_the_archive() {
             "{s} still in n1's pg_wal: the test would prove nothing"
         );
     }
-    crash(&mut nodes[0]);
+    c.kill_node("n1");
+    let nodes = &mut c.nodes;
 
     // n2 replays the archive, takes over once n1's lease is gone, and forks
     // before n1's last checkpoint.
