@@ -483,19 +483,28 @@ pub(crate) async fn stop_postgres(
         }
     };
     let elapsed_ms = t0.elapsed().as_millis() as u64;
+    let (code, what) = stop_result(outcome, status);
+    if code == 0 {
+        tracing::info!(elapsed_ms, %status, "{what}");
+    } else {
+        tracing::error!(elapsed_ms, %status, "{what}");
+    }
+    code
+}
+
+/// The exit status of a stop and what to log about it.
+fn stop_result(outcome: Stopped, status: std::process::ExitStatus) -> (i32, &'static str) {
+    use std::os::unix::process::ExitStatusExt;
     match outcome {
-        Stopped::Clean if status.success() => {
-            tracing::info!(elapsed_ms, "postgres stopped cleanly");
-            0
+        Stopped::Clean if status.success() => (0, "postgres stopped cleanly"),
+        // The postmaster installs its handlers before it touches the data
+        // directory: killed by the fast-shutdown signal itself, it was
+        // stopped before it had started, with nothing to flush.
+        Stopped::Clean if status.signal() == Some(Signal::SIGINT as i32) => {
+            (0, "postgres stopped before it had started")
         }
-        Stopped::Immediate => {
-            tracing::info!(elapsed_ms, %status, "postgres stopped (immediate)");
-            0
-        }
-        _ => {
-            tracing::error!(elapsed_ms, %status, "postgres did not stop cleanly");
-            EXIT_FAILURE
-        }
+        Stopped::Immediate => (0, "postgres stopped (immediate)"),
+        Stopped::Clean | Stopped::Forced => (EXIT_FAILURE, "postgres did not stop cleanly"),
     }
 }
 
@@ -539,5 +548,28 @@ mod tests {
         let got: Vec<u64> = (0..8).map(|_| b.next(quick).as_secs()).collect();
         assert_eq!(got, [0, 1, 2, 4, 8, 16, 30, 30]);
         assert_eq!(b.next(Duration::from_secs(61)), Duration::ZERO);
+    }
+
+    #[test]
+    fn stop_results() {
+        use std::os::unix::process::ExitStatusExt;
+        use std::process::ExitStatus;
+        let exited = |c: i32| ExitStatus::from_raw(c << 8);
+        let killed = |s: Signal| ExitStatus::from_raw(s as i32);
+        let table = [
+            (Stopped::Clean, exited(0), 0),
+            // A postmaster asked to stop before its handlers were installed.
+            (Stopped::Clean, killed(Signal::SIGINT), 0),
+            (Stopped::Clean, exited(1), EXIT_FAILURE),
+            (Stopped::Clean, killed(Signal::SIGKILL), EXIT_FAILURE),
+            (Stopped::Clean, killed(Signal::SIGSEGV), EXIT_FAILURE),
+            (Stopped::Immediate, exited(1), 0),
+            (Stopped::Immediate, killed(Signal::SIGQUIT), 0),
+            (Stopped::Forced, exited(0), EXIT_FAILURE),
+            (Stopped::Forced, killed(Signal::SIGKILL), EXIT_FAILURE),
+        ];
+        for (outcome, status, want) in table {
+            assert_eq!(stop_result(outcome, status).0, want, "{outcome:?} {status}");
+        }
     }
 }

@@ -459,9 +459,10 @@ fn failover_keeps_the_archive_continuous() {
     nodes[0].start();
     wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(&nodes[0]).as_deref() == Some("f")).then_some(()));
     nodes[1].start();
-    wait_for("n2 streaming", Duration::from_secs(60), || {
-        (nodes[0].psql("select count(*) from pg_stat_replication where state = 'streaming'") == "1").then_some(())
-    });
+    // Not pg_stat_replication on n1: pg_basebackup's own WAL stream shows
+    // there as "streaming" while n2's postgres is only starting.
+    c.wait_streaming("n2", Duration::from_secs(60));
+    let nodes = &mut c.nodes;
     let segs = make_segments(&nodes[0], 2);
     wait_archived(&nodes[0], segs.last().unwrap());
 
@@ -536,15 +537,15 @@ fn rewind_reads_recycled_wal_from_the_archive() {
     nodes[0].start();
     wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(&nodes[0]).as_deref() == Some("f")).then_some(()));
     nodes[1].start();
-    wait_for("n2 streaming", Duration::from_secs(60), || {
-        (nodes[0].psql("select count(*) from pg_stat_replication where state = 'streaming'") == "1").then_some(())
-    });
+    // Not pg_stat_replication on n1: pg_basebackup's own WAL stream shows
+    // there as "streaming" while n2's postgres is only starting.
+    c.wait_streaming("n2", Duration::from_secs(60));
+    let nodes = &mut c.nodes;
     let segs = make_segments(&nodes[0], 1);
     wait_archived(&nodes[0], segs.last().unwrap());
 
     // n2 stops; n1 drops its slot once n2's member key is gone.
-    nodes[1].signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(nodes[1].wait_exit(Duration::from_secs(30)).code(), Some(0));
+    nodes[1].stop_cleanly(Duration::from_secs(30));
     wait_for("n2's slot dropped", Duration::from_secs(40), || {
         (nodes[0].psql("select count(*) from pg_replication_slots") == "0").then_some(())
     });
@@ -574,9 +575,8 @@ fn rewind_reads_recycled_wal_from_the_archive() {
 
     // n1 rejoins: pg_rewind with WAL from the archive, no re-clone.
     nodes[0].start();
-    wait_for("n1 streaming from n2", Duration::from_secs(90), || {
-        (nodes[1].psql("select count(*) from pg_stat_replication where state = 'streaming'") == "1").then_some(())
-    });
+    c.wait_streaming("n1", Duration::from_secs(90));
+    let nodes = &mut c.nodes;
     let log = nodes[0].log_text();
     assert!(log.contains("pg_rewind done"), "n1 was not rewound:\n{log}");
     assert!(!log.contains("rebuilding this replica"), "pg_rewind failed and n1 was re-cloned:\n{log}");

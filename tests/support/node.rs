@@ -201,6 +201,14 @@ impl Node {
         }
     }
 
+    /// SIGTERM, then asserts a clean exit (status 0) within `timeout`,
+    /// showing the node's log when it is not.
+    pub fn stop_cleanly(&mut self, timeout: Duration) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let st = self.wait_exit(timeout);
+        assert_eq!(st.code(), Some(0), "unclean exit ({st}); log:\n{}", self.log_text());
+    }
+
     /// `psql -XAt` over the unix socket as the superuser.
     pub fn psql(&self, sql: &str) -> String {
         let out = Command::new(format!("{PG_BIN}/psql"))
