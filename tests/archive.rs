@@ -135,6 +135,17 @@ fn archiving_cluster(name: &str, garage: &Garage, prefix: &str, dcs: &str) -> Cl
     c
 }
 
+/// n1 first, so that it becomes the primary; then n2, until it streams.
+fn start_n1_then_n2(c: &mut Cluster) {
+    c.nodes[0].start();
+    let n1 = &c.nodes[0];
+    wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(n1).as_deref() == Some("f")).then_some(()));
+    c.nodes[1].start();
+    // Not pg_stat_replication on n1: pg_basebackup's own WAL stream shows
+    // there as "streaming" while n2's postgres is only starting.
+    c.wait_streaming("n2", Duration::from_secs(60));
+}
+
 /// `pg_is_in_recovery()` of a node, `None` while it does not answer.
 fn in_recovery(n: &Node) -> Option<String> {
     try_sql(n, "select pg_is_in_recovery()")
@@ -455,13 +466,7 @@ fn failover_keeps_the_archive_continuous() {
     let garage = shared_garage();
     let prefix = unique_prefix("ha");
     let mut c = archiving_cluster("archha", garage, &prefix, cluster::DCS);
-    let nodes = &mut c.nodes;
-    nodes[0].start();
-    wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(&nodes[0]).as_deref() == Some("f")).then_some(()));
-    nodes[1].start();
-    // Not pg_stat_replication on n1: pg_basebackup's own WAL stream shows
-    // there as "streaming" while n2's postgres is only starting.
-    c.wait_streaming("n2", Duration::from_secs(60));
+    start_n1_then_n2(&mut c);
     let nodes = &mut c.nodes;
     let segs = make_segments(&nodes[0], 2);
     wait_archived(&nodes[0], segs.last().unwrap());
@@ -533,13 +538,7 @@ fn rewind_reads_recycled_wal_from_the_archive() {
     // this test is about the rewind, not the lag rule.
     let dcs = r#"{"ttl":10,"loop_wait":2,"retry_timeout":3,"maximum_lag_on_failover":1073741824}"#;
     let mut c = archiving_cluster("archrw", garage, &prefix, dcs);
-    let nodes = &mut c.nodes;
-    nodes[0].start();
-    wait_for("n1 primary", Duration::from_secs(60), || (in_recovery(&nodes[0]).as_deref() == Some("f")).then_some(()));
-    nodes[1].start();
-    // Not pg_stat_replication on n1: pg_basebackup's own WAL stream shows
-    // there as "streaming" while n2's postgres is only starting.
-    c.wait_streaming("n2", Duration::from_secs(60));
+    start_n1_then_n2(&mut c);
     let nodes = &mut c.nodes;
     let segs = make_segments(&nodes[0], 1);
     wait_archived(&nodes[0], segs.last().unwrap());
