@@ -25,6 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::ArchiveHandle;
+use super::beneath;
 use super::compress;
 use super::store::{META_HASH, META_SIZE, Store, StoreError};
 use super::wal::{self, DEFAULT_SEGMENT_SIZE, HistoryEntry, Kind, SegmentName};
@@ -60,6 +61,10 @@ pub enum ArchiveError {
     /// A different object exists under the name.
     #[error("{0}")]
     Conflict(String),
+    /// A destination the supervisor will not write (outside PGDATA, through
+    /// a symbolic link, not owned by postgres).
+    #[error("{0}")]
+    Refused(#[from] beneath::BeneathError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
@@ -160,6 +165,11 @@ impl Archiver {
 
     pub fn pgdata(&self) -> &Path {
         &self.pgdata
+    }
+
+    /// uid/gid of the postgres user when tusk is root.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.owner
     }
 
     fn pg_wal(&self) -> PathBuf {
@@ -616,8 +626,15 @@ impl Archiver {
     }
 
     /// Writes `data` to `dest` through a temporary file in the same
-    /// directory and a rename; owned by postgres.
+    /// directory and a rename; owned by postgres. The supervisor's archiver
+    /// (which writes as root where a client names) resolves `dest` beneath
+    /// PGDATA through directory descriptors with no symbolic link followed
+    /// ([`beneath`]); direct mode writes with the caller's own rights.
     fn write_file(&self, dest: &Path, data: &[u8]) -> Result<(), ArchiveError> {
+        if self.background {
+            let (dir, name) = beneath::Dir::parent_of(&self.pgdata, dest, self.owner)?;
+            return Ok(dir.write_new(&name, data)?);
+        }
         let dir = dest.parent().ok_or_else(|| ArchiveError::Invalid(format!("{}: no directory", dest.display())))?;
         let fname = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
         let tmp = dir.join(format!(".{fname}.tusk-tmp"));
@@ -638,6 +655,13 @@ impl Archiver {
         Ok(())
     }
 
+    /// `pg_wal/.tusk-prefetch`, opened beneath PGDATA (created when `create`).
+    fn prefetch_dirfd(&self, create: bool) -> Result<beneath::Dir, ArchiveError> {
+        let pg_wal = beneath::Dir::open(&self.pgdata, &["pg_wal"], self.owner)?;
+        let name = std::ffi::OsStr::new(PREFETCH_DIR);
+        Ok(if create { pg_wal.subdir_create(name)? } else { pg_wal.subdir(name)? })
+    }
+
     fn chown(&self, path: &Path) -> Result<(), ArchiveError> {
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io(path))?;
@@ -645,10 +669,12 @@ impl Archiver {
         Ok(())
     }
 
-    /// Moves a complete, valid prefetched copy of `name` to `dest`.
+    /// Moves a complete, valid prefetched copy of `name` to `dest` (both
+    /// resolved beneath PGDATA through directory descriptors).
     fn take_prefetched(&self, name: &str, seg: SegmentName, dest: &Path) -> Result<bool, ArchiveError> {
-        let path = self.prefetch_dir().join(name);
-        let Ok(mut f) = std::fs::File::open(&path) else { return Ok(false) };
+        let Ok(dir) = self.prefetch_dirfd(false) else { return Ok(false) };
+        let fname = std::ffi::OsStr::new(name);
+        let Ok(mut f) = dir.open_file(fname) else { return Ok(false) };
         let mut head = vec![0u8; wal::LONG_HEADER_LEN];
         let valid = f.read_exact(&mut head).is_ok()
             && f.metadata().is_ok_and(|m| {
@@ -661,10 +687,11 @@ impl Archiver {
         drop(f);
         if !valid {
             tracing::warn!(wal = %name, "discarding an invalid prefetched file");
-            let _ = std::fs::remove_file(&path);
+            let _ = dir.unlink(fname);
             return Ok(false);
         }
-        std::fs::rename(&path, dest).map_err(io(dest))?;
+        let (to, to_name) = beneath::Dir::parent_of(&self.pgdata, dest, self.owner)?;
+        dir.rename_to(fname, &to, &to_name)?;
         Ok(true)
     }
 
@@ -685,12 +712,11 @@ impl Archiver {
             }
         };
         let dir = self.prefetch_dir();
-        if let Ok(rd) = std::fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                let older =
-                    e.file_name().to_str().and_then(SegmentName::parse).is_some_and(|s| s.segno(seg_size) <= segno);
+        if let Ok(fd) = self.prefetch_dirfd(false) {
+            for name in fd.names().unwrap_or_default() {
+                let older = name.to_str().and_then(SegmentName::parse).is_some_and(|s| s.segno(seg_size) <= segno);
                 if older {
-                    let _ = std::fs::remove_file(e.path());
+                    let _ = fd.unlink(&name);
                 }
             }
         }
@@ -738,16 +764,11 @@ impl Archiver {
         let Some(first) = found.first() else { return Ok(()) };
         let Some(raw) = self.download(name, first).await? else { return Ok(()) };
         self.verify(name, Kind::Segment(seg), &raw)?;
-        let dir = self.prefetch_dir();
         let me = self.clone();
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
-            if !dir.exists() {
-                std::fs::create_dir(&dir).map_err(io(&dir))?;
-                me.chown(&dir)?;
-            }
             // Through a temporary file and a rename: never a partial file under the name.
-            me.write_file(&dir.join(&name), &raw)
+            Ok(me.prefetch_dirfd(true)?.write_new(std::ffi::OsStr::new(&name), &raw)?)
         })
         .await
         .map_err(|e| ArchiveError::Invalid(format!("prefetch write panicked: {e}")))?

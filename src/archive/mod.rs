@@ -14,6 +14,7 @@
 //! [`prometheus_lines`] for the REST API; [`handle`] gives the process's
 //! handle once the supervisor started archiving.
 
+pub mod beneath;
 pub mod client;
 pub mod compress;
 pub mod engine;

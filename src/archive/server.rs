@@ -1,7 +1,8 @@
 //! The supervisor's side of the socket: one JSON line in, one JSON line out
 //! per connection. Only root and the postgres user may connect (socket mode
 //! 0600, owned by postgres, and a peer-credential check); paths must lie in
-//! `PGDATA`.
+//! `PGDATA`, reached without symbolic links, and are written through
+//! directory descriptors ([`super::beneath`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use super::beneath;
 use super::engine::{ArchiveError, Archiver, FETCH_RETRY_DELAYS, Fetched};
 use crate::postgres::RunAs;
 
@@ -98,24 +100,23 @@ async fn connection(stream: UnixStream, archiver: Arc<Archiver>, postgres_uid: u
     write.shutdown().await
 }
 
-/// `path`'s directory, resolved, must be `PGDATA/pg_wal` (or below PGDATA for fetch).
-fn inside(pgdata: &Path, path: &Path, exact_pg_wal: bool) -> Result<(), String> {
-    if !path.is_absolute() {
-        return Err(format!("{} is not an absolute path", path.display()));
+/// `path`'s directory must be `PGDATA/pg_wal` (push) or any directory
+/// beneath PGDATA (fetch), reached with no symbolic link and, when tusk is
+/// root, owned by postgres. Only an early, clear refusal: the write itself
+/// resolves the destination again through directory descriptors
+/// ([`super::beneath`]), so a swap after this check cannot redirect it.
+fn inside(archiver: &Archiver, path: &Path, exact_pg_wal: bool) -> Result<(), String> {
+    let (dirs, _) = beneath::split(archiver.pgdata(), path).map_err(|e| e.to_string())?;
+    if exact_pg_wal && dirs.iter().map(|d| d.as_os_str()).ne([std::ffi::OsStr::new("pg_wal")]) {
+        return Err(format!("{} is not in this node's PGDATA/pg_wal", path.display()));
     }
-    let dir = path.parent().ok_or_else(|| format!("{}: no directory", path.display()))?;
-    let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
-    let pgdata = pgdata.canonicalize().map_err(|e| format!("{}: {e}", pgdata.display()))?;
-    let pg_wal = pgdata.join("pg_wal").canonicalize().map_err(|e| format!("pg_wal: {e}"))?;
-    let ok = if exact_pg_wal { dir == pg_wal } else { dir == pg_wal || dir.starts_with(&pgdata) };
-    if ok { Ok(()) } else { Err(format!("{} is outside this node's PGDATA", path.display())) }
+    beneath::Dir::open(archiver.pgdata(), &dirs, archiver.owner()).map(|_| ()).map_err(|e| e.to_string())
 }
 
 pub async fn handle(archiver: &Arc<Archiver>, req: Request) -> Response {
-    let pgdata = archiver.pgdata().to_owned();
     match req {
         Request::Push { path } => {
-            if let Err(m) = inside(&pgdata, &path, true) {
+            if let Err(m) = inside(archiver, &path, true) {
                 return Response { answer: Answer::Error, message: m };
             }
             match archiver.push(&path).await {
@@ -124,7 +125,7 @@ pub async fn handle(archiver: &Arc<Archiver>, req: Request) -> Response {
             }
         }
         Request::Fetch { name, dest } => {
-            if let Err(m) = inside(&pgdata, &dest, false) {
+            if let Err(m) = inside(archiver, &dest, false) {
                 return Response { answer: Answer::Error, message: m };
             }
             fetch_with_policy(archiver, &name, &dest).await
@@ -147,7 +148,7 @@ pub async fn fetch_with_policy(archiver: &Arc<Archiver>, name: &str, dest: &Path
             Ok(Fetched::NotFound) => {
                 return Response { answer: Answer::NotFound, message: format!("{name} is not in the archive") };
             }
-            Err(e) if !archive_recovery || matches!(e, ArchiveError::Invalid(_) | ArchiveError::Codec(_)) => {
+            Err(e) if !archive_recovery || matches!(e, ArchiveError::Invalid(_) | ArchiveError::Codec(_) | ArchiveError::Refused(_)) => {
                 // A bad object does not get better by retrying; in archive
                 // recovery it still must not look like the end of the archive.
                 let answer = if archive_recovery { Answer::Fatal } else { Answer::Error };
