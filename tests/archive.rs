@@ -7,6 +7,8 @@
 mod cluster;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/proxy.rs"]
+mod proxy;
 #[path = "support/testbed.rs"]
 mod testbed;
 
@@ -584,4 +586,287 @@ fn rewind_reads_recycled_wal_from_the_archive() {
         (nodes[0].psql("select count(*), sum(length(v)) from t") == want).then_some(())
     });
     assert_eq!(nodes[0].psql("select count(*) from t where v = 'after the fork'"), "0", "n1 kept its diverged row");
+}
+
+// ------------------------------------------------------------ security ----
+//
+// The supervisor runs as root and writes where a `wal-fetch` client names.
+// These tests play the postgres user (and `nobody`) against it.
+
+/// uid and gid of a system user.
+fn user_ids(name: &str) -> (u32, u32) {
+    let u = nix::unistd::User::from_name(name).expect("passwd lookup").unwrap_or_else(|| panic!("no user {name}"));
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// `tusk ARGS` with the node's environment, as the given user (cwd `cwd`).
+fn client_as(node: &Node, user: &str, cwd: &Path, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = user_ids(user);
+    let mut cmd = Command::new(node::tusk_bin());
+    cmd.args(args).env_clear().envs(&node.env).current_dir(cwd).uid(uid).gid(gid);
+    cmd
+}
+
+fn output_of(mut cmd: Command) -> (i32, String) {
+    let out = cmd.output().expect("run tusk");
+    (exit_code(out.status), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A directory outside PGDATA that the postgres user may write to itself
+/// (so that a refusal is tusk's policy, not a permission error).
+fn outside_dir(parent: &Path, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = parent.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Makes `path` (a directory or symlink the test creates as root) belong to postgres.
+fn give_to_postgres(path: &Path) {
+    let (uid, gid) = user_ids("postgres");
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+}
+
+/// A running archiving node (standalone) with one segment archived; returns
+/// the segment's name and its bytes.
+fn node_with_archived_segment(dir: &Path, garage: &Garage, prefix: &str) -> (Node, String, Vec<u8>) {
+    let mut n = archiving_node(dir, garage, prefix, "lz4");
+    n.start();
+    n.wait_ready(1);
+    let seg = make_segments(&n, 1).pop().expect("one segment");
+    wait_archived(&n, &seg);
+    let bytes = std::fs::read(n.data().join("pg_wal").join(&seg)).expect("segment in pg_wal");
+    (n, seg, bytes)
+}
+
+/// The archive socket admits only root and postgres: it is 0600 and owned by
+/// postgres, and even with the file mode opened up, a peer running as
+/// `nobody` gets no answer and nothing is written (the peer-credential
+/// check); postgres, asking the same, is served.
+#[test]
+fn archive_socket_refuses_other_users() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require_root();
+    let garage = shared_garage();
+    let dir = test_dir("arch-peer");
+    let (mut n, seg, bytes) = node_with_archived_segment(dir.path(), garage, &unique_prefix("peer"));
+    let sock = n.socket_dir().join(".s.tusk.archive");
+    let meta = std::fs::metadata(&sock).expect("archive socket");
+    assert_eq!(meta.mode() & 0o777, 0o600, "socket mode");
+    assert_eq!(meta.uid(), user_ids("postgres").0, "socket owner");
+
+    // As the socket is: nobody cannot connect at all, and falls back to
+    // direct mode, where it cannot write into PGDATA either.
+    let dest = n.data().join("fetched-by-nobody");
+    let (code, err) = output_of(client_as(&n, "nobody", Path::new("/"), &["wal-fetch", &seg, dest.to_str().unwrap()]));
+    assert_ne!(code, 0, "nobody (socket 0600): {err}");
+    assert!(!dest.exists(), "nobody (socket 0600) got a file written");
+
+    // The file mode opened: only the peer-credential check stands.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refusals = n.log_text().matches("refusing an archive request from a uid other than root or postgres").count();
+    let (code, err) = output_of(client_as(&n, "nobody", Path::new("/"), &["wal-fetch", &seg, dest.to_str().unwrap()]));
+    assert_eq!(code, 2, "nobody (socket 0666) must get an error: {err}");
+    assert!(err.contains("no answer from the supervisor"), "nobody (socket 0666): {err}");
+    assert!(!dest.exists(), "nobody (socket 0666) got a file written");
+    n.wait_log("refusing an archive request from a uid other than root or postgres", refusals + 1, Duration::from_secs(10));
+
+    // The same request from postgres is served.
+    let dest = n.data().join("fetched-by-postgres");
+    let (code, err) = output_of(client_as(&n, "postgres", &n.data(), &["wal-fetch", &seg, dest.to_str().unwrap()]));
+    assert_eq!(code, 0, "postgres: {err}");
+    assert!(std::fs::read(&dest).unwrap() == bytes, "postgres: fetched bytes differ");
+    assert_eq!(std::fs::metadata(&dest).unwrap().uid(), user_ids("postgres").0, "fetched file owner");
+    n.stop_cleanly(Duration::from_secs(30));
+}
+
+/// Destinations outside PGDATA, through a symlinked directory, or a
+/// symlinked WAL file to push: refused, nothing written outside. A symlink
+/// at the destination name itself is replaced by the file, never followed.
+#[test]
+fn archive_socket_refuses_paths_outside_pgdata_and_symlinks() {
+    require_root();
+    let garage = shared_garage();
+    let dir = test_dir("arch-paths");
+    let (mut n, seg, bytes) = node_with_archived_segment(dir.path(), garage, &unique_prefix("paths"));
+    let data = n.data();
+    let outside = outside_dir(dir.path(), "outside");
+    let fetch = |dest: &Path| output_of(client_as(&n, "postgres", &data, &["wal-fetch", &seg, dest.to_str().unwrap()]));
+
+    // Outside PGDATA, spelt plainly and with "..".
+    for (what, dest) in [
+        ("absolute path outside", outside.join("x")),
+        ("dot-dot out of PGDATA", data.join("pg_wal/../../../outside/y")),
+    ] {
+        let (code, err) = fetch(&dest);
+        assert_eq!(code, 2, "{what}: {err}");
+        assert!(err.contains("outside this node's PGDATA"), "{what}: {err}");
+    }
+    // A relative %p is taken from the client's working directory: outside here.
+    let (code, err) = output_of(client_as(&n, "postgres", &outside, &["wal-fetch", &seg, "rel"]));
+    assert_eq!(code, 2, "relative path from outside: {err}");
+
+    // A directory in PGDATA that is a symlink: to a directory outside, and
+    // to pg_wal itself (inside: still refused, never followed).
+    let link_out = data.join("link-out");
+    std::os::unix::fs::symlink(&outside, &link_out).unwrap();
+    give_to_postgres(&link_out);
+    let link_in = data.join("link-in");
+    std::os::unix::fs::symlink(data.join("pg_wal"), &link_in).unwrap();
+    give_to_postgres(&link_in);
+    for (what, dest) in [("symlinked dir to outside", link_out.join("z")), ("symlinked dir to pg_wal", link_in.join("w"))]
+    {
+        let (code, err) = fetch(&dest);
+        assert_eq!(code, 2, "{what}: {err}");
+        assert!(err.contains("symbolic link"), "{what}: {err}");
+    }
+    assert_eq!(entries(&outside), Vec::<String>::new(), "something was written outside PGDATA");
+    assert!(!data.join("pg_wal/w").exists(), "a write went through the symlink to pg_wal");
+
+    // A symlink at the destination name: replaced, its target untouched.
+    let victim = outside.join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let dest = data.join("pg_wal/RECOVERYXLOG");
+    std::os::unix::fs::symlink(&victim, &dest).unwrap();
+    give_to_postgres(&dest);
+    let (code, err) = fetch(&dest);
+    assert_eq!(code, 0, "symlinked destination file: {err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "the symlink's target was written");
+    assert!(std::fs::symlink_metadata(&dest).unwrap().file_type().is_file(), "the symlink was not replaced");
+    assert!(std::fs::read(&dest).unwrap() == bytes, "symlinked destination: wrong bytes");
+    std::fs::remove_file(&dest).unwrap();
+
+    // wal-push of a WAL file that is a symlink (to a real segment elsewhere):
+    // refused, nothing uploaded under that name.
+    let fake = "0000000100000000000000F0";
+    let elsewhere = outside.join(fake);
+    std::fs::write(&elsewhere, &bytes).unwrap();
+    let link = data.join("pg_wal").join(fake);
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    give_to_postgres(&link);
+    let (code, err) = output_of(client_as(&n, "postgres", &data, &["wal-push", link.to_str().unwrap()]));
+    assert_eq!(code, 1, "push of a symlinked file: {err}");
+    // And a push of a file outside pg_wal.
+    let (code, err) = output_of(client_as(&n, "postgres", &data, &["wal-push", elsewhere.to_str().unwrap()]));
+    assert_eq!(code, 1, "push from outside pg_wal: {err}");
+    assert!(err.contains("outside this node's PGDATA"), "push from outside pg_wal: {err}");
+    std::fs::remove_file(&link).unwrap();
+    n.stop_cleanly(Duration::from_secs(30));
+}
+
+/// A directory checked while real and swapped for a symlink (to a directory
+/// outside PGDATA) while the supervisor is in the middle of the request:
+/// the write is refused, nothing lands outside. Ordering is exact: the
+/// node's S3 traffic goes through a proxy that holds the request's first
+/// bytes, so the swap happens after the path check and before the write.
+/// Also shows that, without a swap, the held request completes.
+#[test]
+fn directory_swapped_for_a_symlink_mid_request_cannot_redirect_the_write() {
+    require_root();
+    let garage = shared_garage();
+    let dir = test_dir("arch-swap");
+    let s3 = proxy::Proxy::start(garage.endpoint.trim_start_matches("http://"));
+    let mut n = archiving_node(dir.path(), garage, &unique_prefix("swap"), "lz4");
+    n.set("AWS_ENDPOINT", &format!("http://{}", s3.endpoint()));
+    n.start();
+    n.wait_ready(1);
+    let seg = make_segments(&n, 1).pop().expect("one segment");
+    wait_archived(&n, &seg);
+    let data = n.data();
+    let outside = outside_dir(dir.path(), "outside");
+    let sub = data.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    give_to_postgres(&sub);
+
+    let run = |name: &str, swap: bool| -> (i32, String) {
+        s3.hold();
+        let dest = sub.join(name);
+        let child = client_as(&n, "postgres", &data, &["wal-fetch", &seg, dest.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn wal-fetch");
+        // The supervisor checked the path and is talking to S3.
+        wait_for("the fetch's S3 request in the proxy", Duration::from_secs(30), || (s3.held_bytes() > 0).then_some(()));
+        if swap {
+            std::fs::rename(&sub, data.join("sub.old")).unwrap();
+            std::os::unix::fs::symlink(&outside, &sub).unwrap();
+            give_to_postgres(&sub);
+        }
+        s3.release();
+        let out = child.wait_with_output().expect("wal-fetch");
+        (exit_code(out.status), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run("held", false);
+    assert_eq!(code, 0, "held request without a swap: {err}");
+    assert!(sub.join("held").exists(), "held request without a swap wrote nothing");
+
+    let (code, err) = run("swapped", true);
+    assert_eq!(code, 2, "swapped directory: {err}");
+    assert!(err.contains("symbolic link"), "swapped directory: {err}");
+    assert_eq!(entries(&outside), Vec::<String>::new(), "root's write was redirected outside PGDATA");
+    assert_eq!(entries(&data.join("sub.old")), vec!["held".to_owned()], "sub.old");
+    n.stop_cleanly(Duration::from_secs(30));
+}
+
+/// Direct mode: the supervisor leaves its storage settings in
+/// `PGROOT/tusk-archive.env`, mode 0600, owned by postgres (it holds the S3
+/// secret). With the supervisor gone, `tusk wal-fetch` run as postgres with
+/// nothing in its environment but `TUSK_ARCHIVE_CONFIG` fetches from the
+/// real S3 with it; without that variable it has no storage.
+#[test]
+fn direct_mode_config_file_is_private_and_used_by_wal_fetch() {
+    use std::os::unix::fs::MetadataExt;
+    require_root();
+    let garage = shared_garage();
+    let dir = test_dir("arch-conf");
+    let (mut n, seg, bytes) = node_with_archived_segment(dir.path(), garage, &unique_prefix("conf"));
+    let conf = n.root().join("tusk-archive.env");
+    let meta = std::fs::metadata(&conf).expect("tusk-archive.env");
+    assert_eq!(meta.mode() & 0o777, 0o600, "mode of {}", conf.display());
+    assert_eq!((meta.uid(), meta.gid()), user_ids("postgres"), "owner of {}", conf.display());
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains(&format!("AWS_SECRET_ACCESS_KEY={}", garage.secret_key)), "the file lacks the secret");
+    n.stop_cleanly(Duration::from_secs(30));
+
+    let out = outside_dir(dir.path(), "direct");
+    let (uid, gid) = user_ids("postgres");
+    let fetch = |env: &[(&str, &str)], dest: &Path| {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(node::tusk_bin());
+        cmd.args(["wal-fetch", &seg, dest.to_str().unwrap()]).env_clear().envs(env.iter().copied());
+        cmd.current_dir(&out).uid(uid).gid(gid);
+        output_of(cmd)
+    };
+    let dest = out.join("with-config");
+    let (code, err) = fetch(&[("TUSK_ARCHIVE_CONFIG", conf.to_str().unwrap())], &dest);
+    assert_eq!(code, 0, "wal-fetch with only TUSK_ARCHIVE_CONFIG: {err}");
+    assert!(std::fs::read(&dest).unwrap() == bytes, "direct fetch: bytes differ");
+    // Control: the same without the file has nothing to fetch from.
+    let dest = out.join("without-config");
+    let (code, err) = fetch(&[], &dest);
+    assert_eq!(code, 2, "wal-fetch with an empty environment: {err}");
+    assert!(err.contains("no WAL storage configured"), "{err}");
+    assert!(!dest.exists());
+    // The file is private: nobody, pointed at it, cannot read it and has no storage.
+    let dest = out.join("by-nobody");
+    let (nuid, ngid) = user_ids("nobody");
+    let mut cmd = Command::new(node::tusk_bin());
+    std::os::unix::process::CommandExt::uid(&mut cmd, nuid);
+    std::os::unix::process::CommandExt::gid(&mut cmd, ngid);
+    cmd.args(["wal-fetch", &seg, dest.to_str().unwrap()]).env_clear().env("TUSK_ARCHIVE_CONFIG", &conf).current_dir(&out);
+    let (code, err) = output_of(cmd);
+    assert_eq!(code, 2, "nobody with TUSK_ARCHIVE_CONFIG: {err}");
+    assert!(err.contains("no WAL storage configured"), "nobody with TUSK_ARCHIVE_CONFIG: {err}");
+    assert!(!dest.exists());
 }

@@ -1,16 +1,19 @@
-//! A TCP proxy on loopback that a test can cut and restore: a partition
-//! between one node and etcd without network namespaces or netem.
+//! A TCP proxy on loopback that a test can cut and restore (a partition
+//! between one node and etcd without network namespaces or netem), or hold
+//! (bytes are read but not passed on until released: a request provably in
+//! flight, for ordering a test's action against it).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 pub struct Proxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
+    hold: Arc<Hold>,
     live: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
 }
@@ -21,10 +24,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let cut = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(Hold::default());
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Mutex::new(Vec::new()));
         let target = target.to_owned();
-        let (c, s, l) = (cut.clone(), stop.clone(), live.clone());
+        let (c, s, l, h) = (cut.clone(), stop.clone(), live.clone(), hold.clone());
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -47,11 +51,11 @@ impl Proxy {
                     live.push(client.try_clone().expect("clone"));
                     live.push(server.try_clone().expect("clone"));
                 }
-                pipe(client.try_clone().expect("clone"), server.try_clone().expect("clone"), c.clone());
-                pipe(server, client, c.clone());
+                pipe(client.try_clone().expect("clone"), server.try_clone().expect("clone"), c.clone(), h.clone());
+                pipe(server, client, c.clone(), h.clone());
             }
         });
-        Proxy { port, cut, live, stop }
+        Proxy { port, cut, hold, live, stop }
     }
 
     pub fn endpoint(&self) -> String {
@@ -69,6 +73,28 @@ impl Proxy {
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
+
+    /// From now on, bytes read on any connection wait in the proxy.
+    pub fn hold(&self) {
+        self.hold.held_bytes.store(0, Ordering::SeqCst);
+        self.hold.on.store(true, Ordering::SeqCst);
+    }
+
+    /// Bytes read and not passed on since `hold()`.
+    pub fn held_bytes(&self) -> u64 {
+        self.hold.held_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Passes the held bytes on and stops holding.
+    pub fn release(&self) {
+        self.hold.on.store(false, Ordering::SeqCst);
+    }
+}
+
+#[derive(Default)]
+struct Hold {
+    on: AtomicBool,
+    held_bytes: AtomicU64,
 }
 
 impl Drop for Proxy {
@@ -79,13 +105,19 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>, hold: Arc<Hold>) {
     thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if hold.on.load(Ordering::SeqCst) {
+                        hold.held_bytes.fetch_add(n as u64, Ordering::SeqCst);
+                        while hold.on.load(Ordering::SeqCst) && !cut.load(Ordering::SeqCst) {
+                            thread::sleep(std::time::Duration::from_millis(5));
+                        }
+                    }
                     if cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
                         break;
                     }
