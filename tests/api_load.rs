@@ -208,7 +208,7 @@ fn one_node(name: &str) -> Cluster {
 #[test]
 fn malformed_requests_are_refused_and_others_still_served() {
     require_root();
-    let c = one_node("apibad");
+    let mut c = one_node("apibad");
     let port = c.api_port("n1");
     assert_eq!(get_status(port, "/primary"), 200);
 
@@ -238,10 +238,19 @@ fn malformed_requests_are_refused_and_others_still_served() {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(b"GET /patroni HTTP/1.1\r\nHo").unwrap();
     }
-    // Still serving, and the node is unharmed.
+    // Still serving, and the node is unharmed: the same tusk process runs,
+    // still leads, and its postgres takes a write.
     assert_eq!(get_status(port, "/primary"), 200);
     assert_eq!(get_status(port, "/health"), 200);
-    assert!(c.nodes[0].child.is_some());
+    let n = &mut c.nodes[0];
+    let status = n.child.as_mut().expect("started").try_wait().expect("try_wait");
+    assert!(status.is_none(), "tusk exited ({status:?}); log:\n{}", n.log_text());
+    assert_eq!(c.leader_key().as_deref(), Some("n1"), "n1 lost the leader key");
+    assert_eq!(
+        cluster::psql_ok(&c.nodes[0], "CREATE TABLE unharmed AS SELECT 1 AS v; SELECT v FROM unharmed"),
+        "1",
+        "postgres after the malformed requests"
+    );
 }
 
 /// How long a client may take to send its request header before the server
