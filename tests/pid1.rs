@@ -79,7 +79,13 @@ fn reaps_orphans_and_forwards_sigterm() {
     n.wait_ready(1);
     let init = init_pid(&n);
     assert!(n.log_text().contains("tusk init: PID 1, supervisor started"));
+    // PID 1 is the binary that ships (the release build, unless
+    // TUSK_TEST_BIN says otherwise), and so is the supervisor.
     let supervisor = supervisor_pid(init);
+    for (what, pid) in [("init", init), ("supervisor", supervisor)] {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe link");
+        assert_eq!(exe, std::fs::canonicalize(node::tusk_bin()).expect("tusk binary"), "{what}'s binary");
+    }
     n.psql("CREATE TABLE t AS SELECT 1 AS v");
 
     // Orphans, as `podman exec` leaves them: a shell in the namespace starts

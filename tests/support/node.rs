@@ -12,8 +12,63 @@ use std::time::{Duration, Instant};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// The binary under test: the release build that ships (`panic = "abort"`),
+/// `target/release/tusk`, which scripts/test.sh builds before the tests.
+/// Fails clearly when it is missing or older than the sources (a stale
+/// binary would test old code). `TUSK_TEST_BIN=debug` runs the debug build
+/// cargo just made instead (for quick iterations); any other value is the
+/// path of the binary to run.
 pub fn tusk_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tusk")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let debug = env!("CARGO_BIN_EXE_tusk");
+        match std::env::var("TUSK_TEST_BIN") {
+            Ok(v) if v == "debug" => return debug.to_owned(),
+            Ok(v) if !v.is_empty() => return v,
+            _ => {}
+        }
+        // target/debug/tusk -> target/release/tusk (respects CARGO_TARGET_DIR).
+        let release = Path::new(debug)
+            .parent()
+            .and_then(Path::parent)
+            .map(|t| t.join("release/tusk"))
+            .expect("the debug binary lives in <target>/debug");
+        let built = std::fs::metadata(&release).and_then(|m| m.modified()).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}. The tests run the release binary that ships: build it first with \
+                 `cargo build --release --locked` (scripts/test.sh does), or set TUSK_TEST_BIN=debug",
+                release.display()
+            )
+        });
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut newest = Vec::new();
+        newest_source(&root.join("src"), &mut newest);
+        for f in ["Cargo.toml", "Cargo.lock"] {
+            if let Ok(t) = std::fs::metadata(root.join(f)).and_then(|m| m.modified()) {
+                newest.push((t, root.join(f)));
+            }
+        }
+        if let Some((t, path)) = newest.into_iter().max() {
+            assert!(
+                t <= built,
+                "{} is older than {}: rebuild it with `cargo build --release --locked` (or set TUSK_TEST_BIN=debug)",
+                release.display(),
+                path.display()
+            );
+        }
+        release.display().to_string()
+    })
+}
+
+fn newest_source(dir: &Path, out: &mut Vec<(std::time::SystemTime, PathBuf)>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            newest_source(&p, out);
+        } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+            out.push((t, p));
+        }
+    }
 }
 
 pub fn require_root() {
