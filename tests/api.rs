@@ -6,6 +6,8 @@
 //! (PATCH with CAS), switchover checks (412), a scheduled switchover,
 //! `/history` and reinitialize.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/node.rs"]

@@ -6,6 +6,8 @@
 //! huge request line) and slow ones (slowloris): the server answers or
 //! closes, cuts off the slow ones, and keeps serving everyone else.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "../examples/apiload/load.rs"]

@@ -3,6 +3,8 @@
 //! layout for every compression, recovery only from the archive, an S3
 //! outage, conflicts, corruption. Run as root (postgres runs as postgres).
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/node.rs"]

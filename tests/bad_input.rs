@@ -1,5 +1,7 @@
 //! Bad input: each case exits with its clear error and changes nothing on disk.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/node.rs"]
 mod node;
 

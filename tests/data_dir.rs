@@ -4,6 +4,8 @@
 //! untouched), and removes PGDATA after a failed clone and (today) after a
 //! failed pg_rewind, then clones again from the leader.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/node.rs"]

@@ -2,6 +2,8 @@
 //! the initialize race, the leader key on a lease, conditional writes, TLS
 //! failures. Each test uses its own scope (key prefix) on one shared etcd.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/testbed.rs"]
 mod testbed;
 

@@ -4,6 +4,8 @@
 //! etcd (never two primaries), loss of an etcd member, bad certificates and
 //! etcd down at start.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/node.rs"]

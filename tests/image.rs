@@ -6,7 +6,9 @@
 //! Needs root, podman and a reachable Debian mirror (scripts/podman-setup.sh
 //! installs podman when missing).
 
-use std::net::TcpListener;
+#[path = "support/ports.rs"]
+mod ports;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::thread;
@@ -24,9 +26,7 @@ fn is_root() -> bool {
 }
 
 /// A TCP port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
-}
+use ports::free_port;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim().to_string()

@@ -1,5 +1,7 @@
 //! Lifecycle of a standalone node: real binary, real PostgreSQL.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/node.rs"]
 mod node;
 

@@ -1,6 +1,8 @@
 //! tusk as PID 1 of a new PID namespace (`unshare --pid --fork
 //! --mount-proc`): reaping, signal forwarding, exit status.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/node.rs"]
 mod node;
 

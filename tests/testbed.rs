@@ -1,6 +1,8 @@
 //! Proves the test bed is real: etcd with mutual TLS (single and 3 members)
 //! and garage S3. Needs `scripts/install-testbed.sh` to have run.
 
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/testbed.rs"]
 mod testbed;
 

@@ -78,23 +78,8 @@ pub fn require_root() {
     );
 }
 
-/// A port that is free now, spread by process id so that parallel test
-/// binaries rarely collide, and below the kernel's ephemeral range (32768+):
-/// a port there can be taken by any outgoing connection between this check
-/// and the moment postgres binds it. The upper half of the 200-port window
-/// `testbed::free_port` walks from the bottom for the same process.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 10_000 + (std::process::id() % 110) as u16 * 200 + 100;
-    loop {
-        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()
-        {
-            return p;
-        }
-    }
-}
+/// A port that is free now (the tests' one allocator, `support/ports.rs`).
+pub use crate::ports::free_port;
 
 /// A fresh directory under /tmp that the postgres user can traverse.
 pub fn test_dir(name: &str) -> tempfile::TempDir {

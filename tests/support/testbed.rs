@@ -15,12 +15,10 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 /// The repository root (where Cargo.toml is).
@@ -43,40 +41,8 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
         .expect("create temp dir under /tmp")
 }
 
-/// Ports handed out by this process: a window of 200 ports chosen by the
-/// process id, below the kernel's ephemeral range (32768+), walked in order
-/// so parallel tests in one binary never get the same port and parallel
-/// binaries are unlikely to meet.
-fn next_port_block(n: u16) -> u16 {
-    const LOW: u32 = 10_000;
-    const WINDOWS: u32 = 110; // 10_000 + 110 * 200 = 32_000
-    const WIDTH: u32 = 200;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let window = LOW + (std::process::id() % WINDOWS) * WIDTH;
-    for _ in 0..2_000 {
-        let off = NEXT.fetch_add(n as u32, Ordering::SeqCst);
-        // Past our own window, spill into the following windows (wrapping).
-        let base = LOW + (window - LOW + off) % (WINDOWS * WIDTH);
-        if base + n as u32 > LOW + WINDOWS * WIDTH {
-            continue;
-        }
-        let base = base as u16;
-        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free block of {n} ports on 127.0.0.1");
-}
-
-/// A free TCP port on 127.0.0.1 (see `free_ports` for the scheme).
-pub fn free_port() -> u16 {
-    next_port_block(1)
-}
-
-/// The first of `n` consecutive free ports on 127.0.0.1.
-pub fn free_ports(n: u16) -> u16 {
-    next_port_block(n)
-}
+/// Free ports: the tests' one allocator (`support/ports.rs`).
+pub use crate::ports::{free_port, free_ports};
 
 /// Runs a test-bed script with the watchdog environment. Ok(trimmed stdout),
 /// or Err(a report with its output) when it fails.
