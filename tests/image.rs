@@ -9,6 +9,7 @@
 #[path = "support/ports.rs"]
 mod ports;
 
+use ports::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::thread;
@@ -25,8 +26,6 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
-/// A TCP port nobody listens on right now.
-use ports::free_port;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim().to_string()
