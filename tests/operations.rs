@@ -1,0 +1,265 @@
+//! Operational paths, each its own test, against the real binary, real
+//! PostgreSQL and a real etcd with mutual TLS: the CLI's `pause`/`resume`
+//! (and a leader crash while paused, which must not fail over), `failover`,
+//! `restart` (now and scheduled) and `cancel-restart`, `reinit --force`;
+//! the REST API's `POST /failover` and `PUT /config` (and the 409 of a
+//! concurrent configuration write).
+
+#[path = "support/ports.rs"]
+mod ports;
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/node.rs"]
+mod node;
+#[path = "support/testbed.rs"]
+mod testbed;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cluster::{Cluster, TTL, psql_ok, try_sql};
+use node::require_root;
+
+fn cluster(name: &str, n: usize) -> Cluster {
+    let etcd = testbed::shared_etcd();
+    let eps = etcd.endpoints.join(",");
+    Cluster::new(name, etcd, n, |_| eps.clone())
+}
+
+/// `tusk ARGS` with the environment of node `name`: (success, stdout + stderr).
+fn cli(c: &Cluster, name: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(node::tusk_bin())
+        .args(args)
+        .env_clear()
+        .envs(&c.node(name).env)
+        .output()
+        .expect("run tusk");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn cli_ok(c: &Cluster, name: &str, args: &[&str]) -> String {
+    let (ok, text) = cli(c, name, args);
+    assert!(ok, "tusk {args:?} on {name} failed: {text}");
+    text
+}
+
+/// curl against a member's API: (HTTP status, body).
+fn api(c: &Cluster, name: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{}{path}", c.api_port(name)));
+    let out = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn other(c: &Cluster, name: &str) -> String {
+    c.names().into_iter().find(|n| n != name).expect("a second node")
+}
+
+fn config_value(c: &Cluster) -> serde_json::Value {
+    let out = c.etcd.etcdctl(&["get", "--print-value-only", &format!("/service/{}/config", c.scope)]);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn postmaster_start(c: &Cluster, name: &str) -> Option<String> {
+    try_sql(c.node(name), "SELECT pg_postmaster_start_time()")
+}
+
+/// `tusk pause`: the leader crashes and, for three TTLs, nobody takes over;
+/// `tusk resume`: the replica is promoted.
+#[test]
+fn pause_holds_a_crashed_leader_and_resume_fails_over() {
+    require_root();
+    let mut c = cluster("pause", 2);
+    let leader = c.start_settled(Duration::from_secs(120));
+    let replica = other(&c, &leader);
+    cli_ok(&c, &replica, &["pause"]);
+    assert_eq!(config_value(&c)["pause"], true, "pause: config in etcd");
+    wait_for("both APIs to report pause", Duration::from_secs(60), || {
+        c.names().iter().all(|n| c.api_status(n).is_some_and(|s| s["pause"] == true)).then_some(())
+    });
+
+    c.kill_node(&leader);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(TTL * 3) {
+        assert_eq!(
+            try_sql(c.node(&replica), "SELECT pg_is_in_recovery()").as_deref(),
+            Some("t"),
+            "paused: {replica} was promoted {:?} after the leader crashed",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = c.node(&replica).log_text();
+    assert!(!log.contains("promot"), "paused: {replica} promoted:\n{log}");
+
+    cli_ok(&c, &replica, &["resume"]);
+    assert_eq!(config_value(&c)["pause"], false, "resume: config in etcd");
+    let new = c.wait_leader(Duration::from_secs(120), None);
+    assert_eq!(new, replica, "resume: the surviving replica leads");
+}
+
+/// `tusk failover --candidate`: the candidate leads, the old leader follows it.
+#[test]
+fn cli_failover_to_a_candidate() {
+    require_root();
+    let mut c = cluster("clifail", 2);
+    let leader = c.start_settled(Duration::from_secs(120));
+    let candidate = other(&c, &leader);
+    cli_ok(&c, &leader, &["failover", "--candidate", &candidate]);
+    assert_eq!(c.wait_leader(Duration::from_secs(120), Some(&leader)), candidate, "failover: new leader");
+    c.wait_streaming(&leader, Duration::from_secs(120));
+    // An unknown candidate is refused.
+    let (ok, text) = cli(&c, &leader, &["failover", "--candidate", "nosuchnode"]);
+    assert!(!ok, "failover to an unknown member succeeded: {text}");
+    assert_eq!(c.leader_key().as_deref(), Some(candidate.as_str()), "a refused failover moved the leader");
+}
+
+/// `POST /failover` with a candidate: the candidate leads.
+#[test]
+fn api_failover_to_a_candidate() {
+    require_root();
+    let mut c = cluster("apifail", 2);
+    let leader = c.start_settled(Duration::from_secs(120));
+    let candidate = other(&c, &leader);
+    let (code, body) = api(&c, &leader, "POST", "/failover", Some(&format!("{{\"candidate\":\"{candidate}\"}}")));
+    assert_eq!(code, 200, "POST /failover: {body}");
+    assert_eq!(c.wait_leader(Duration::from_secs(120), Some(&leader)), candidate, "POST /failover: new leader");
+    c.wait_streaming(&leader, Duration::from_secs(120));
+    let (code, body) = api(&c, &leader, "POST", "/failover", Some("{\"candidate\":\"nosuchnode\"}"));
+    assert!((400..500).contains(&code), "POST /failover to an unknown member: {code} {body}");
+}
+
+/// `tusk restart` restarts the local postgres now; `--scheduled` records a
+/// restart that `cancel-restart` removes (the postmaster keeps running);
+/// a scheduled restart a few seconds ahead happens.
+#[test]
+fn cli_restart_now_scheduled_and_cancelled() {
+    require_root();
+    let mut c = cluster("restart", 1);
+    c.start_settled(Duration::from_secs(120));
+    let t1 = postmaster_start(&c, "n1").expect("postgres answers");
+    cli_ok(&c, "n1", &["restart"]);
+    let t2 = wait_for("a restarted postmaster", Duration::from_secs(120), || {
+        postmaster_start(&c, "n1").filter(|t| *t != t1)
+    });
+
+    // Scheduled an hour ahead, then cancelled: no restart.
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    cli_ok(&c, "n1", &["restart", "--scheduled", &later]);
+    wait_for("the scheduled restart in /patroni", Duration::from_secs(30), || {
+        c.api_status("n1").filter(|s| !s["scheduled_restart"].is_null())
+    });
+    cli_ok(&c, "n1", &["cancel-restart"]);
+    wait_for("no scheduled restart in /patroni", Duration::from_secs(30), || {
+        c.api_status("n1").filter(|s| s["scheduled_restart"].is_null())
+    });
+    assert_eq!(postmaster_start(&c, "n1").as_deref(), Some(t2.as_str()), "a cancelled restart restarted postgres");
+
+    // Scheduled 5 s ahead: it happens.
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::seconds(5))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    cli_ok(&c, "n1", &["restart", "--scheduled", &soon]);
+    wait_for("the scheduled restart", Duration::from_secs(120), || postmaster_start(&c, "n1").filter(|t| *t != t2));
+    c.nodes[0].stop_cleanly(Duration::from_secs(60));
+}
+
+/// `tusk reinit --force` on a replica: its data is removed and cloned again
+/// from the leader; it streams again.
+#[test]
+fn cli_reinit_force_reclones_a_replica() {
+    require_root();
+    let mut c = cluster("reinit", 2);
+    let leader = c.start_settled(Duration::from_secs(120));
+    let replica = other(&c, &leader);
+    let marker = c.node(&replica).data().join("marker-before-reinit");
+    std::fs::write(&marker, "x").expect("marker");
+    let clones = c.node(&replica).log_text().matches("replica created with pg_basebackup").count();
+    cli_ok(&c, &replica, &["reinit", "--force"]);
+    let ri = c.index(&replica);
+    c.nodes[ri].wait_log("replica created with pg_basebackup", clones + 1, Duration::from_secs(180));
+    c.wait_streaming(&replica, Duration::from_secs(120));
+    assert!(!marker.exists(), "reinit kept the old data directory");
+    psql_ok(c.node(&leader), "CREATE TABLE after_reinit AS SELECT 1 AS v");
+    wait_for("the replica to replay a new table", Duration::from_secs(60), || {
+        (try_sql(c.node(&replica), "SELECT v FROM after_reinit").as_deref() == Some("1")).then_some(())
+    });
+    // On the leader, reinit is refused.
+    let (ok, text) = cli(&c, &leader, &["reinit", "--force"]);
+    assert!(!ok, "reinit of the leader succeeded: {text}");
+}
+
+/// `PUT /config` replaces the dynamic configuration; PATCHes racing each
+/// other are either applied (200) or refused with 409, never lost: the
+/// final configuration is one that a 200 answer returned.
+#[test]
+fn put_config_and_concurrent_writes() {
+    require_root();
+    let mut c = cluster("putconf", 1);
+    c.start_settled(Duration::from_secs(120));
+    let body = r#"{"ttl":10,"loop_wait":2,"retry_timeout":3,"postgresql":{"parameters":{"work_mem":"5MB"}}}"#;
+    let (code, text) = api(&c, "n1", "PUT", "/config", Some(body));
+    assert_eq!(code, 200, "PUT /config: {text}");
+    let cfg = config_value(&c);
+    assert_eq!(cfg["postgresql"]["parameters"]["work_mem"], "5MB", "PUT /config: {cfg}");
+    wait_for("work_mem applied", Duration::from_secs(60), || {
+        (try_sql(&c.nodes[0], "SHOW work_mem").as_deref() == Some("5MB")).then_some(())
+    });
+    let (code, text) = api(&c, "n1", "PUT", "/config", Some(r#"{"ttl":"not a number"}"#));
+    assert_eq!(code, 400, "PUT /config with a bad value: {text}");
+
+    // Concurrent PATCHes: rounds of 8 at once until one is refused with 409.
+    let port = c.api_port("n1");
+    let mut conflicts = 0;
+    for round in 0..30 {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let v = format!("{}kB", 1000 + round * 10 + i);
+                    let out = Command::new("curl")
+                        .args(["-s", "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PATCH"])
+                        .args(["-H", "Content-Type: application/json", "-d"])
+                        .arg(format!(r#"{{"postgresql":{{"parameters":{{"work_mem":"{v}"}}}}}}"#))
+                        .arg(format!("http://127.0.0.1:{port}/config"))
+                        .output()
+                        .expect("curl");
+                    (String::from_utf8_lossy(&out.stdout).trim().to_owned(), v)
+                })
+            })
+            .collect();
+        let results: Vec<(String, String)> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+        for (code, _) in &results {
+            assert!(code == "200" || code == "409", "concurrent PATCH answered {code}: {results:?}");
+        }
+        let ok: Vec<&String> = results.iter().filter(|(c, _)| c == "200").map(|(_, v)| v).collect();
+        assert!(!ok.is_empty(), "round {round}: no PATCH succeeded: {results:?}");
+        let now = config_value(&c)["postgresql"]["parameters"]["work_mem"].as_str().unwrap_or("").to_owned();
+        assert!(ok.iter().any(|v| **v == now), "round {round}: the configuration ({now}) is none of the 200s {ok:?}");
+        conflicts += results.len() - ok.len();
+        if conflicts > 0 {
+            break;
+        }
+    }
+    assert!(conflicts > 0, "30 rounds of 8 concurrent PATCHes and never a 409");
+    c.nodes[0].stop_cleanly(Duration::from_secs(60));
+}
