@@ -29,6 +29,26 @@ fn unique_prefix(test: &str) -> String {
     format!("{test}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
+/// The node's `/metrics` text.
+fn metrics(n: &Node) -> String {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "10", &format!("http://127.0.0.1:{}/metrics", n.env["APIPORT"])])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "GET /metrics failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample `name` (with any labels) in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
 /// A standalone tusk node archiving to `garage` under `prefix`.
 fn archiving_node(dir: &Path, garage: &Garage, prefix: &str, compression: &str) -> Node {
     let mut n = Node::new(dir);
@@ -249,6 +269,9 @@ fn copy_recovers_only_from_the_archive() {
     let last = a.psql("select pg_walfile_name(pg_current_wal_lsn())");
     a.psql("select pg_switch_wal()");
     wait_archived(&a, &last);
+    // Look-ahead is real: uploads started before PostgreSQL asked.
+    let m = metrics(&a);
+    assert!(metric(&m, "tusk_archive_lookahead_uploads_total") >= 1.0, "look-ahead never uploaded:\n{m}");
     a.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(a.wait_exit(Duration::from_secs(30)).success());
 
@@ -267,6 +290,10 @@ fn copy_recovers_only_from_the_archive() {
     let log = b.log_text();
     let restored = log.matches("from archive").count();
     assert!(restored >= 6, "segments restored through wal-fetch: {restored}\n{log}");
+    // Prefetch is real: segments were delivered from the prefetch directory.
+    let m = metrics(&b);
+    assert!(metric(&m, "tusk_archive_fetched_total") >= 6.0, "fetched counter:\n{m}");
+    assert!(metric(&m, "tusk_archive_prefetch_hits_total") >= 1.0, "prefetch never hit:\n{m}");
     // The copy promoted to timeline 2 and archived its history file.
     wait_for("00000002.history archived", Duration::from_secs(60), || {
         (!list_keys(garage, &format!("{prefix}/wal_005/00000002.history")).is_empty()).then_some(())

@@ -213,10 +213,14 @@ impl Archiver {
         if let Some(id) = confirmed
             && std::fs::symlink_metadata(path).is_ok_and(|m| FileId::of(&m) == id)
         {
+            self.handle.update(|s| s.lookahead_hits += 1);
             if self.background {
                 self.kick_lookahead();
             }
             return Ok(Pushed::AlreadyArchived);
+        }
+        if self.inflight.lock().expect("no panics while held").contains_key(&name) {
+            self.handle.update(|s| s.lookahead_hits += 1);
         }
         let mut rx = self.start_upload(&name, path.to_owned());
         if self.background {
@@ -510,6 +514,7 @@ impl Archiver {
                 started += 1;
             }
             if started > 0 {
+                me.handle.update(|s| s.lookahead_uploads += started);
                 tracing::debug!(started, "look-ahead uploads");
             }
             me.scanning.store(false, Ordering::Release);

@@ -64,6 +64,11 @@ pub struct ArchiveStats {
     pub last_error: Option<String>,
     /// Compressed bytes uploaded.
     pub uploaded_bytes: u64,
+    /// Uploads look-ahead started before PostgreSQL asked for them.
+    pub lookahead_uploads: u64,
+    /// PostgreSQL's `archive_command` calls answered by a look-ahead upload
+    /// (already confirmed, or joined while in flight).
+    pub lookahead_hits: u64,
     /// `.ready` files waiting in `pg_wal/archive_status` (the lag).
     pub pending_count: u64,
     /// Their size in bytes.
@@ -179,6 +184,18 @@ pub fn prometheus_lines(stats: &ArchiveStats, labels: &str) -> String {
         "gauge",
         "Unix time of the last failed push (0: none).",
         stats.last_failed_unix.unwrap_or(0.0),
+    );
+    metric(
+        "tusk_archive_lookahead_uploads_total",
+        "counter",
+        "Uploads started ahead of PostgreSQL's archive_command (look-ahead).",
+        stats.lookahead_uploads as f64,
+    );
+    metric(
+        "tusk_archive_lookahead_hits_total",
+        "counter",
+        "archive_command calls answered by a look-ahead upload.",
+        stats.lookahead_hits as f64,
     );
     metric(
         "tusk_archive_fetched_total",
