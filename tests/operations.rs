@@ -263,3 +263,60 @@ fn put_config_and_concurrent_writes() {
     assert!(conflicts > 0, "30 rounds of 8 concurrent PATCHes and never a 409");
     c.nodes[0].stop_cleanly(Duration::from_secs(60));
 }
+
+/// A client certificate for etcd signed by the test CA (a rotation), written
+/// to `crt`/`key` (PKCS#8), with openssl as scripts/testbed/certs.sh does.
+fn issue_client_cert(etcd: &testbed::Etcd, crt: &std::path::Path, key: &std::path::Path) {
+    let dir = node::test_dir("newcert");
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(d).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "k.pem"]);
+    run(&["req", "-new", "-key", "k.pem", "-subj", "/CN=tusk-rotated", "-out", "c.csr"]);
+    std::fs::write(d.join("c.ext"), "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n").expect("ext");
+    let ca = etcd.ca.to_str().expect("utf-8").to_owned();
+    let ca_key = etcd.ca.with_file_name("ca.key").to_str().expect("utf-8").to_owned();
+    run(&["x509", "-req", "-in", "c.csr", "-CA", &ca, "-CAkey", &ca_key, "-set_serial", "0x5eed", "-days", "30", "-extfile", "c.ext", "-out", "c.pem"]);
+    std::fs::copy(d.join("c.pem"), crt).expect("install cert");
+    std::fs::copy(d.join("k.pem"), key).expect("install key");
+}
+
+/// SIGHUP in HA mode re-reads the etcd client certificate: a rotated one
+/// (another certificate of the same CA) is taken into use; a bad one (an
+/// unrelated CA) is refused and the working connection kept: the node
+/// keeps renewing its lease and leading for three TTLs.
+#[test]
+fn sighup_rotates_etcd_certificates_and_keeps_the_old_connection_on_bad_ones() {
+    use nix::sys::signal::Signal;
+    require_root();
+    let mut c = cluster("sighup", 1);
+    let (crt, key) = (c.dir.path().join("etcd-client.crt"), c.dir.path().join("etcd-client.key"));
+    std::fs::copy(&c.etcd.cert, &crt).expect("copy cert");
+    std::fs::copy(&c.etcd.key, &key).expect("copy key");
+    c.nodes[0].set("ETCD3_CERT", crt.to_str().expect("utf-8")).set("ETCD3_KEY", key.to_str().expect("utf-8"));
+    c.start_settled(Duration::from_secs(120));
+    let reloaded = "reloaded: etcd certificates re-read";
+
+    // Rotation: a new certificate from the same CA.
+    issue_client_cert(c.etcd, &crt, &key);
+    c.nodes[0].signal(Signal::SIGHUP);
+    c.nodes[0].wait_log(reloaded, 1, Duration::from_secs(60));
+
+    // Bad certificates: refused, the connection in use kept.
+    std::fs::copy(&c.etcd.other_client_cert, &crt).expect("copy bad cert");
+    std::fs::copy(&c.etcd.other_client_key, &key).expect("copy bad key");
+    c.nodes[0].signal(Signal::SIGHUP);
+    c.nodes[0].wait_log("keeping the current etcd connection", 1, Duration::from_secs(60));
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(TTL * 3) {
+        assert_eq!(c.leader_key().as_deref(), Some("n1"), "bad certificates: the leader key was lost");
+        assert_eq!(try_sql(&c.nodes[0], "SELECT pg_is_in_recovery()").as_deref(), Some("f"), "bad certificates: demoted");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = c.nodes[0].log_text();
+    assert_eq!(log.matches(reloaded).count(), 1, "the bad certificates were taken into use:\n{log}");
+    assert!(!log.contains("fencing"), "bad certificates: the leader fenced itself:\n{log}");
+    c.nodes[0].stop_cleanly(Duration::from_secs(60));
+}
