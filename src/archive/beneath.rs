@@ -24,15 +24,15 @@ use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BeneathError {
-    #[error("{0} is not an absolute path")]
+    #[error("{} is not an absolute path", .0.display())]
     NotAbsolute(PathBuf),
-    #[error("{0} is outside this node's PGDATA")]
+    #[error("{} is outside this node's PGDATA", .0.display())]
     Outside(PathBuf),
-    #[error("{path}: {name:?} is a symbolic link or not a directory (refused)")]
+    #[error("{}: {name:?} is a symbolic link or not a directory (refused)", path.display())]
     NotDirectory { path: PathBuf, name: String },
-    #[error("{path}: {name:?} is not owned by the postgres user (refused)")]
+    #[error("{}: {name:?} is not owned by the postgres user (refused)", path.display())]
     Owner { path: PathBuf, name: String },
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
 
