@@ -42,6 +42,7 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
 }
 
 /// Free ports: the tests' one allocator (`support/ports.rs`).
+#[allow(unused_imports)]
 pub use crate::ports::{free_port, free_ports};
 
 /// Runs a test-bed script with the watchdog environment. Ok(trimmed stdout),
