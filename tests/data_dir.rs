@@ -203,18 +203,24 @@ fn failed_rewind_removes_pgdata_today() {
     let n = &c.nodes[oi];
     let sock = tempfile::Builder::new().prefix("tusk-rw-sock-").tempdir_in("/tmp").expect("socket dir");
     std::fs::set_permissions(sock.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // The server's output goes to a log file: an inherited pipe would keep
+    // pg_ctl's caller waiting for as long as the server runs.
+    let pg_log = sock.path().join("postgres.log");
     let pg_ctl = |args: &[&str]| {
         use std::os::unix::process::CommandExt;
         let u = nix::unistd::User::from_name("postgres").expect("passwd").expect("postgres user");
-        let out = Command::new(format!("{PG_BIN}/pg_ctl"))
-            .args(["-D", n.data().to_str().expect("utf-8"), "-w", "-t", "60"])
+        let st = Command::new(format!("{PG_BIN}/pg_ctl"))
+            .args(["-D", n.data().to_str().expect("utf-8"), "-w", "-t", "60", "-l", pg_log.to_str().expect("utf-8")])
             .args(args)
             .uid(u.uid.as_raw())
             .gid(u.gid.as_raw())
             .current_dir("/tmp")
-            .output()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
             .expect("pg_ctl");
-        assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(st.success(), "pg_ctl {args:?}: {}", std::fs::read_to_string(&pg_log).unwrap_or_default());
     };
     let opts = format!(
         "-c port={} -c listen_addresses='' -c unix_socket_directories={} -c archive_mode=off",
