@@ -70,7 +70,35 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// The pids of the processes named `comm` whose parent chain includes `ancestor`.
+fn descendants(ancestor: i32, comm: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let ppid = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+    };
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() != comm).unwrap_or(true) {
+            continue;
+        }
+        let mut p = pid;
+        for _ in 0..8 {
+            match ppid(p) {
+                Some(q) if q == ancestor => {
+                    out.push(pid);
+                    break;
+                }
+                Some(q) if q > 1 => p = q,
+                _ => break,
+            }
+        }
+    }
+    out
+}
+
 /// The pid of a process named `comm` whose parent chain includes `ancestor`.
+#[allow(dead_code)]
 fn descendant(ancestor: i32, comm: &str) -> Option<i32> {
     let ppid = |pid: i32| -> Option<i32> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -163,13 +191,16 @@ fn failed_clone_removes_the_partial_pgdata_and_clones_again() {
     c.nodes[1].start();
     let tusk2 = c.nodes[1].pid();
     let data2 = c.nodes[1].data();
-    let pid = wait_for("pg_basebackup copying big.dat", Duration::from_secs(120), || {
-        let pid = descendant(tusk2, "pg_basebackup")?;
-        data2.join("big.dat").exists().then_some(pid)
+    let pids = wait_for("pg_basebackup copying big.dat", Duration::from_secs(120), || {
+        let pids = descendants(tusk2, "pg_basebackup");
+        (!pids.is_empty() && data2.join("big.dat").exists()).then_some(pids)
     });
     let stray = data2.join("stray-from-the-failed-clone");
     std::fs::write(&stray, "x").expect("stray file");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill pg_basebackup");
+    // pg_basebackup and its WAL-streaming child: killed, no clean-up of their own.
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
     std::fs::remove_file(&big).expect("remove big.dat");
     c.nodes[1].wait_log("cannot create a replica from n1", 1, Duration::from_secs(60));
     c.wait_streaming("n2", Duration::from_secs(180));
