@@ -6,12 +6,12 @@
 //! (PATCH with CAS), switchover checks (412), a scheduled switchover,
 //! `/history` and reinitialize.
 
-#[path = "support/ports.rs"]
-mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/testbed.rs"]
 mod testbed;
 
@@ -204,7 +204,11 @@ fn standalone_endpoints_auth_limits_and_healthcheck() {
     // Cut off: closed (EOF), reset, or answered 408 and closed; never a read timeout.
     match got {
         Ok(0) => {}
-        Ok(n) => assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "slow client got {:?}", String::from_utf8_lossy(&buf[..n])),
+        Ok(n) => assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            "slow client got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
         Err(e) => assert!(
             !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
             "the slow connection was not cut off: {e}"

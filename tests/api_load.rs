@@ -6,14 +6,14 @@
 //! huge request line) and slow ones (slowloris): the server answers or
 //! closes, cuts off the slow ones, and keeps serving everyone else.
 
-#[path = "support/ports.rs"]
-mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "../examples/apiload/load.rs"]
 mod load;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/testbed.rs"]
 mod testbed;
 

@@ -3,12 +3,12 @@
 //! layout for every compression, recovery only from the archive, an S3
 //! outage, conflicts, corruption. Run as root (postgres runs as postgres).
 
-#[path = "support/ports.rs"]
-mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/proxy.rs"]
 mod proxy;
 #[path = "support/testbed.rs"]
@@ -708,7 +708,11 @@ fn archive_socket_refuses_other_users() {
     assert_eq!(code, 2, "nobody (socket 0666) must get an error: {err}");
     assert!(err.contains("no answer from the supervisor"), "nobody (socket 0666): {err}");
     assert!(!dest.exists(), "nobody (socket 0666) got a file written");
-    n.wait_log("refusing an archive request from a uid other than root or postgres", refusals + 1, Duration::from_secs(10));
+    n.wait_log(
+        "refusing an archive request from a uid other than root or postgres",
+        refusals + 1,
+        Duration::from_secs(10),
+    );
 
     // The same request from postgres is served.
     let dest = n.data().join("fetched-by-postgres");
@@ -753,7 +757,8 @@ fn archive_socket_refuses_paths_outside_pgdata_and_symlinks() {
     let link_in = data.join("link-in");
     std::os::unix::fs::symlink(data.join("pg_wal"), &link_in).unwrap();
     give_to_postgres(&link_in);
-    for (what, dest) in [("symlinked dir to outside", link_out.join("z")), ("symlinked dir to pg_wal", link_in.join("w"))]
+    for (what, dest) in
+        [("symlinked dir to outside", link_out.join("z")), ("symlinked dir to pg_wal", link_in.join("w"))]
     {
         let (code, err) = fetch(&dest);
         assert_eq!(code, 2, "{what}: {err}");
@@ -826,7 +831,9 @@ fn directory_swapped_for_a_symlink_mid_request_cannot_redirect_the_write() {
             .spawn()
             .expect("spawn wal-fetch");
         // The supervisor checked the path and is talking to S3.
-        wait_for("the fetch's S3 request in the proxy", Duration::from_secs(30), || (s3.held_bytes() > 0).then_some(()));
+        wait_for("the fetch's S3 request in the proxy", Duration::from_secs(30), || {
+            (s3.held_bytes() > 0).then_some(())
+        });
         if swap {
             std::fs::rename(&sub, data.join("sub.old")).unwrap();
             std::os::unix::fs::symlink(&outside, &sub).unwrap();
@@ -893,7 +900,10 @@ fn direct_mode_config_file_is_private_and_used_by_wal_fetch() {
     let mut cmd = Command::new(node::tusk_bin());
     std::os::unix::process::CommandExt::uid(&mut cmd, nuid);
     std::os::unix::process::CommandExt::gid(&mut cmd, ngid);
-    cmd.args(["wal-fetch", &seg, dest.to_str().unwrap()]).env_clear().env("TUSK_ARCHIVE_CONFIG", &conf).current_dir(&out);
+    cmd.args(["wal-fetch", &seg, dest.to_str().unwrap()])
+        .env_clear()
+        .env("TUSK_ARCHIVE_CONFIG", &conf)
+        .current_dir(&out);
     let (code, err) = output_of(cmd);
     assert_eq!(code, 2, "nobody with TUSK_ARCHIVE_CONFIG: {err}");
     assert!(err.contains("no WAL storage configured"), "nobody with TUSK_ARCHIVE_CONFIG: {err}");

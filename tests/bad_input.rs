@@ -1,9 +1,9 @@
 //! Bad input: each case exits with its clear error and changes nothing on disk.
 
-#[path = "support/ports.rs"]
-mod ports;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/ports.rs"]
+mod ports;
 
 use std::time::Duration;
 

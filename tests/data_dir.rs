@@ -4,12 +4,12 @@
 //! untouched), and removes PGDATA after a failed clone and (today) after a
 //! failed pg_rewind, then clones again from the leader.
 
-#[path = "support/ports.rs"]
-mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/testbed.rs"]
 mod testbed;
 

@@ -4,12 +4,12 @@
 //! etcd (never two primaries), loss of an etcd member, bad certificates and
 //! etcd down at start.
 
-#[path = "support/ports.rs"]
-mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/proxy.rs"]
 mod proxy;
 #[path = "support/testbed.rs"]

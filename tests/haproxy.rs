@@ -8,14 +8,14 @@
 //! with a plain HTTP API (basic auth for writes), once with an HTTPS API
 //! that requires client certificates (HAProxy `check-ssl ... crt`).
 
-#[path = "support/ports.rs"]
-mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/haproxy.rs"]
 mod haproxy;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/testbed.rs"]
 mod testbed;
 

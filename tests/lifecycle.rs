@@ -1,9 +1,9 @@
 //! Lifecycle of a standalone node: real binary, real PostgreSQL.
 
-#[path = "support/ports.rs"]
-mod ports;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/ports.rs"]
+mod ports;
 
 use std::time::{Duration, Instant};
 

@@ -5,12 +5,12 @@
 //! the REST API's `POST /failover` and `PUT /config` (and the 409 of a
 //! concurrent configuration write).
 
-#[path = "support/ports.rs"]
-mod ports;
 #[path = "support/cluster.rs"]
 mod cluster;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/testbed.rs"]
 mod testbed;
 
@@ -28,12 +28,7 @@ fn cluster(name: &str, n: usize) -> Cluster {
 
 /// `tusk ARGS` with the environment of node `name`: (success, stdout + stderr).
 fn cli(c: &Cluster, name: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(node::tusk_bin())
-        .args(args)
-        .env_clear()
-        .envs(&c.node(name).env)
-        .output()
-        .expect("run tusk");
+    let out = Command::new(node::tusk_bin()).args(args).env_clear().envs(&c.node(name).env).output().expect("run tusk");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
@@ -279,7 +274,24 @@ fn issue_client_cert(etcd: &testbed::Etcd, crt: &std::path::Path, key: &std::pat
     std::fs::write(d.join("c.ext"), "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n").expect("ext");
     let ca = etcd.ca.to_str().expect("utf-8").to_owned();
     let ca_key = etcd.ca.with_file_name("ca.key").to_str().expect("utf-8").to_owned();
-    run(&["x509", "-req", "-in", "c.csr", "-CA", &ca, "-CAkey", &ca_key, "-set_serial", "0x5eed", "-days", "30", "-extfile", "c.ext", "-out", "c.pem"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "c.csr",
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-set_serial",
+        "0x5eed",
+        "-days",
+        "30",
+        "-extfile",
+        "c.ext",
+        "-out",
+        "c.pem",
+    ]);
     std::fs::copy(d.join("c.pem"), crt).expect("install cert");
     std::fs::copy(d.join("k.pem"), key).expect("install key");
 }
@@ -313,7 +325,11 @@ fn sighup_rotates_etcd_certificates_and_keeps_the_old_connection_on_bad_ones() {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(TTL * 3) {
         assert_eq!(c.leader_key().as_deref(), Some("n1"), "bad certificates: the leader key was lost");
-        assert_eq!(try_sql(&c.nodes[0], "SELECT pg_is_in_recovery()").as_deref(), Some("f"), "bad certificates: demoted");
+        assert_eq!(
+            try_sql(&c.nodes[0], "SELECT pg_is_in_recovery()").as_deref(),
+            Some("f"),
+            "bad certificates: demoted"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     let log = c.nodes[0].log_text();

@@ -1,10 +1,10 @@
 //! tusk as PID 1 of a new PID namespace (`unshare --pid --fork
 //! --mount-proc`): reaping, signal forwarding, exit status.
 
-#[path = "support/ports.rs"]
-mod ports;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/ports.rs"]
+mod ports;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

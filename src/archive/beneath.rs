@@ -89,7 +89,8 @@ pub fn split(pgdata: &Path, path: &Path) -> Result<(Vec<std::ffi::OsString>, std
     let rel = match path.strip_prefix(pgdata) {
         Ok(r) => r.to_owned(),
         Err(_) => {
-            let canonical = pgdata.canonicalize().map_err(|e| BeneathError::Io { path: pgdata.to_owned(), source: e })?;
+            let canonical =
+                pgdata.canonicalize().map_err(|e| BeneathError::Io { path: pgdata.to_owned(), source: e })?;
             path.strip_prefix(&canonical).map_err(|_| outside())?.to_owned()
         }
     };
@@ -151,16 +152,14 @@ impl Dir {
     /// The subdirectory `name`; a symbolic link (or anything but a
     /// directory) is refused.
     pub fn subdir(&self, name: &OsStr) -> Result<Dir, BeneathError> {
-        let fd =
-            openat(Some(&self.fd), name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(|e| {
-                match e.raw_os_error() {
-                    Some(libc::ELOOP) | Some(libc::ENOTDIR) => BeneathError::NotDirectory {
-                        path: self.path.clone(),
-                        name: name.to_string_lossy().into_owned(),
-                    },
-                    _ => BeneathError::Io { path: self.path.join(name), source: e },
+        let fd = openat(Some(&self.fd), name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(
+            |e| match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
+                    BeneathError::NotDirectory { path: self.path.clone(), name: name.to_string_lossy().into_owned() }
                 }
-            })?;
+                _ => BeneathError::Io { path: self.path.join(name), source: e },
+            },
+        )?;
         let d = Dir { fd, path: self.path.join(name), owner: self.owner };
         d.check_owner(name)?;
         Ok(d)
@@ -219,13 +218,9 @@ impl Dir {
         tmp_name.push(name);
         tmp_name.push(".tusk-tmp");
         let _ = self.unlink(&tmp_name);
-        let fd = openat(
-            Some(&self.fd),
-            &tmp_name,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            0o600,
-        )
-        .map_err(self.io(&tmp_name))?;
+        let fd =
+            openat(Some(&self.fd), &tmp_name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)
+                .map_err(self.io(&tmp_name))?;
         let r = self.fchown(&fd, &tmp_name).and_then(|()| {
             let mut f = File::from(fd);
             f.write_all(data).map_err(self.io(&tmp_name))

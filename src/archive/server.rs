@@ -148,7 +148,10 @@ pub async fn fetch_with_policy(archiver: &Arc<Archiver>, name: &str, dest: &Path
             Ok(Fetched::NotFound) => {
                 return Response { answer: Answer::NotFound, message: format!("{name} is not in the archive") };
             }
-            Err(e) if !archive_recovery || matches!(e, ArchiveError::Invalid(_) | ArchiveError::Codec(_) | ArchiveError::Refused(_)) => {
+            Err(e)
+                if !archive_recovery
+                    || matches!(e, ArchiveError::Invalid(_) | ArchiveError::Codec(_) | ArchiveError::Refused(_)) =>
+            {
                 // A bad object does not get better by retrying; in archive
                 // recovery it still must not look like the end of the archive.
                 let answer = if archive_recovery { Answer::Fatal } else { Answer::Error };
