@@ -15,7 +15,9 @@ scripts/install-testbed.sh
 scripts/podman-setup.sh >/dev/null
 echo "test.sh: test bed ready after $(( $(date +%s) - t0 )) s"
 
-# Release build first: the image test packs it, the benchmarks use it.
+# Release build first: the integration tests run it (tests/support/node.rs
+# refuses a missing or stale target/release/tusk), the image test packs it,
+# the benchmarks use it.
 cargo build --release --locked
 cargo test --locked --no-fail-fast -- --test-threads=2
 echo "test.sh: all tests passed in $(( $(date +%s) - t0 )) s"
