@@ -337,3 +337,35 @@ fn sighup_rotates_etcd_certificates_and_keeps_the_old_connection_on_bad_ones() {
     assert!(!log.contains("fencing"), "bad certificates: the leader fenced itself:\n{log}");
     c.nodes[0].stop_cleanly(Duration::from_secs(60));
 }
+
+/// A switchover scheduled an hour ahead (`POST /switchover` with
+/// `scheduled_at`) shows in `/cluster`; `DELETE /switchover` cancels it and
+/// the leader stays; a second DELETE finds nothing (404).
+#[test]
+fn scheduled_switchover_is_cancelled() {
+    require_root();
+    let mut c = cluster("schedcancel", 2);
+    let leader = c.start_settled(Duration::from_secs(120));
+    let candidate = other(&c, &leader);
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let body = format!(r#"{{"leader":"{leader}","candidate":"{candidate}","scheduled_at":"{at}"}}"#);
+    let (code, text) = api(&c, &leader, "POST", "/switchover", Some(&body));
+    assert_eq!(code, 202, "scheduling: {text}");
+    let (code, text) = api(&c, &candidate, "GET", "/cluster", None);
+    assert_eq!(code, 200);
+    let cluster: serde_json::Value = serde_json::from_str(&text).expect("/cluster JSON");
+    assert!(cluster["scheduled_switchover"]["at"].is_string(), "scheduled: {cluster}");
+    let (code, text) = api(&c, &candidate, "DELETE", "/switchover", None);
+    assert_eq!(code, 200, "cancelling: {text}");
+    let (_, text) = api(&c, &leader, "GET", "/cluster", None);
+    let cluster: serde_json::Value = serde_json::from_str(&text).expect("/cluster JSON");
+    assert!(cluster["scheduled_switchover"].is_null(), "cancelled: {cluster}");
+    let (code, text) = api(&c, &leader, "DELETE", "/switchover", None);
+    assert_eq!(code, 404, "second cancel: {text}");
+    // Nothing happens for a few loops: the leader stays.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(c.leader_key().as_deref(), Some(leader.as_str()), "cancelled: the leader changed");
+    assert_eq!(try_sql(c.node(&leader), "SELECT pg_is_in_recovery()").as_deref(), Some("f"));
+}
