@@ -97,30 +97,6 @@ fn descendants(ancestor: i32, comm: &str) -> Vec<i32> {
     out
 }
 
-/// The pid of a process named `comm` whose parent chain includes `ancestor`.
-#[allow(dead_code)]
-fn descendant(ancestor: i32, comm: &str) -> Option<i32> {
-    let ppid = |pid: i32| -> Option<i32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
-    };
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim() != comm {
-            continue;
-        }
-        let mut p = pid;
-        for _ in 0..8 {
-            match ppid(p) {
-                Some(q) if q == ancestor => return Some(pid),
-                Some(q) if q > 1 => p = q,
-                _ => break,
-            }
-        }
-    }
-    None
-}
-
 fn give_to_postgres(path: &Path) {
     let u = nix::unistd::User::from_name("postgres").expect("passwd").expect("postgres user");
     std::os::unix::fs::chown(path, Some(u.uid.as_raw()), Some(u.gid.as_raw())).expect("chown");
