@@ -13,6 +13,9 @@ pub(super) fn response(state: &ApiState) -> Response<Body> {
     let s = state.status();
     let labels = labels(&s);
     let mut out = render(&s, &labels);
+    if let Some(dcs) = state.dcs() {
+        out.push_str(&render_dcs(dcs.endpoints(), &labels));
+    }
     if let Some(extra) = state.archive_metrics(&labels) {
         out.push_str(&extra);
     }
@@ -120,6 +123,59 @@ pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
                 r.lag_bytes.unwrap_or(0)
             );
         }
+    }
+    out
+}
+
+/// The etcd client's figures: which member requests go to, how often they
+/// moved, how many attempts timed out or failed, the age of the last
+/// successful lease keepalive.
+fn render_dcs(e: &crate::dcs::endpoints::Endpoints, labels: &str) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}");
+    };
+    let st = &e.stats;
+    metric(
+        "tusk_dcs_endpoint_switches_total",
+        "counter",
+        "Times etcd requests moved to another member.",
+        st.switches.load(Relaxed) as f64,
+    );
+    metric(
+        "tusk_dcs_request_timeouts_total",
+        "counter",
+        "etcd request attempts that got no answer within their deadline.",
+        st.timeouts.load(Relaxed) as f64,
+    );
+    metric(
+        "tusk_dcs_request_failures_total",
+        "counter",
+        "etcd request attempts that failed otherwise (refused, no leader, ...).",
+        st.failures.load(Relaxed) as f64,
+    );
+    metric("tusk_dcs_keepalives_total", "counter", "Successful lease keepalives.", st.keepalives.load(Relaxed) as f64);
+    if let Some(age) = st.since_last_keepalive() {
+        metric(
+            "tusk_dcs_last_keepalive_age_seconds",
+            "gauge",
+            "Seconds since the send of the last successful lease keepalive.",
+            age.as_secs_f64(),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tusk_dcs_member_up 1 if the etcd member is not being avoided; current=\"true\" marks the one requests go to.\n# TYPE tusk_dcs_member_up gauge"
+    );
+    for m in e.health() {
+        let _ = writeln!(
+            out,
+            "tusk_dcs_member_up{{{labels},member=\"{}\",current=\"{}\"}} {}",
+            escape(&m.name),
+            m.current,
+            u8::from(m.healthy)
+        );
     }
     out
 }

@@ -1,4 +1,6 @@
 //! The distributed configuration store: etcd v3, Patroni's key layout and values.
 
 pub mod client;
+pub mod endpoints;
 pub mod values;
+pub mod watch;

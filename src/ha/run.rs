@@ -217,45 +217,25 @@ impl Ha {
         let dcs = self.dcs.clone();
         let wake = self.wake.clone();
         let leading = self.leading.clone();
-        let prefix = dcs.keys.prefix().to_owned();
         self.watch_task = Some(tokio::spawn(async move {
-            let mut from = 0i64;
-            loop {
-                let stream = match dcs.snapshot().await {
-                    Ok(s) => {
-                        from = from.max(s.revision + 1);
-                        dcs.watch(from).await
-                    }
-                    Err(e) => Err(e),
-                };
-                match stream {
-                    Ok(mut stream) => {
-                        // Events may have been missed while reconnecting: look again.
+            let restarted = || wake.notify_one();
+            dcs.follow(
+                |events| {
+                    let relevant = events.iter().any(|ev| {
+                        // Member changes matter to the leader (slots); a
+                        // member leaving matters to everyone (peer checks).
+                        matches!(ev.key.as_str(), "leader" | "config" | "failover" | "initialize")
+                            || (ev.key.starts_with("members/")
+                                && (ev.deleted || leading.load(std::sync::atomic::Ordering::Relaxed)))
+                    });
+                    if relevant {
                         wake.notify_one();
-                        while let Ok(Some(resp)) = stream.message().await {
-                            let relevant = resp.events().iter().any(|ev| {
-                                let deleted = ev.event_type() == etcd_client::EventType::Delete;
-                                ev.kv().and_then(|kv| kv.key_str().ok()).is_some_and(|k| {
-                                    let rel = k.strip_prefix(&prefix).unwrap_or("");
-                                    // Member changes matter to the leader (slots); a
-                                    // member leaving matters to everyone (peer checks).
-                                    matches!(rel, "leader" | "config" | "failover" | "initialize")
-                                        || (rel.starts_with("members/")
-                                            && (deleted || leading.load(std::sync::atomic::Ordering::Relaxed)))
-                                })
-                            });
-                            if let Some(h) = resp.header() {
-                                from = from.max(h.revision() + 1);
-                            }
-                            if relevant {
-                                wake.notify_one();
-                            }
-                        }
                     }
-                    Err(e) => tracing::debug!(error = %e, "watch failed; retrying"),
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+                },
+                // Events may have been missed while (re)connecting: look again.
+                restarted,
+            )
+            .await
         }));
     }
 
@@ -537,7 +517,7 @@ impl Ha {
         }
         let sent = Instant::now();
         self.last_renewal = Some(sent);
-        let result = self.dcs.keepalive(self.lease).await;
+        let result = self.dcs.keepalive(self.lease, self.lease_alive_until).await;
         self.keepalive_failed = result.is_err();
         match result {
             Ok(ttl) if ttl > 0 => {
