@@ -501,7 +501,18 @@ impl Ha {
             a => a,
         };
         self.run_scheduled_restart().await;
-        let code = self.act(action, &snap.view).await;
+        // A long action (initdb, a base backup, pg_rewind) keeps the lease
+        // alive as Patroni's loop does meanwhile; a short one never renews.
+        let alive = std::cell::Cell::new(self.lease_alive_until);
+        let (dcs, lease) = (self.dcs.clone(), self.lease);
+        let every = Duration::from_secs(self.config.normalized().loop_wait.max(1));
+        let code = tokio::select! {
+            c = self.act(action, &snap.view) => c,
+            never = keep_lease(&dcs, lease, every, &alive) => match never {},
+        };
+        if self.lease == lease && alive.get() > self.lease_alive_until {
+            self.lease_alive_until = alive.get();
+        }
         let view = self.dcs.snapshot().await.map(|s| s.view).unwrap_or(snap.view);
         self.publish(&view).await;
         code
@@ -1316,6 +1327,30 @@ impl Ha {
 }
 
 /// `0/3000060` → bytes.
+/// Renews `lease` every `every` for as long as it is polled, recording the
+/// new fencing deadline in `alive_until`. Stops renewing once the lease is
+/// gone (the loop grants a new one).
+async fn keep_lease(
+    dcs: &Dcs,
+    lease: i64,
+    every: Duration,
+    alive_until: &std::cell::Cell<Option<Instant>>,
+) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(every).await;
+        let sent = Instant::now();
+        match dcs.keepalive(lease, alive_until.get()).await {
+            Ok(ttl) if ttl > 0 => {
+                let ttl = Duration::from_secs(ttl as u64);
+                alive_until.set(Some(sent + ttl - fence_margin(ttl)));
+                tracing::debug!("lease renewed during a long action");
+            }
+            Ok(_) | Err(DcsError::LeaseNotFound) => return std::future::pending().await,
+            Err(e) => tracing::warn!(error = %e, "lease keepalive failed during a long action"),
+        }
+    }
+}
+
 fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
