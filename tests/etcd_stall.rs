@@ -339,3 +339,74 @@ fn a_member_name_that_stops_resolving_costs_no_failover() {
     drop(hosts);
     etcd.stop();
 }
+
+/// nftables rules that cut one etcd member (running as its own uid) off
+/// from its peers while its client port stays open; removed on drop.
+struct PeerCut {
+    table: String,
+}
+
+impl PeerCut {
+    /// `user`: the member's OS user; `own_peer`: its peer port; `others`: the
+    /// other members' peer ports.
+    fn new(user: &str, own_peer: u16, others: &[u16]) -> PeerCut {
+        let table = format!("tusk_test_{}", std::process::id());
+        let others = others.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+        let rules = format!(
+            "table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
+             meta skuid {user} tcp dport {{ {others} }} drop\n    meta skuid {user} tcp sport {own_peer} drop\n    \
+             tcp dport {own_peer} drop\n  }}\n}}\n"
+        );
+        let mut nft = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        std::io::Write::write_all(nft.stdin.as_mut().expect("nft stdin"), rules.as_bytes()).expect("write rules");
+        assert!(nft.wait().expect("nft").success(), "nft rejected:\n{rules}");
+        PeerCut { table }
+    }
+}
+
+impl Drop for PeerCut {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+    }
+}
+
+/// One member cut off from its peers (it still accepts clients, but can no
+/// longer commit, serve linearizable reads or forward keepalives), and it is
+/// the member every node talks to first: no failover.
+#[test]
+fn a_member_cut_off_from_its_peers_costs_no_failover() {
+    require_root();
+    let dir = node::test_dir("stall-cut");
+    let etcd: &'static Etcd =
+        Box::leak(Box::new(Etcd::start_cluster_running_as(&dir.path().join("etcd"), "n2", "etcd")));
+    let client_port = |i: usize| -> u16 {
+        etcd.endpoints[i].rsplit(':').next().and_then(|p| p.parse().ok()).expect("client port")
+    };
+    // etcd.sh: member i's peer port is its client port + 1.
+    let peer = |i: usize| client_port(i) + 1;
+    let hosts = [2, 0, 1].iter().map(|&i| etcd.endpoints[i].clone()).collect::<Vec<_>>().join(",");
+    let (c, leader) = settled_cluster("stallcut", etcd, r#"{"ttl":10,"loop_wait":2,"retry_timeout":4}"#, &hosts);
+    let li = c.index(&leader);
+    let w = Writer::start(&c.nodes[li]);
+    let t0 = Instant::now();
+    let cut = PeerCut::new("etcd", peer(2), &[peer(0), peer(1)]);
+    while t0.elapsed() < Duration::from_secs(20) {
+        assert_eq!(leader_key(&c, &[2]).as_deref(), Some(leader.as_str()), "member cut off: the leader key moved");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The member really was cut off: it refused or dropped requests.
+    let direct = c.etcd.etcdctl_at(&format!("https://{}", etcd.endpoints[2]), &["get", "x"]);
+    assert!(!direct.status.success(), "the cut-off member still served a linearizable read");
+    drop(cut);
+    let (acked, gap) = w.finish(t0);
+    eprintln!("member n2 cut off from its peers for 20 s: {acked} inserts, longest gap {gap:?}");
+    assert_intact(&c, &leader, acked, "after the cut");
+    for name in c.names() {
+        assert!(metric(&c, &name, "tusk_dcs_endpoint_switches_total") >= 1.0, "{name}: no endpoint switch counted");
+    }
+    etcd.stop();
+}
