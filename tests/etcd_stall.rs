@@ -118,6 +118,31 @@ fn settled_cluster(name: &str, etcd: &'static Etcd, dcs: &str, hosts: &str) -> (
     (c, leader)
 }
 
+/// tusk's own log lines of every node (postgres' lines left out), for
+/// failure messages.
+fn logs(c: &Cluster) -> String {
+    let mut out = String::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        out.push_str(&format!("==== n{}\n", i + 1));
+        for l in n.log_text().lines().filter(|l| !l.contains(" postgres: ")) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    // etcd's view: elections, leader changes, lease revocations.
+    for i in 0..3 {
+        out.push_str(&format!("==== etcd member {i}\n"));
+        let log = std::fs::read_to_string(c.etcd.log_file(i)).unwrap_or_default();
+        for l in log.lines().filter(|l| {
+            ["elected", "became", "lost leader", "lease", "revok", "slow", "leader changed"].iter().any(|k| l.contains(k))
+        }) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 fn assert_no_fencing(c: &Cluster, phase: &str) {
     for (i, n) in c.nodes.iter().enumerate() {
         let log = n.log_text();
@@ -128,7 +153,7 @@ fn assert_no_fencing(c: &Cluster, phase: &str) {
 /// After the freezes: the same leader, still primary, every replica
 /// streaming, every acknowledged row there.
 fn assert_intact(c: &Cluster, leader: &str, acked: usize, phase: &str) {
-    assert_eq!(leader_key(c, &[]).as_deref(), Some(leader), "{phase}: the leader key moved");
+    assert_eq!(leader_key(c, &[]).as_deref(), Some(leader), "{phase}: the leader key moved\n{}", logs(&c));
     let li = c.index(leader);
     assert_eq!(try_sql(&c.nodes[li], "SELECT pg_is_in_recovery()").as_deref(), Some("f"), "{phase}: not primary");
     for r in c.names().into_iter().filter(|n| n != leader) {
@@ -170,7 +195,7 @@ fn each_member_frozen_in_turn_costs_no_failover() {
         freeze(etcd, m, true);
         let frozen_at = Instant::now();
         while frozen_at.elapsed() < Duration::from_secs(20) {
-            assert_eq!(leader_key(&c, &[m]).as_deref(), Some(leader.as_str()), "{phase}: the leader key moved");
+            assert_eq!(leader_key(&c, &[m]).as_deref(), Some(leader.as_str()), "{phase}: the leader key moved\n{}", logs(&c));
             std::thread::sleep(Duration::from_millis(500));
         }
         freeze(etcd, m, false);
@@ -179,6 +204,10 @@ fn each_member_frozen_in_turn_costs_no_failover() {
     }
     let (acked, gap) = w.finish(t0);
     eprintln!("each member frozen for 20 s in turn: {acked} inserts, longest gap {gap:?}");
+    // What the nodes went through (lease losses to etcd's revocation bug included).
+    for l in logs(&c).lines().filter(|l| l.contains("lease") && !l.contains("keepalive missed")) {
+        eprintln!("  {l}");
+    }
     assert_intact(&c, &leader, acked, "after three freezes");
     // Writes never waited on etcd: a gap of seconds would mean the primary
     // stopped (generous bound: two tests share two cores).
@@ -205,7 +234,7 @@ fn frozen_member_at_default_timings_costs_no_failover() {
     let t0 = Instant::now();
     freeze(etcd, 0, true);
     while t0.elapsed() < Duration::from_secs(60) {
-        assert_eq!(leader_key(&c, &[0]).as_deref(), Some(leader.as_str()), "member 0 frozen: the leader key moved");
+        assert_eq!(leader_key(&c, &[0]).as_deref(), Some(leader.as_str()), "member 0 frozen: the leader key moved\n{}", logs(&c));
         std::thread::sleep(Duration::from_secs(1));
     }
     freeze(etcd, 0, false);
@@ -329,7 +358,7 @@ fn a_member_name_that_stops_resolving_costs_no_failover() {
     hosts.remove(&names[0]);
     freeze(etcd, 0, true);
     while t0.elapsed() < Duration::from_secs(20) {
-        assert_eq!(leader_key(&c, &[0]).as_deref(), Some(leader.as_str()), "name gone: the leader key moved");
+        assert_eq!(leader_key(&c, &[0]).as_deref(), Some(leader.as_str()), "name gone: the leader key moved\n{}", logs(&c));
         std::thread::sleep(Duration::from_millis(500));
     }
     freeze(etcd, 0, false);
@@ -395,7 +424,7 @@ fn a_member_cut_off_from_its_peers_costs_no_failover() {
     let t0 = Instant::now();
     let cut = PeerCut::new("etcd", peer(2), &[peer(0), peer(1)]);
     while t0.elapsed() < Duration::from_secs(20) {
-        assert_eq!(leader_key(&c, &[2]).as_deref(), Some(leader.as_str()), "member cut off: the leader key moved");
+        assert_eq!(leader_key(&c, &[2]).as_deref(), Some(leader.as_str()), "member cut off: the leader key moved\n{}", logs(&c));
         std::thread::sleep(Duration::from_millis(500));
     }
     // The member really was cut off: it refused or dropped requests.

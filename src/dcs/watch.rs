@@ -10,10 +10,14 @@ use tokio::time::Instant;
 use super::client::{Dcs, DcsError};
 use super::endpoints::attempt_timeout;
 
-/// How often the watch asks its member for progress: a member that does not
-/// answer within one attempt deadline is given up (a frozen member keeps its
-/// TCP connection open and sends nothing).
-const PROBE: Duration = Duration::from_secs(2);
+/// How often the watch asks its member for progress (a frozen member keeps
+/// its TCP connection open and sends nothing)...
+const PROBE: Duration = Duration::from_millis(500);
+/// ... and how long an answer may take before the member is given up (and
+/// with it, through the member's health, the requests go elsewhere too).
+/// A progress answer costs etcd nothing: even a loaded member sends it in
+/// milliseconds.
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// One change of a key under the cluster's prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +48,7 @@ impl Dcs {
         // The next revision to deliver (`None`: from a fresh read).
         let mut next: Option<i64> = None;
         let attempt = attempt_timeout(self.timeout);
+        let probe_deadline = PROBE_DEADLINE.min(attempt);
         loop {
             let pick = match self.endpoints.pick(self.timeout).await {
                 Ok(p) => p,
@@ -128,9 +133,12 @@ impl Dcs {
                         Err(e) => break End::Failed(DcsError::from(e), false),
                     },
                     _ = probe.tick() => match asked {
-                        Some(t) if t.elapsed() >= attempt => {
+                        Some(t) if t.elapsed() >= probe_deadline => {
                             break End::Failed(
-                                DcsError::Unreachable(format!("{}: watch progress not confirmed within {attempt:?}", pick.name)),
+                                DcsError::Unreachable(format!(
+                                    "{}: watch progress not confirmed within {probe_deadline:?}",
+                                    pick.name
+                                )),
                                 true,
                             );
                         }

@@ -74,6 +74,10 @@ pub struct Ha {
     last_idle: &'static str,
     config: crate::dcs::values::DynamicConfig,
     members_seen: Vec<String>,
+    /// Every member's API address and when its member key was last seen:
+    /// a member whose key vanished recently is still asked before a race
+    /// (`ask_peers`).
+    recent_members: BTreeMap<String, (String, Instant)>,
     last_status_optime: Option<u64>,
     /// The member key as last written, and on which lease.
     last_member: Option<(MemberValue, i64)>,
@@ -183,6 +187,7 @@ pub(crate) async fn run(
         last_idle: "",
         config: Default::default(),
         members_seen: Vec::new(),
+        recent_members: BTreeMap::new(),
         last_status_optime: None,
         last_member: None,
         leading: Arc::default(),
@@ -492,6 +497,12 @@ impl Ha {
                 Err(e) => tracing::warn!("cannot write the dynamic parameters: {e}"),
             }
         }
+        let now = Instant::now();
+        for (name, m) in &snap.view.members {
+            self.recent_members.insert(name.clone(), (m.api_url.clone(), now));
+        }
+        let keep = Duration::from_secs(self.config.normalized().ttl);
+        self.recent_members.retain(|_, (_, seen)| now.duration_since(*seen) <= keep);
         let mut local = self.observe().await;
         let mut action = decide(&snap.view, &local);
         if action == Action::AskPeers {
@@ -625,12 +636,23 @@ impl Ha {
         sql::connect(&self.cfg).await.ok()
     }
 
+    /// Asks the members in `view` for their state, and also those whose
+    /// member key vanished within the last ttl (briefly: 500 ms). A member key
+    /// can vanish while its member still runs: etcd 3.4 before 3.4.28 lets a
+    /// leader that was stalled revoke every lease it saw expire
+    /// (etcd-io/etcd#15247), taking the primary's leader and member keys with
+    /// it; its replicas must still see the primary before they race.
     async fn ask_peers(&self, view: &ClusterView) -> Vec<PeerReport> {
-        let asks = view.members.iter().filter(|(n, _)| n.as_str() != self.name()).map(|(name, m)| {
-            let (name, url) = (name.clone(), m.api_url.clone());
+        let listed = view.members.iter().map(|(n, m)| (n.clone(), m.api_url.clone(), Duration::from_secs(2)));
+        let vanished = self
+            .recent_members
+            .iter()
+            .filter(|(n, _)| !view.members.contains_key(n.as_str()))
+            .map(|(n, (url, _))| (n.clone(), url.clone(), Duration::from_millis(500)));
+        let asks = listed.chain(vanished).filter(|(n, _, _)| n.as_str() != self.name()).map(|(name, url, within)| {
             let client = self.api_client.clone();
             async move {
-                let reply = client.peer_status(&url, Duration::from_secs(2)).await.map(|s| PeerReply {
+                let reply = client.peer_status(&url, within).await.map(|s| PeerReply {
                     primary: s.role == "primary" && s.state == "running",
                     wal: s.xlog.position(),
                     nofailover: s.tags.get("nofailover").and_then(|v| v.as_bool()).unwrap_or(false),
@@ -718,7 +740,7 @@ impl Ha {
             Action::KeepLeading => self.keep_leading(view).await,
             Action::Promote => self.promote(view).await,
             Action::AskPeers => {}
-            Action::AcquireLeader => match self.dcs.acquire_leader(&self.cfg.name, self.lease).await {
+            Action::AcquireLeader => match self.acquire_leader().await {
                 Ok(true) => {
                     tracing::info!("won the leader race");
                     self.wake.notify_one();
@@ -745,6 +767,25 @@ impl Ha {
             Action::RejectSwitchover(_) => {}
         }
         None
+    }
+
+    /// Takes the leader key; a lease found gone (revoked under us) is
+    /// granted anew and the race run once more with it.
+    async fn acquire_leader(&mut self) -> Result<bool, DcsError> {
+        match self.dcs.acquire_leader(&self.cfg.name, self.lease).await {
+            Err(DcsError::LeaseNotFound) => {
+                let ttl = Duration::from_secs(self.config.normalized().ttl);
+                let sent = Instant::now();
+                let lease = self.dcs.grant_lease(ttl).await?;
+                tracing::warn!(old = self.lease, new = lease, "the lease was gone at the leader race; granted a new one");
+                self.lease = lease;
+                self.lease_ttl = ttl;
+                self.lease_alive_until = Some(sent + ttl - fence_margin(ttl));
+                self.last_member = None;
+                self.dcs.acquire_leader(&self.cfg.name, self.lease).await
+            }
+            r => r,
+        }
     }
 
     /// The leader's upstream description from its member key.
