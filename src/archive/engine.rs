@@ -27,8 +27,8 @@ use xxhash_rust::xxh3::Xxh3;
 use super::ArchiveHandle;
 use super::compress;
 use super::store::{META_HASH, META_SIZE, Store, StoreError};
-use super::wal::{self, DEFAULT_SEGMENT_SIZE, HistoryEntry, Kind, SegmentName};
 use crate::config::{Compression, StorageConfig};
+use crate::postgres::wal::{self, DEFAULT_SEGMENT_SIZE, HistoryEntry, Kind, SegmentName};
 
 /// Name of the prefetch directory inside `pg_wal`.
 pub const PREFETCH_DIR: &str = ".tusk-prefetch";

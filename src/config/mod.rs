@@ -27,8 +27,7 @@ pub use storage::{Compression, StorageConfig};
 pub(crate) use parse::MANAGED_PARAMETERS;
 use parse::*;
 
-/// Exit status for a configuration error (sysexits' EX_CONFIG).
-pub const EXIT_CONFIG: i32 = 78;
+pub use crate::exit::EXIT_CONFIG;
 
 /// A bad environment variable: `var` names it, `message` says what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,7 +63,7 @@ pub struct Config {
     pub etcd: Option<EtcdConfig>,
     /// `TUSK_BOOTSTRAP_DCS`: the dynamic configuration the bootstrapping member
     /// writes to the `config` key (Patroni's `bootstrap.dcs`).
-    pub bootstrap_dcs: crate::dcs::values::DynamicConfig,
+    pub bootstrap_dcs: crate::patroni::DynamicConfig,
     pub tusk: TuskConfig,
     /// WAL archive in S3; `None`: archiving is a no-op (`WAL_S3_BUCKET`, `WALG_S3_PREFIX`).
     pub storage: Option<StorageConfig>,
@@ -86,6 +85,11 @@ pub struct PostgresConfig {
     pub initdb_locale: String,
     /// Parameters derived from the memory limit, then `TUSK_PG_PARAMETERS`.
     pub parameters: BTreeMap<String, String>,
+    /// What postgres's children inherit from tusk's environment: `PATH`
+    /// (or a default), `TZ`, `LANG`, `LC_*`. Read here, once, so nothing
+    /// reads the process environment later.
+    #[serde(skip)]
+    pub inherited_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -316,7 +320,7 @@ impl Config {
 
         let bootstrap_dcs = match raw.tusk_bootstrap_dcs.as_deref() {
             None => Default::default(),
-            Some(v) => serde_json::from_str::<crate::dcs::values::DynamicConfig>(v).map_err(|e| {
+            Some(v) => serde_json::from_str::<crate::patroni::DynamicConfig>(v).map_err(|e| {
                 ConfigError::new("TUSK_BOOTSTRAP_DCS", format!("not a Patroni dynamic configuration (JSON): {e}"))
             })?,
         };
@@ -346,6 +350,7 @@ impl Config {
                 socket_dir,
                 initdb_locale,
                 parameters,
+                inherited_env: inherited_env(env),
             },
             api,
             credentials,
@@ -366,6 +371,19 @@ impl Config {
     pub fn standalone(&self) -> bool {
         self.etcd.is_none()
     }
+}
+
+/// The variables postgres's children inherit: a whitelist, so that
+/// `NOTIFY_SOCKET`, S3 and etcd secrets never reach them.
+fn inherited_env(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let path = env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut out = vec![("PATH".to_owned(), path)];
+    for (k, v) in env {
+        if k == "TZ" || k == "LANG" || k.starts_with("LC_") {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out
 }
 
 /// `PGHOME`, `PGROOT`, `PGDATA` with Spilo's defaults, each from the one before.

@@ -10,9 +10,9 @@ use etcd_client::{
     Txn, TxnOp,
 };
 
+use super::ClusterView;
 use super::values::{DynamicConfig, Failover, MemberValue, Status};
 use crate::config::{EtcdConfig, EtcdProtocol};
-use crate::ha::decide::ClusterView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DcsError {

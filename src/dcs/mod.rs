@@ -2,3 +2,6 @@
 
 pub mod client;
 pub mod values;
+mod view;
+
+pub use view::ClusterView;

@@ -21,17 +21,20 @@ use tokio::time::{Instant, sleep_until};
 use tokio_postgres::Client;
 
 use super::decide::{Action, ClusterView, DataDir, Due, Local, PeerReply, PeerReport, Postgres, decide, schedule_due};
+use super::error::HaError;
 use crate::api::{self, ApiClient, Command, NodeStatus, Reply, RestartRequest, Xlog};
 use crate::config::{Config, Secret};
 use crate::dcs::client::{Dcs, DcsError};
-use crate::dcs::values::{Failover, HistoryLine, MemberValue, PATRONI_COMPAT_VERSION, Status};
+use crate::exit::EXIT_FAILURE;
 use crate::notify::Notifier;
-use crate::postgres::files::{self, Role, TlsPaths};
+use crate::patroni::{Failover, HistoryLine, MemberValue, PATRONI_COMPAT_VERSION, Role as MemberRole, State, Status};
+use crate::postgres::files::{self, ConfInputs, Role};
 use crate::postgres::passwords::Passwords;
 use crate::postgres::process::{self, Postmaster};
 use crate::postgres::replication::{self, Upstream};
-use crate::postgres::{Binaries, RunAs, sql};
-use crate::supervisor::{EXIT_FAILURE, Request, Signals, stop_postgres};
+use crate::postgres::stop::{self, Mode};
+use crate::postgres::{Binaries, RunAs, pidfile, sql, wal};
+use crate::signals::{Request, Signals, wait_for_stop};
 use axum::http::StatusCode;
 
 /// How often the REST API's WAL positions are refreshed between rounds.
@@ -54,7 +57,7 @@ pub struct Ha {
     cfg: Config,
     bin: Binaries,
     run_as: RunAs,
-    tls: TlsPaths,
+    inputs: ConfInputs,
     dcs: Dcs,
     lease: i64,
     /// Monotonic time until which the lease is known alive (fencing deadline).
@@ -66,13 +69,13 @@ pub struct Ha {
     passwords: Option<Passwords>,
     sysid: Option<String>,
     /// Member state as Patroni names it.
-    state: &'static str,
+    state: State,
     /// The last shutdown was a clean hand-over: no rewind needed to follow.
     clean_handover: bool,
     status: watch::Sender<NodeStatus>,
     wake: Arc<Notify>,
     last_idle: &'static str,
-    config: crate::dcs::values::DynamicConfig,
+    config: crate::patroni::DynamicConfig,
     members_seen: Vec<String>,
     last_status_optime: Option<u64>,
     /// The member key as last written, and on which lease.
@@ -101,23 +104,18 @@ pub struct Ha {
 }
 
 /// Runs the node in HA mode until told to stop; returns the exit status.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     cfg: Config,
     bin: Binaries,
     run_as: RunAs,
-    tls: TlsPaths,
+    inputs: ConfInputs,
+    api: api::Started,
+    dcs_tx: watch::Sender<Option<Dcs>>,
     notifier: &Notifier,
     signals: &mut Signals,
 ) -> i32 {
     let etcd = cfg.etcd.clone().expect("HA mode has an etcd section");
-    let (dcs_tx, dcs_rx) = watch::channel(None);
-    let api = match api::start(&cfg, dcs_rx, Some(std::sync::Arc::new(crate::archive::ApiView))).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(variable = %e.var, "configuration error: {e}");
-            return crate::config::EXIT_CONFIG;
-        }
-    };
 
     // Connect and take a lease, retrying with a clear line per failure; a
     // stop request ends the wait.
@@ -143,14 +141,14 @@ pub(crate) async fn run(
                     notifier.status("waiting for etcd");
                 }
             },
-            req = crate::supervisor::wait_for_stop(signals) => {
+            req = wait_for_stop(signals) => {
                 tracing::info!(?req, "stop requested while waiting for etcd");
                 return 0;
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = crate::supervisor::wait_for_stop(signals) => return 0,
+            _ = wait_for_stop(signals) => return 0,
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     };
@@ -168,7 +166,7 @@ pub(crate) async fn run(
         cfg,
         bin,
         run_as,
-        tls,
+        inputs,
         dcs,
         lease,
         pm: None,
@@ -176,7 +174,7 @@ pub(crate) async fn run(
         upstream: None,
         passwords: None,
         sysid: None,
-        state: "starting",
+        state: State::Starting,
         clean_handover: false,
         status: api.status.clone(),
         wake: wake.clone(),
@@ -260,7 +258,7 @@ impl Ha {
     }
 
     async fn main_loop(&mut self, notifier: &Notifier, signals: &mut Signals) -> i32 {
-        let mut last_ready_role = String::new();
+        let mut last_ready_role = MemberRole::Uninitialized;
         loop {
             // One iteration, raced against the fencing deadline while primary.
             let fence_pid = self.running_primary_pid();
@@ -282,7 +280,7 @@ impl Ha {
             }
             // Readiness for systemd once postgres serves in a settled role.
             let st = self.status.borrow().clone();
-            if st.state == "running" && st.role != last_ready_role {
+            if st.state == State::Running && st.role != last_ready_role {
                 tracing::info!(role = %st.role, leader = st.leader, "PostgreSQL is ready: {}", st.role);
                 notifier.ready(&format!("running as {}", st.role));
                 last_ready_role = st.role.clone();
@@ -327,28 +325,7 @@ impl Ha {
         let Some(client) = &self.client else { return };
         let Ok(p) = replication::position(client).await else { return };
         let details = sql::details(client).await.ok();
-        self.status.send_modify(|st| {
-            if st.state != "running" {
-                return;
-            }
-            st.timeline = Some(p.timeline);
-            if p.in_recovery {
-                st.xlog.received_location = p.receive;
-                st.xlog.replayed_location = p.replay;
-                st.replication_state = Some(if p.streaming { "streaming" } else { "in archive recovery" }.into());
-                st.facts.leader_optime = st.facts.leader_optime.max(p.receive);
-            } else {
-                st.xlog.location = Some(p.wal);
-            }
-            if let Some(d) = details {
-                if p.in_recovery {
-                    st.xlog.replayed_timestamp = d.replayed_timestamp;
-                    st.xlog.paused = d.replay_paused;
-                } else {
-                    st.replication = d.replication;
-                }
-            }
-        });
+        self.status.send_modify(|st| st.refresh_positions(&p, details.as_ref()));
     }
 
     /// SIGHUP: PostgreSQL's certificates re-installed and reloaded; the etcd
@@ -382,7 +359,7 @@ impl Ha {
     fn tick(&self) -> Duration {
         let c = self.config.normalized();
         let st = self.status.borrow();
-        if st.state != "running" && self.pm.is_some() {
+        if st.state != State::Running && self.pm.is_some() {
             return Duration::from_millis(100);
         }
         // The lease is renewed once per loop, as Patroni does: renewing more
@@ -407,19 +384,18 @@ impl Ha {
 
     fn running_primary_pid(&self) -> Option<nix::unistd::Pid> {
         let st = self.status.borrow();
-        (st.role == "primary").then(|| self.pm.as_ref().map(|p| p.pid())).flatten()
+        (st.role == MemberRole::Primary).then(|| self.pm.as_ref().map(|p| p.pid())).flatten()
     }
 
     /// Stops writes now: immediate shutdown of a primary.
     async fn fence(&mut self, why: &str) {
         // An immediate stop of a primary may leave WAL the leader lacks.
         self.clean_handover = false;
-        if let Some(pm) = &self.pm {
+        if self.pm.is_some() {
             tracing::error!("{why}: immediate shutdown of the primary (fencing)");
-            pm.signal(Signal::SIGQUIT);
         }
-        self.stop_local(Duration::from_secs(5)).await;
-        self.state = "stopped";
+        self.stop_local(Mode::Immediate, Duration::from_secs(5)).await;
+        self.state = State::Stopped;
         self.publish_status();
     }
 
@@ -581,7 +557,7 @@ impl Ha {
             tracing::error!(%status, "postgres exited unexpectedly");
             self.pm = None;
             self.client = None;
-            self.state = "crashed";
+            self.state = State::Crashed;
             process::reap_leftover_group(pid).await;
         }
         let postgres = match &self.pm {
@@ -620,9 +596,7 @@ impl Ha {
 
     /// Connects when postmaster.pid says postgres accepts connections.
     async fn try_connect(&self) -> Option<Client> {
-        let pid_file = std::fs::read_to_string(self.cfg.postgres.data.join("postmaster.pid")).ok()?;
-        let status = pid_file.lines().nth(7)?.trim().to_owned();
-        if status != "ready" && status != "standby" {
+        if !pidfile::read(&self.cfg.postgres.data)?.accepts_connections() {
             return None;
         }
         sql::connect(&self.cfg).await.ok()
@@ -634,7 +608,7 @@ impl Ha {
             let client = self.api_client.clone();
             async move {
                 let reply = client.peer_status(&url, Duration::from_secs(2)).await.map(|s| PeerReply {
-                    primary: s.role == "primary" && s.state == "running",
+                    primary: s.role == MemberRole::Primary && s.state == State::Running,
                     wal: s.xlog.position(),
                     nofailover: s.tags.get("nofailover").and_then(|v| v.as_bool()).unwrap_or(false),
                 });
@@ -672,7 +646,7 @@ impl Ha {
             Action::CloneFrom(leader) => {
                 if let Err(e) = self.clone_from(view, &leader).await {
                     tracing::error!("cannot create a replica from {leader}: {e}");
-                    self.state = "stopped";
+                    self.state = State::Stopped;
                     let _ = std::fs::remove_dir_all(&self.cfg.postgres.data);
                 }
             }
@@ -733,7 +707,8 @@ impl Ha {
                 let up = self.upstream_for(view, &leader);
                 if up.is_some() && up != self.upstream {
                     tracing::info!(leader, "following the new leader");
-                    if let Err(e) = files::write_all(&self.cfg, &self.tls, &self.run_as, &Role::Replica(up.clone())) {
+                    if let Err(e) = files::write_all(&self.cfg, &self.inputs, &self.run_as, &Role::Replica(up.clone()))
+                    {
                         tracing::error!("cannot point postgres at the new leader: {e}");
                     } else {
                         self.upstream = up;
@@ -759,7 +734,7 @@ impl Ha {
 
     /// Resolves the role passwords: the environment first, then the ones
     /// shared in etcd; `generate`: create and share the missing ones.
-    async fn passwords(&mut self, generate: bool) -> Result<Passwords, String> {
+    async fn passwords(&mut self, generate: bool) -> Result<Passwords, HaError> {
         if let Some(p) = &self.passwords {
             return Ok(p.clone());
         }
@@ -767,7 +742,7 @@ impl Ha {
         let shared: Option<SharedCredentials> = match self.dcs.credentials().await {
             Ok(Some(json)) => serde_json::from_str(&json).ok(),
             Ok(None) => None,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         let shared = match shared {
             Some(s) => s,
@@ -775,11 +750,11 @@ impl Ha {
                 let new = crate::postgres::passwords::generate;
                 let s = SharedCredentials { superuser: new(), replication: new(), admin: new() };
                 let json = serde_json::to_string(&s).expect("credentials serialize");
-                let stored = self.dcs.share_credentials(&json).await.map_err(|e| e.to_string())?;
+                let stored = self.dcs.share_credentials(&json).await?;
                 if c.superuser.password.is_none() || c.replication.password.is_none() || c.admin.password.is_none() {
                     tracing::info!("generated role passwords; shared with the members under the cluster's etcd prefix");
                 }
-                serde_json::from_str(&stored).map_err(|e| e.to_string())?
+                serde_json::from_str(&stored)?
             }
             None if c.superuser.password.is_some()
                 && c.replication.password.is_some()
@@ -787,7 +762,7 @@ impl Ha {
             {
                 SharedCredentials { superuser: String::new(), replication: String::new(), admin: String::new() }
             }
-            None => return Err("no passwords in the environment and none shared in etcd yet".into()),
+            None => return Err(HaError::NoPasswords),
         };
         let pick = |given: &Option<Secret>, shared: String| given.clone().unwrap_or_else(|| Secret::new(shared));
         let p = Passwords {
@@ -795,76 +770,76 @@ impl Ha {
             replication: pick(&c.replication.password, shared.replication),
             admin: pick(&c.admin.password, shared.admin),
         };
-        replication::write_passfile(&self.cfg, &p.replication, &self.run_as).map_err(|e| e.to_string())?;
+        replication::write_passfile(&self.cfg, &p.replication, &self.run_as)?;
         self.passwords = Some(p.clone());
         Ok(p)
     }
 
-    async fn bootstrap(&mut self) -> Result<(), String> {
-        self.state = "initializing new cluster";
+    async fn bootstrap(&mut self) -> Result<(), HaError> {
+        self.state = State::InitializingNewCluster;
         self.publish_status();
         let pw = self.passwords(true).await?;
         let stop = std::future::pending::<()>();
-        process::initdb(&self.cfg, &self.bin, &self.run_as, stop).await.map_err(|e| e.to_string())?;
-        files::write_all(&self.cfg, &self.tls, &self.run_as, &Role::Primary).map_err(|e| e.to_string())?;
-        let mut pm = Postmaster::start(&self.cfg, &self.bin, &self.run_as).map_err(|e| e.to_string())?;
+        process::initdb(&self.cfg, &self.bin, &self.run_as, stop).await?;
+        files::write_all(&self.cfg, &self.inputs, &self.run_as, &Role::Primary)?;
+        let mut pm = Postmaster::start(&self.cfg, &self.bin, &self.run_as)?;
         let client = tokio::select! {
-            c = sql::wait_ready(&self.cfg) => c.map_err(|e| e.to_string())?,
-            st = pm.wait() => return Err(format!("postgres exited during bootstrap: {st}")),
+            c = sql::wait_ready(&self.cfg) => c?,
+            st = pm.wait() => return Err(HaError::ExitedDuringBootstrap(st)),
         };
-        sql::ensure_roles(&client, &self.cfg, &pw).await.map_err(|e| e.to_string())?;
-        let sysid = replication::system_identifier(&client).await.map_err(|e| e.to_string())?;
+        sql::ensure_roles(&client, &self.cfg, &pw).await?;
+        let sysid = replication::system_identifier(&client).await?;
         self.pm = Some(pm);
         self.client = Some(client);
         self.upstream = None;
         self.sysid = Some(sysid.clone());
-        self.state = "running";
+        self.state = State::Running;
         // The member key first: members that see the leader key clone from
         // the address in it at once.
         self.publish(&ClusterView::default()).await;
-        if !self.dcs.acquire_leader(&self.cfg.name, self.lease).await.map_err(|e| e.to_string())? {
-            return Err("the leader key was taken during bootstrap".into());
+        if !self.dcs.acquire_leader(&self.cfg.name, self.lease).await? {
+            return Err(HaError::LeaderTaken);
         }
-        self.dcs.set_initialize(&sysid).await.map_err(|e| e.to_string())?;
-        self.dcs.init_config(&self.cfg.bootstrap_dcs).await.map_err(|e| e.to_string())?;
+        self.dcs.set_initialize(&sysid).await?;
+        self.dcs.init_config(&self.cfg.bootstrap_dcs).await?;
         self.sysid = Some(sysid.clone());
-        self.state = "running";
+        self.state = State::Running;
         tracing::info!(sysid, "cluster bootstrapped; this member leads");
         Ok(())
     }
 
-    async fn clone_from(&mut self, view: &ClusterView, leader: &str) -> Result<(), String> {
-        let up = self.upstream_for(view, leader).ok_or("the leader has no member key yet")?;
+    async fn clone_from(&mut self, view: &ClusterView, leader: &str) -> Result<(), HaError> {
+        let up = self.upstream_for(view, leader).ok_or(HaError::NoLeaderMember)?;
         self.passwords(false).await?;
-        self.state = "creating replica";
+        self.state = State::CreatingReplica;
         self.publish(view).await;
-        replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await.map_err(|e| e.to_string())?;
+        replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await?;
         self.clean_handover = true;
-        self.start(Role::Replica(Some(up))).await.map_err(|e| e.to_string())
+        Ok(self.start(Role::Replica(Some(up))).await?)
     }
 
     /// A former primary diverged from the new leader: pg_rewind it (a no-op
     /// when it did not diverge). Skipped after a clean hand-over.
     /// `Ok(false)`: not yet (the leader has not finished promoting).
-    async fn rewind_if_needed(&mut self, view: &ClusterView, leader: &str, up: &Upstream) -> Result<bool, String> {
+    async fn rewind_if_needed(&mut self, view: &ClusterView, leader: &str, up: &Upstream) -> Result<bool, HaError> {
         if self.clean_handover {
             self.clean_handover = false;
             return Ok(true);
         }
-        let cd = replication::controldata(&self.bin, &self.cfg.postgres.data).await.map_err(|e| e.to_string())?;
+        let cd = replication::controldata(&self.bin, &self.cfg.postgres.data).await?;
         if !cd.was_primary() {
             return Ok(true);
         }
-        if view.members.get(leader).is_none_or(|m| m.role != "primary" || m.state != "running") {
+        if view.members.get(leader).is_none_or(|m| m.role != MemberRole::Primary || m.state != State::Running) {
             tracing::info!(leader, "waiting for the new leader to finish its promotion before pg_rewind");
             return Ok(false);
         }
         let pw = self.passwords(false).await?;
         tracing::info!(leader, state = %cd.state, "this node ran as primary: pg_rewind from the new leader");
-        self.state = "running pg_rewind";
+        self.state = State::RunningPgRewind;
         replication::rewind(&self.cfg, &self.bin, &self.run_as, &up.address, &pw.superuser)
             .await
-            .map_err(|e| format!("pg_rewind failed: {e}"))?;
+            .map_err(HaError::Rewind)?;
         Ok(true)
     }
 
@@ -876,13 +851,13 @@ impl Ha {
             let _ = self.passwords(false).await;
         }
         process::clear_stale_pid_file(&self.cfg.postgres.data)?;
-        files::write_all(&self.cfg, &self.tls, &self.run_as, &role)?;
+        files::write_all(&self.cfg, &self.inputs, &self.run_as, &role)?;
         self.pm = Some(Postmaster::start(&self.cfg, &self.bin, &self.run_as)?);
         self.upstream = match role {
             Role::Replica(up) => up,
             Role::Primary => None,
         };
-        self.state = "starting";
+        self.state = State::Starting;
         Ok(())
     }
 
@@ -926,7 +901,7 @@ impl Ha {
         if let Err(e) = sql::checkpoint(client).await {
             tracing::warn!(error = %e, "post-promotion checkpoint failed");
         }
-        if let Err(e) = files::write_all(&self.cfg, &self.tls, &self.run_as, &Role::Primary) {
+        if let Err(e) = files::write_all(&self.cfg, &self.inputs, &self.run_as, &Role::Primary) {
             tracing::warn!("cannot rewrite tusk.conf after promotion: {e}");
         } else if let Some(pm) = &self.pm {
             pm.signal(Signal::SIGHUP);
@@ -949,20 +924,16 @@ impl Ha {
         let path = self.cfg.postgres.data.join(format!("pg_wal/{timeline:08X}.history"));
         let text = std::fs::read_to_string(path).ok()?;
         let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).ok()?;
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
-        let n = lines.len();
+        let entries = wal::parse_history(&text).ok()?;
+        let n = entries.len();
         Some(
-            lines
-                .iter()
+            entries
+                .into_iter()
                 .enumerate()
-                .filter_map(|(i, l)| {
-                    let mut f = l.split('\t');
-                    let tl = f.next()?.trim().parse().ok()?;
-                    let lsn = parse_lsn(f.next()?.trim())?;
-                    let reason = f.next().unwrap_or("").trim().to_owned();
+                .map(|(i, e)| {
                     let (ts, who) =
                         if i + 1 == n { (now.clone(), self.cfg.name.clone()) } else { (String::new(), String::new()) };
-                    Some(HistoryLine(tl, lsn, reason, ts, who))
+                    HistoryLine(e.tli, e.end, e.reason, ts, who)
                 })
                 .collect(),
         )
@@ -972,51 +943,28 @@ impl Ha {
     /// then release the leader key; the candidate races at once.
     async fn hand_over(&mut self, candidate: Option<String>) {
         tracing::info!(candidate = candidate.as_deref().unwrap_or("any"), "switchover: handing over leadership");
-        self.state = "stopping";
+        self.state = State::Stopping;
         self.status.send_modify(|st| {
-            st.state = "stopping".into();
+            st.state = State::Stopping;
             st.leader = false;
         });
-        if let Some(client) = &self.client {
-            let _ = tokio::time::timeout(Duration::from_secs(5), sql::checkpoint(client)).await;
-        }
-        if let Some(pm) = &self.pm {
-            pm.signal(Signal::SIGINT);
-        }
-        self.stop_local(self.cfg.tusk.shutdown_timeout).await;
+        self.stop_local(Mode::Graceful, self.cfg.tusk.shutdown_timeout).await;
         match self.dcs.release_leader(&self.cfg.name).await {
             Ok(true) => tracing::info!("leader key released"),
             Ok(false) => tracing::warn!("the leader key was no longer ours"),
             Err(e) => tracing::error!(error = %e, "cannot release the leader key; it will expire"),
         }
         self.clean_handover = true;
-        self.state = "stopped";
+        self.state = State::Stopped;
         self.publish_status();
     }
 
-    /// Waits for the postmaster to exit (escalating to SIGQUIT, then SIGKILL
-    /// of the group at the end of `budget`).
-    async fn stop_local(&mut self, budget: Duration) {
-        self.client = None;
+    /// Stops the local postgres within `budget` (the one escalation of
+    /// [`stop::stop`]); the loop's signals are not consulted meanwhile.
+    async fn stop_local(&mut self, mode: Mode, budget: Duration) {
+        let client = self.client.take();
         let Some(mut pm) = self.pm.take() else { return };
-        let t0 = Instant::now();
-        let fast_until = t0 + budget * 3 / 4;
-        let status = tokio::select! {
-            s = pm.wait() => Some(s),
-            _ = sleep_until(fast_until) => None,
-        };
-        if status.is_none() {
-            pm.signal(Signal::SIGQUIT);
-            let s = tokio::select! {
-                s = pm.wait() => Some(s),
-                _ = sleep_until(t0 + budget) => None,
-            };
-            if s.is_none() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pm.pid().as_raw()), Signal::SIGKILL);
-                pm.wait().await;
-            }
-        }
-        process::reap_leftover_group(pm.pid()).await;
+        stop::stop(&mut pm, client, mode, budget, None).await;
         self.upstream = None;
     }
 
@@ -1046,7 +994,7 @@ impl Ha {
                         Ok(mut rx) => {
                             let wait = req.timeout.unwrap_or(Duration::from_secs(60));
                             tokio::spawn(async move {
-                                let up = tokio::time::timeout(wait, rx.wait_for(|s| s.state == "running")).await;
+                                let up = tokio::time::timeout(wait, rx.wait_for(|s| s.state == State::Running)).await;
                                 let answer = match up {
                                     Ok(Ok(_)) => Reply::new(StatusCode::OK, "restarted successfully"),
                                     _ => Reply::new(
@@ -1116,7 +1064,7 @@ impl Ha {
         }
         if let Some(role) = &req.role {
             let want_primary = role == "primary" || role == "master";
-            if want_primary != (st.role == "primary") {
+            if want_primary != (st.role == MemberRole::Primary) {
                 return Err(not_satisfied());
             }
         }
@@ -1129,20 +1077,14 @@ impl Ha {
         if req.restart_pending && !st.pending_restart {
             return Err(not_satisfied());
         }
-        let role = if st.role == "primary" { Role::Primary } else { Role::Replica(self.upstream.clone()) };
+        let role = if st.role == MemberRole::Primary { Role::Primary } else { Role::Replica(self.upstream.clone()) };
         tracing::info!(role = %st.role, "restarting postgres (REST API)");
-        self.state = "restarting";
+        self.state = State::Restarting;
         self.publish_status();
-        if let Some(client) = &self.client {
-            let _ = tokio::time::timeout(Duration::from_secs(5), sql::checkpoint(client)).await;
-        }
-        if let Some(pm) = &self.pm {
-            pm.signal(Signal::SIGINT);
-        }
-        self.stop_local(self.cfg.tusk.shutdown_timeout).await;
+        self.stop_local(Mode::Graceful, self.cfg.tusk.shutdown_timeout).await;
         if let Err(e) = self.start(role).await {
             tracing::error!("cannot start postgres again: {e}");
-            self.state = "stopped";
+            self.state = State::Stopped;
             self.publish_status();
             return Err(Reply::new(StatusCode::SERVICE_UNAVAILABLE, format!("restart failed: {e}")));
         }
@@ -1157,17 +1099,14 @@ impl Ha {
         if st.cluster_unlocked {
             return Reply::new(StatusCode::SERVICE_UNAVAILABLE, "Cluster has no leader, can not reinitialize");
         }
-        if st.leader || st.role == "primary" {
+        if st.leader || st.role == MemberRole::Primary {
             return Reply::new(StatusCode::SERVICE_UNAVAILABLE, "I am the leader, can not reinitialize");
         }
-        if !force && matches!(self.state, "creating replica" | "running pg_rewind" | "restarting") {
+        if !force && matches!(self.state, State::CreatingReplica | State::RunningPgRewind | State::Restarting) {
             return Reply::new(StatusCode::SERVICE_UNAVAILABLE, format!("{} already in progress", self.state));
         }
         tracing::warn!("reinitializing this replica (REST API): its data directory is removed and cloned again");
-        if let Some(pm) = &self.pm {
-            pm.signal(Signal::SIGINT);
-        }
-        self.stop_local(self.cfg.tusk.shutdown_timeout).await;
+        self.stop_local(Mode::Fast, self.cfg.tusk.shutdown_timeout).await;
         if let Err(e) = std::fs::remove_dir_all(&self.cfg.postgres.data)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -1175,7 +1114,7 @@ impl Ha {
         }
         self.sysid = None;
         self.clean_handover = false;
-        self.state = "stopped";
+        self.state = State::Stopped;
         self.publish_status();
         Reply::new(StatusCode::OK, "reinitialize started")
     }
@@ -1198,27 +1137,25 @@ impl Ha {
         };
         let pending_restart = details.as_ref().is_some_and(|d| !d.pending_restart.is_empty());
         let leader = view.leader.as_deref() == Some(self.name());
-        if self.pm.is_some() && pos.is_some() && self.state != "restarting" {
-            self.state = "running";
+        if self.pm.is_some() && pos.is_some() && self.state != State::Restarting {
+            self.state = State::Running;
         }
         let role = match (pos, self.sysid.is_some() || self.cfg.postgres.data.join("PG_VERSION").exists()) {
-            (Some(p), _) if !p.in_recovery => "primary",
-            (Some(_), _) => "replica",
-            (None, true) => "replica",
-            (None, false) => "uninitialized",
+            (Some(p), _) if !p.in_recovery => MemberRole::Primary,
+            (Some(_), _) => MemberRole::Replica,
+            (None, true) => MemberRole::Replica,
+            (None, false) => MemberRole::Uninitialized,
         };
         let member = MemberValue {
             conn_url: format!("postgres://{}/postgres", self.cfg.postgres.connect_address),
             api_url: self.cfg.api.url("/patroni"),
-            state: self.state.to_owned(),
-            role: role.to_owned(),
+            state: self.state.clone(),
+            role,
             version: PATRONI_COMPAT_VERSION.to_owned(),
             xlog_location: pos.map(|p| p.wal),
             timeline: pos.map(|p| p.timeline),
             tags: BTreeMap::new(),
-            replication_state: pos
-                .filter(|p| p.in_recovery)
-                .map(|p| if p.streaming { "streaming" } else { "in archive recovery" }.to_owned()),
+            replication_state: pos.and_then(|p| p.replication_state()).map(str::to_owned),
             receive_lsn: pos.and_then(|p| p.receive.filter(|_| p.in_recovery)),
             replay_lsn: pos.and_then(|p| p.replay.filter(|_| p.in_recovery)),
             pending_restart,
@@ -1247,35 +1184,9 @@ impl Ha {
         st.leader = leader;
         st.cluster_unlocked = view.leader.is_none();
         st.pause = view.config.pause;
-        st.timeline = member.timeline;
-        st.replication_state = member.replication_state.clone();
         st.database_system_identifier = self.sysid.clone();
-        st.server_version = details.as_ref().and_then(|d| d.server_version).or(Some(self.bin.version * 10000));
-        st.xlog = match pos {
-            Some(p) if !p.in_recovery => Xlog { location: Some(p.wal), ..Default::default() },
-            Some(p) => Xlog {
-                location: None,
-                received_location: p.receive,
-                replayed_location: p.replay,
-                replayed_timestamp: details.as_ref().and_then(|d| d.replayed_timestamp.clone()),
-                paused: details.as_ref().and_then(|d| d.replay_paused),
-            },
-            None => Xlog::default(),
-        };
-        st.postmaster_start_time = details.as_ref().and_then(|d| d.postmaster_start_time.clone());
-        st.pending_restart = pending_restart;
-        st.pending_restart_reason = details
-            .as_ref()
-            .map(|d| {
-                d.pending_restart
-                    .iter()
-                    .map(|(name, old, new)| {
-                        (name.clone(), api::status::PendingChange { old_value: old.clone(), new_value: new.clone() })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        st.replication = details.map(|d| d.replication).unwrap_or_default();
+        st.server_version = Some(self.bin.version * 10000);
+        st.set_postgres(pos.as_ref(), details.as_ref());
         st.dcs_last_seen = self.dcs_last_seen;
         let c = self.config.normalized();
         st.facts = api::status::Facts {
@@ -1291,7 +1202,7 @@ impl Ha {
 
     fn publish_status(&self) {
         let mut st = self.status.borrow().clone();
-        st.state = self.state.to_owned();
+        st.state = self.state.clone();
         if self.pm.is_none() {
             st.leader = false;
             st.xlog = Xlog::default();
@@ -1307,15 +1218,16 @@ impl Ha {
         tracing::info!("shutting down: stopping postgres, then giving up the leader and member keys");
         // Peers asking our API from now on must not see a running primary.
         let leader = self.status.borrow().leader;
-        self.state = "stopping";
+        self.state = State::Stopping;
         self.status.send_modify(|st| {
-            st.state = "stopping".into();
+            st.state = State::Stopping;
             st.leader = false;
         });
         let code = match self.pm.take() {
             Some(mut pm) => {
                 let client = self.client.take();
-                stop_postgres(self.cfg.tusk.shutdown_timeout, &mut pm, client, req, notifier, signals).await
+                notifier.stopping();
+                stop::stop(&mut pm, client, Mode::for_request(req), self.cfg.tusk.shutdown_timeout, Some(signals)).await
             }
             None => {
                 notifier.stopping();
@@ -1332,20 +1244,5 @@ impl Ha {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.dcs.release_leader(&self.cfg.name)).await;
         }
         code
-    }
-}
-
-/// `0/3000060` → bytes.
-fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lsn() {
-        assert_eq!(super::parse_lsn("0/3000060"), Some(0x3000060));
-        assert_eq!(super::parse_lsn("1/0"), Some(1 << 32));
     }
 }
