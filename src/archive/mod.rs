@@ -37,8 +37,7 @@ pub const SOCKET_NAME: &str = ".s.tusk.archive";
 /// supervisor (under `PGROOT`, mode 0600, owned by postgres).
 pub const CONFIG_FILE: &str = "tusk-archive.env";
 /// Variables postgres's children get (paths only, nothing secret).
-pub const ENV_SOCKET: &str = "TUSK_ARCHIVE_SOCKET";
-pub const ENV_CONFIG: &str = "TUSK_ARCHIVE_CONFIG";
+pub use crate::config::{ENV_ARCHIVE_CONFIG as ENV_CONFIG, ENV_ARCHIVE_SOCKET as ENV_SOCKET};
 
 /// Archive counters as the REST API serves them (`/patroni`, `/metrics`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -274,8 +273,7 @@ pub fn start(cfg: &Config, run_as: &RunAs) -> Archive {
     let handle = ArchiveHandle::new(true, Some(storage.url.clone()), pgdata.clone());
     let socket = socket_path(cfg);
     let conf_file = cfg.postgres.root.join(CONFIG_FILE);
-    let env = crate::config::process_env().unwrap_or_default();
-    if let Err(e) = write_fallback_config(&conf_file, &env, &storage, cfg, run_as) {
+    if let Err(e) = write_fallback_config(&conf_file, &storage, cfg, run_as) {
         tracing::warn!(path = %conf_file.display(), "cannot write the fallback archive configuration: {e}");
     }
     let child_env = vec![
@@ -355,34 +353,17 @@ async fn lag_ticker(handle: ArchiveHandle) {
     }
 }
 
-/// Writes the storage variables (secrets resolved, no `_FILE` indirection)
+/// Writes the storage settings (secrets resolved, no `_FILE` indirection)
 /// for a `wal-push`/`wal-fetch` that runs without the supervisor. 0600,
 /// owned by postgres, under `PGROOT` like `pgpass`.
 fn write_fallback_config(
     path: &Path,
-    env: &std::collections::BTreeMap<String, String>,
     storage: &crate::config::StorageConfig,
     cfg: &Config,
     run_as: &RunAs,
 ) -> Result<(), crate::postgres::PgError> {
-    let secret_vars = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
-    let mut out = String::from("# Written by tusk for wal-push/wal-fetch without the supervisor. Do not edit.\n");
-    for (k, v) in env {
-        let base = k.strip_suffix("_FILE").unwrap_or(k);
-        if !crate::config::storage::is_storage_var(k) || secret_vars.contains(&base) || v.contains('\n') {
-            continue;
-        }
-        out.push_str(&format!("{k}={v}\n"));
-    }
-    if let Some(c) = &storage.credentials {
-        out.push_str(&format!("AWS_ACCESS_KEY_ID={}\n", c.access_key_id));
-        out.push_str(&format!("AWS_SECRET_ACCESS_KEY={}\n", c.secret_access_key.expose()));
-        if let Some(t) = &c.session_token {
-            out.push_str(&format!("AWS_SESSION_TOKEN={}\n", t.expose()));
-        }
-    }
-    out.push_str(&format!("PGDATA={}\n", cfg.postgres.data.display()));
-    crate::postgres::atomic::write_atomic(path, out.as_bytes(), 0o600, run_as)
+    let text = crate::config::storage::fallback_file(storage, &cfg.postgres.data);
+    crate::postgres::atomic::write_atomic(path, text.as_bytes(), 0o600, run_as)
 }
 
 #[cfg(test)]

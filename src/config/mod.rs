@@ -408,6 +408,38 @@ pub fn storage_from_map(env: &BTreeMap<String, String>) -> Result<Option<Storage
     storage::parse(env, &raw, &scope, version)
 }
 
+/// What `wal-push`/`wal-fetch` read from their environment (postgres's,
+/// which the supervisor set): where the supervisor listens, and the
+/// fallback configuration it left. Best effort: a bad value falls back to
+/// the default, and the direct mode's own parse reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveClientEnv {
+    /// `TUSK_ARCHIVE_SOCKET`: the socket itself.
+    pub socket: Option<PathBuf>,
+    /// `TUSK_SOCKET_DIR` (default `/run/postgresql`).
+    pub socket_dir: PathBuf,
+    /// `TUSK_ARCHIVE_CONFIG`: the fallback file.
+    pub fallback_config: Option<PathBuf>,
+}
+
+/// Set by the supervisor in postgres's environment: where `wal-push` and
+/// `wal-fetch` find it, and the fallback configuration (paths only).
+pub const ENV_ARCHIVE_SOCKET: &str = "TUSK_ARCHIVE_SOCKET";
+pub const ENV_ARCHIVE_CONFIG: &str = "TUSK_ARCHIVE_CONFIG";
+
+pub fn archive_client_env(env: &BTreeMap<String, String>) -> ArchiveClientEnv {
+    let path = |k: &str| env.get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let raw = raw_best_effort(env);
+    ArchiveClientEnv {
+        socket: path(ENV_ARCHIVE_SOCKET),
+        socket_dir: abs_path("TUSK_SOCKET_DIR", raw.tusk_socket_dir.as_deref())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "/run/postgresql".into()),
+        fallback_config: path(ENV_ARCHIVE_CONFIG),
+    }
+}
+
 /// `PGDATA` as the supervisor would compute it, without failing: init mode
 /// uses it to find a postmaster left behind by a dead supervisor.
 pub fn pgdata_best_effort(env: &BTreeMap<String, String>) -> PathBuf {
