@@ -17,4 +17,5 @@ pub mod patroni;
 pub mod postgres;
 pub mod prometheus;
 pub mod signals;
+pub mod storage;
 pub mod supervisor;

@@ -158,7 +158,7 @@ fn direct(req: &Request, own_env: &Env) -> Result<Response, DirectError> {
         Err(e) => return Ok(Response { answer: Answer::Error, message: format!("cannot build a runtime: {e}") }),
     };
     Ok(rt.block_on(async move {
-        let store = match super::store::Store::new(&storage).await {
+        let store = match crate::storage::wal::WalStore::new(&storage).await {
             Ok(s) => s,
             Err(e) => return Response { answer: Answer::Error, message: e.to_string() },
         };

@@ -25,10 +25,11 @@ use tokio::sync::{Semaphore, watch};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::ArchiveHandle;
-use super::compress;
-use super::store::{META_HASH, META_SIZE, Store, StoreError};
 use crate::config::{Compression, StorageConfig};
 use crate::postgres::wal::{self, DEFAULT_SEGMENT_SIZE, HistoryEntry, Kind, SegmentName};
+use crate::storage::codec;
+use crate::storage::s3::StoreError;
+use crate::storage::wal::{Found, META_HASH, META_SIZE, WalStore as Store};
 
 /// Name of the prefetch directory inside `pg_wal`.
 pub const PREFETCH_DIR: &str = ".tusk-prefetch";
@@ -51,7 +52,7 @@ pub enum ArchiveError {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
-    Codec(#[from] compress::CodecError),
+    Codec(#[from] codec::CodecError),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     /// The file is not what its name says or not this cluster's.
@@ -354,7 +355,7 @@ impl Archiver {
             f.seek(std::io::SeekFrom::Start(0)).map_err(io(path))?;
         }
         let mut reader = HashingReader { inner: f, hasher: Xxh3::new(), len: 0 };
-        let body = compress::compress(self.cfg.compression, &mut reader, meta.len() as usize)?;
+        let body = codec::compress(self.cfg.compression, &mut reader, meta.len() as usize)?;
         if reader.len != meta.len() {
             return Err(ArchiveError::Invalid(format!("{}: changed while it was read", path.display())));
         }
@@ -399,7 +400,7 @@ impl Archiver {
         &self,
         name: &str,
         kind: Kind,
-        found: &super::store::Found,
+        found: &Found,
         local: &Prepared,
         path: &Path,
     ) -> Result<Pushed, ArchiveError> {
@@ -445,7 +446,7 @@ impl Archiver {
     }
 
     /// Downloads and decompresses one archived copy; `None` if it vanished.
-    async fn download(&self, name: &str, found: &super::store::Found) -> Result<Option<Vec<u8>>, ArchiveError> {
+    async fn download(&self, name: &str, found: &Found) -> Result<Option<Vec<u8>>, ArchiveError> {
         let method =
             found.compression().ok_or_else(|| ArchiveError::Invalid(format!("{}: unknown compression", found.key)))?;
         let Some((body, meta)) = self.store.get(&found.key).await? else { return Ok(None) };
@@ -790,7 +791,7 @@ fn decompress_checked(
     key: &str,
     meta: &HashMap<String, String>,
 ) -> Result<Vec<u8>, ArchiveError> {
-    let raw = compress::decompress(method, body, limit, key)?;
+    let raw = codec::decompress(method, body, limit, key)?;
     if let Some(want) = meta.get(META_SIZE)
         && want.parse::<u64>().ok() != Some(raw.len() as u64)
     {
@@ -871,7 +872,7 @@ mod tests {
     #[test]
     fn checksummed_objects_are_verified() {
         let raw = vec![7u8; 100_000];
-        let body = compress::compress(Compression::Lz4, &raw[..], raw.len()).unwrap();
+        let body = codec::compress(Compression::Lz4, &raw[..], raw.len()).unwrap();
         let meta: HashMap<String, String> = [
             (META_HASH.to_owned(), format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&raw))),
             (META_SIZE.to_owned(), raw.len().to_string()),
@@ -880,7 +881,7 @@ mod tests {
         assert!(decompress_checked(Compression::Lz4, &body, 1 << 20, "k", &meta).unwrap() == raw);
         let mut other = raw.clone();
         other[500] = 8;
-        let body2 = compress::compress(Compression::Lz4, &other[..], other.len()).unwrap();
+        let body2 = codec::compress(Compression::Lz4, &other[..], other.len()).unwrap();
         let e = decompress_checked(Compression::Lz4, &body2, 1 << 20, "k", &meta).unwrap_err();
         assert!(e.to_string().contains("checksum mismatch"), "{e}");
         // Objects without tusk's metadata (WAL-G's) are accepted as decoded.

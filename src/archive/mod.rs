@@ -4,7 +4,7 @@
 //! `restore_command = '<tusk> wal-fetch %f %p'` run [`client`], a thin
 //! blocking client that hands the request to the supervisor over a unix
 //! socket ([`server`]) and exits with its answer. The supervisor holds one
-//! warm S3 client ([`store::Store`]) inside an [`engine::Archiver`], which
+//! warm S3 client ([`crate::storage::wal::WalStore`]) inside an [`engine::Archiver`], which
 //! uploads other `.ready` segments ahead of PostgreSQL's calls and
 //! prefetches the next segments during recovery. With no supervisor
 //! answering, the client runs the same engine itself (no look-ahead, no
@@ -15,10 +15,8 @@
 //! the supervisor shows it through the API.
 
 pub mod client;
-pub mod compress;
 pub mod engine;
 pub mod server;
-pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -300,7 +298,7 @@ pub fn start(cfg: &Config, run_as: &RunAs) -> Archive {
     let peer_uid = run_as.uid.as_raw();
     let run_as = run_as.clone();
     tokio::spawn(async move {
-        let store = match store::Store::new(&storage).await {
+        let store = match crate::storage::wal::WalStore::new(&storage).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("WAL archiving cannot start: {e}");

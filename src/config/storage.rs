@@ -113,13 +113,6 @@ pub fn parse_fallback_file(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-impl StorageConfig {
-    /// Key prefix of WAL objects: `<root>wal_005/`.
-    pub fn wal_prefix(&self) -> String {
-        format!("{}wal_005/", self.root)
-    }
-}
-
 /// The variables of the storage section, for the file the supervisor
 /// leaves for `wal-push`/`wal-fetch` run without it (and nothing else).
 pub fn is_storage_var(k: &str) -> bool {
