@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod engine;
+mod fetch;
 pub mod server;
 
 use std::path::{Path, PathBuf};
