@@ -55,20 +55,13 @@ pub async fn run(cfg: Config) -> i32 {
     // The API first: health checks answer while initdb runs.
     let (_no_dcs, api) = match start_api(&cfg, &archive).await {
         Ok(a) => a,
-        Err(code) => return code,
+        Err(e) => return e.exit_code(),
     };
     api.status.send_modify(|s| s.facts.standalone = true);
     let mut node = match Node::prepare(cfg, api, &archive, &notifier, &mut signals).await {
         Ok(Some(node)) => node,
         Ok(None) => return 0,
-        Err(NodeError::Config(e)) => {
-            tracing::error!(variable = %e.var, "configuration error: {e}");
-            return EXIT_CONFIG;
-        }
-        Err(NodeError::Other(e)) => {
-            tracing::error!("{e}");
-            return EXIT_FAILURE;
-        }
+        Err(e) => return e.exit_code(),
     };
     node.supervise(&notifier, &mut signals, started).await
 }
@@ -78,18 +71,11 @@ pub async fn run(cfg: Config) -> i32 {
 async fn run_ha(cfg: Config, archive: ArchiveSlot, notifier: &Notifier, signals: &mut Signals) -> i32 {
     let prepared = match prepare_common(&cfg, &archive) {
         Ok(p) => p,
-        Err(NodeError::Config(e)) => {
-            tracing::error!(variable = %e.var, "configuration error: {e}");
-            return EXIT_CONFIG;
-        }
-        Err(NodeError::Other(e)) => {
-            tracing::error!("{e}");
-            return EXIT_FAILURE;
-        }
+        Err(e) => return e.exit_code(),
     };
     let (dcs_tx, api) = match start_api(&cfg, &archive).await {
         Ok(a) => a,
-        Err(code) => return code,
+        Err(e) => return e.exit_code(),
     };
     let Prepared { layout, run_as, inputs } = prepared;
     crate::ha::run::run(cfg, layout.binaries, run_as, inputs, api, dcs_tx, notifier, signals).await
@@ -113,15 +99,13 @@ impl api::ArchiveView for ArchiveSlot {
 /// Starts the REST API (the one place, for both modes). Returns the sender
 /// of the etcd connection the API uses (HA mode sets it) and the handles;
 /// `Err`: the exit status.
-async fn start_api(cfg: &Config, archive: &ArchiveSlot) -> Result<(watch::Sender<Option<Dcs>>, api::Started), i32> {
+async fn start_api(
+    cfg: &Config,
+    archive: &ArchiveSlot,
+) -> Result<(watch::Sender<Option<Dcs>>, api::Started), NodeError> {
     let (dcs_tx, dcs_rx) = watch::channel(None);
-    match api::start(cfg, dcs_rx, Some(Arc::new(archive.clone()))).await {
-        Ok(a) => Ok((dcs_tx, a)),
-        Err(e) => {
-            tracing::error!(variable = %e.var, "configuration error: {e}");
-            Err(EXIT_CONFIG)
-        }
-    }
+    let api = api::start(cfg, dcs_rx, Some(Arc::new(archive.clone()))).await?;
+    Ok((dcs_tx, api))
 }
 
 /// What both modes prepare before the data directory.
@@ -145,23 +129,37 @@ fn prepare_common(cfg: &Config, slot: &ArchiveSlot) -> Result<Prepared, NodeErro
     Ok(Prepared { layout, run_as, inputs: files::ConfInputs { tls, archive: archive.commands } })
 }
 
+/// Why the node could not be prepared; [`NodeError::exit_code`] logs it
+/// and picks the exit status.
+#[derive(Debug, thiserror::Error)]
 enum NodeError {
-    Config(crate::config::ConfigError),
-    Other(String),
+    #[error("configuration error: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Postgres(PgError),
 }
 
 impl From<PgError> for NodeError {
     fn from(e: PgError) -> Self {
         match e {
             PgError::Config(c) => NodeError::Config(c),
-            other => NodeError::Other(other.to_string()),
+            other => NodeError::Postgres(other),
         }
     }
 }
 
-impl From<crate::config::ConfigError> for NodeError {
-    fn from(e: crate::config::ConfigError) -> Self {
-        NodeError::Config(e)
+impl NodeError {
+    fn exit_code(self) -> i32 {
+        match self {
+            NodeError::Config(e) => {
+                tracing::error!(variable = %e.var, "configuration error: {e}");
+                EXIT_CONFIG
+            }
+            NodeError::Postgres(e) => {
+                tracing::error!("{e}");
+                EXIT_FAILURE
+            }
+        }
     }
 }
 
