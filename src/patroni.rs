@@ -19,7 +19,7 @@ pub const PATRONI_COMPAT_VERSION: &str = "3.0.2";
 macro_rules! spelled {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(from = "String", into = "String")]
         pub enum $name {
             $($(#[$vdoc])* $variant,)*
@@ -75,6 +75,7 @@ spelled! {
     /// A member's state (`members/<name>` and `GET /patroni`).
     State {
         Running = "running",
+        #[default]
         Starting = "starting",
         Stopping = "stopping",
         Stopped = "stopped",
@@ -91,20 +92,9 @@ spelled! {
     Role {
         Primary = "primary",
         Replica = "replica",
+        #[default]
         Uninitialized = "uninitialized",
         Demoted = "demoted",
-    }
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State::Starting
-    }
-}
-
-impl Default for Role {
-    fn default() -> Self {
-        Role::Uninitialized
     }
 }
 
