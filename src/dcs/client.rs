@@ -11,10 +11,10 @@ use etcd_client::{
     Txn, TxnOp, TxnOpResponse,
 };
 
+use super::ClusterView;
 use super::endpoints::{Endpoints, attempt_timeout};
 use super::values::{DynamicConfig, Failover, MemberValue, Status};
 use crate::config::{EtcdConfig, EtcdProtocol};
-use crate::ha::decide::ClusterView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DcsError {

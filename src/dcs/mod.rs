@@ -3,4 +3,7 @@
 pub mod client;
 pub mod endpoints;
 pub mod values;
+mod view;
 pub mod watch;
+
+pub use view::ClusterView;
