@@ -49,7 +49,8 @@ fn leader_key(c: &Cluster, skip: &[usize]) -> Option<String> {
         .filter(|(i, _)| !skip.contains(i))
         .map(|(_, e)| format!("https://{e}"))
         .collect();
-    let out = c.etcd.etcdctl_at(&eps.join(","), &["get", "--print-value-only", &format!("/service/{}/leader", c.scope)]);
+    let out =
+        c.etcd.etcdctl_at(&eps.join(","), &["get", "--print-value-only", &format!("/service/{}/leader", c.scope)]);
     let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (!v.is_empty()).then_some(v)
 }
@@ -134,7 +135,9 @@ fn logs(c: &Cluster) -> String {
         out.push_str(&format!("==== etcd member {i}\n"));
         let log = std::fs::read_to_string(c.etcd.log_file(i)).unwrap_or_default();
         for l in log.lines().filter(|l| {
-            ["elected", "became", "lost leader", "lease", "revok", "slow", "leader changed"].iter().any(|k| l.contains(k))
+            ["elected", "became", "lost leader", "lease", "revok", "slow", "leader changed"]
+                .iter()
+                .any(|k| l.contains(k))
         }) {
             out.push_str(l);
             out.push('\n');
@@ -153,7 +156,7 @@ fn assert_no_fencing(c: &Cluster, phase: &str) {
 /// After the freezes: the same leader, still primary, every replica
 /// streaming, every acknowledged row there.
 fn assert_intact(c: &Cluster, leader: &str, acked: usize, phase: &str) {
-    assert_eq!(leader_key(c, &[]).as_deref(), Some(leader), "{phase}: the leader key moved\n{}", logs(&c));
+    assert_eq!(leader_key(c, &[]).as_deref(), Some(leader), "{phase}: the leader key moved\n{}", logs(c));
     let li = c.index(leader);
     assert_eq!(try_sql(&c.nodes[li], "SELECT pg_is_in_recovery()").as_deref(), Some("f"), "{phase}: not primary");
     for r in c.names().into_iter().filter(|n| n != leader) {
@@ -195,7 +198,12 @@ fn each_member_frozen_in_turn_costs_no_failover() {
         freeze(etcd, m, true);
         let frozen_at = Instant::now();
         while frozen_at.elapsed() < Duration::from_secs(20) {
-            assert_eq!(leader_key(&c, &[m]).as_deref(), Some(leader.as_str()), "{phase}: the leader key moved\n{}", logs(&c));
+            assert_eq!(
+                leader_key(&c, &[m]).as_deref(),
+                Some(leader.as_str()),
+                "{phase}: the leader key moved\n{}",
+                logs(&c)
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
         freeze(etcd, m, false);
@@ -234,7 +242,12 @@ fn frozen_member_at_default_timings_costs_no_failover() {
     let t0 = Instant::now();
     freeze(etcd, 0, true);
     while t0.elapsed() < Duration::from_secs(60) {
-        assert_eq!(leader_key(&c, &[0]).as_deref(), Some(leader.as_str()), "member 0 frozen: the leader key moved\n{}", logs(&c));
+        assert_eq!(
+            leader_key(&c, &[0]).as_deref(),
+            Some(leader.as_str()),
+            "member 0 frozen: the leader key moved\n{}",
+            logs(&c)
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     freeze(etcd, 0, false);
@@ -358,7 +371,12 @@ fn a_member_name_that_stops_resolving_costs_no_failover() {
     hosts.remove(&names[0]);
     freeze(etcd, 0, true);
     while t0.elapsed() < Duration::from_secs(20) {
-        assert_eq!(leader_key(&c, &[0]).as_deref(), Some(leader.as_str()), "name gone: the leader key moved\n{}", logs(&c));
+        assert_eq!(
+            leader_key(&c, &[0]).as_deref(),
+            Some(leader.as_str()),
+            "name gone: the leader key moved\n{}",
+            logs(&c)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     freeze(etcd, 0, false);
@@ -386,11 +404,8 @@ impl PeerCut {
              meta skuid {user} tcp dport {{ {others} }} drop\n    meta skuid {user} tcp sport {own_peer} drop\n    \
              tcp dport {own_peer} drop\n  }}\n}}\n"
         );
-        let mut nft = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("run nft");
+        let mut nft =
+            Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().expect("run nft");
         std::io::Write::write_all(nft.stdin.as_mut().expect("nft stdin"), rules.as_bytes()).expect("write rules");
         assert!(nft.wait().expect("nft").success(), "nft rejected:\n{rules}");
         PeerCut { table }
@@ -412,9 +427,8 @@ fn a_member_cut_off_from_its_peers_costs_no_failover() {
     let dir = node::test_dir("stall-cut");
     let etcd: &'static Etcd =
         Box::leak(Box::new(Etcd::start_cluster_running_as(&dir.path().join("etcd"), "n2", "etcd")));
-    let client_port = |i: usize| -> u16 {
-        etcd.endpoints[i].rsplit(':').next().and_then(|p| p.parse().ok()).expect("client port")
-    };
+    let client_port =
+        |i: usize| -> u16 { etcd.endpoints[i].rsplit(':').next().and_then(|p| p.parse().ok()).expect("client port") };
     // etcd.sh: member i's peer port is its client port + 1.
     let peer = |i: usize| client_port(i) + 1;
     let hosts = [2, 0, 1].iter().map(|&i| etcd.endpoints[i].clone()).collect::<Vec<_>>().join(",");
@@ -424,7 +438,12 @@ fn a_member_cut_off_from_its_peers_costs_no_failover() {
     let t0 = Instant::now();
     let cut = PeerCut::new("etcd", peer(2), &[peer(0), peer(1)]);
     while t0.elapsed() < Duration::from_secs(20) {
-        assert_eq!(leader_key(&c, &[2]).as_deref(), Some(leader.as_str()), "member cut off: the leader key moved\n{}", logs(&c));
+        assert_eq!(
+            leader_key(&c, &[2]).as_deref(),
+            Some(leader.as_str()),
+            "member cut off: the leader key moved\n{}",
+            logs(&c)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     // The member really was cut off: it refused or dropped requests.

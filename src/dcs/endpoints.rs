@@ -116,10 +116,6 @@ impl Endpoints {
         self.state.lock().expect("the endpoint lock is never held across a panic")
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().slots.len()
-    }
-
     /// The member requests go to now.
     pub fn current(&self) -> (usize, String) {
         let st = self.lock();

@@ -72,20 +72,19 @@ impl Dcs {
             let opts = WatchOptions::new().with_prefix().with_start_revision(from);
             let prefix = self.keys.prefix().to_owned();
             let mut client = pick.client.clone();
-            let watch =
-                match tokio::time::timeout(attempt, client.watch(prefix.clone(), Some(opts))).await {
-                    Ok(Ok(w)) => w,
-                    Ok(Err(e)) => {
-                        let e = DcsError::from(e);
-                        self.endpoints.failed(pick.index, &e, false);
-                        continue;
-                    }
-                    Err(_) => {
-                        let e = DcsError::Unreachable(format!("{}: watch not created within {attempt:?}", pick.name));
-                        self.endpoints.failed(pick.index, &e, true);
-                        continue;
-                    }
-                };
+            let watch = match tokio::time::timeout(attempt, client.watch(prefix.clone(), Some(opts))).await {
+                Ok(Ok(w)) => w,
+                Ok(Err(e)) => {
+                    let e = DcsError::from(e);
+                    self.endpoints.failed(pick.index, &e, false);
+                    continue;
+                }
+                Err(_) => {
+                    let e = DcsError::Unreachable(format!("{}: watch not created within {attempt:?}", pick.name));
+                    self.endpoints.failed(pick.index, &e, true);
+                    continue;
+                }
+            };
             let (mut watcher, mut stream) = watch.split();
             next = Some(from);
             tracing::debug!(member = %pick.name, from, "watching the cluster's keys");

@@ -120,7 +120,11 @@ impl Ha {
                 let ttl = Duration::from_secs(self.config.normalized().ttl);
                 let sent = Instant::now();
                 let id = self.dcs.grant_lease(ttl).await?;
-                tracing::warn!(old = self.lease.id, new = id, "the lease was gone at the leader race; granted a new one");
+                tracing::warn!(
+                    old = self.lease.id,
+                    new = id,
+                    "the lease was gone at the leader race; granted a new one"
+                );
                 self.lease = Lease::granted(id, ttl, sent);
                 self.last_member = None;
                 self.dcs.acquire_leader(&self.cfg.name, self.lease.id).await

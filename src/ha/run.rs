@@ -344,11 +344,8 @@ impl Ha {
         }
         // Until a bootstrap writes `config`, the bootstrap settings rule
         // (the lease was granted with their ttl; their loop_wait renews it).
-        self.config = if snap.config_revision.is_some() {
-            snap.view.config.clone()
-        } else {
-            self.cfg.bootstrap_dcs.clone()
-        };
+        self.config =
+            if snap.config_revision.is_some() { snap.view.config.clone() } else { self.cfg.bootstrap_dcs.clone() };
         // A new ttl in `config` applies without a restart: a lease with the new
         // TTL, the member key re-put, the leader key moved (conditionally).
         let ttl = Duration::from_secs(self.config.normalized().ttl);
