@@ -27,7 +27,6 @@ pub use storage::{Compression, StorageConfig};
 pub(crate) use parse::MANAGED_PARAMETERS;
 use parse::*;
 
-
 /// A bad environment variable: `var` names it, `message` says what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}: {message}")]
