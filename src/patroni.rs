@@ -98,6 +98,15 @@ spelled! {
     }
 }
 
+spelled! {
+    /// A replica's `replication_state` (member key, `GET /patroni`).
+    ReplicationState {
+        Streaming = "streaming",
+        #[default]
+        InArchiveRecovery = "in archive recovery",
+    }
+}
+
 /// `members/<name>`: written by every member on its own lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberValue {
@@ -116,7 +125,7 @@ pub struct MemberValue {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication_state: Option<String>,
+    pub replication_state: Option<ReplicationState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receive_lsn: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -316,7 +325,7 @@ mod tests {
         )
         .unwrap();
         assert!(p.nofailover());
-        assert_eq!(p.replication_state.as_deref(), Some("streaming"));
+        assert_eq!(p.replication_state, Some(ReplicationState::Streaming));
     }
 
     #[test]

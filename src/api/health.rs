@@ -1,7 +1,7 @@
 //! The health endpoints' status rules (reference/spilo-patroni.md §3.2), a
 //! pure function of the path, its query and the node's status.
 
-use crate::patroni::{Role, State};
+use crate::patroni::{ReplicationState, Role, State};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ pub struct Check {
     /// `?lag=`: bytes, or a size with a unit (`10MB`, `1GB`, `16kB`).
     pub lag: Option<u64>,
     /// `?replication_state=streaming`.
-    pub replication_state: Option<String>,
+    pub replication_state: Option<ReplicationState>,
     /// `?mode=apply|write` (readiness).
     pub mode: Option<String>,
     /// `?tag_<key>=<value>`.
@@ -32,7 +32,7 @@ impl Check {
             let v = percent_decode(v);
             match k {
                 "lag" => c.lag = Some(parse_size(&v).ok_or_else(|| format!("lag: {v:?} is not a size"))?),
-                "replication_state" => c.replication_state = Some(v),
+                "replication_state" => c.replication_state = Some(ReplicationState::from(v)),
                 "mode" => c.mode = Some(v),
                 _ => {
                     if let Some(tag) = k.strip_prefix("tag_") {
@@ -147,7 +147,7 @@ pub fn health_status(c: &Check, s: &NodeStatus, now: Instant) -> StatusCode {
         let ready = primary
             || (s.running()
                 && s.role == Role::Replica
-                && s.replication_state.as_deref() == Some("streaming")
+                && s.replication_state == Some(ReplicationState::Streaming)
                 && (s.facts.dcs_reachable || s.facts.standalone)
                 && caught_up);
         return code(ready);

@@ -6,7 +6,7 @@ use axum::http::{Response, StatusCode, header};
 
 use super::ApiState;
 use super::status::NodeStatus;
-use crate::patroni::Role;
+use crate::patroni::{ReplicationState, Role};
 use crate::prometheus::{Kind, Writer, escape};
 
 pub(super) fn response(state: &ApiState) -> Response<Body> {
@@ -71,12 +71,12 @@ pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
     gauge(
         "patroni_postgres_streaming",
         "Value is 1 if the replica streams from its upstream, 0 otherwise.",
-        b(s.replication_state.as_deref() == Some("streaming")),
+        b(s.replication_state == Some(ReplicationState::Streaming)),
     );
     gauge(
         "patroni_postgres_in_archive_recovery",
         "Value is 1 if the replica replays from the WAL archive, 0 otherwise.",
-        b(s.replication_state.as_deref() == Some("in archive recovery")),
+        b(s.replication_state == Some(ReplicationState::InArchiveRecovery)),
     );
     gauge(
         "patroni_postgres_server_version",

@@ -53,7 +53,7 @@ pub(super) fn cluster_json(scope: &str, snap: &Snapshot) -> Value {
         o.insert("name".into(), json!(name));
         o.insert("role".into(), json!(if leader { "leader" } else { "replica" }));
         let state = match (&m.replication_state, leader) {
-            (Some(rs), false) if m.state == State::Running => rs.clone(),
+            (Some(rs), false) if m.state == State::Running => rs.to_string(),
             _ => m.state.to_string(),
         };
         o.insert("state".into(), json!(state));

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use crate::patroni::Replication;
-use crate::patroni::{PATRONI_COMPAT_VERSION, Role, State};
+use crate::patroni::{PATRONI_COMPAT_VERSION, ReplicationState, Role, State};
 use crate::postgres::replication::Position;
 use crate::postgres::sql::Details;
 
@@ -25,7 +25,7 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication_state: Option<String>,
+    pub replication_state: Option<ReplicationState>,
     /// A primary's connected replicas (`pg_stat_replication`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replication: Vec<Replication>,
@@ -135,7 +135,7 @@ impl NodeStatus {
     /// replicas. `None`: not known (postgres not connected).
     pub fn set_postgres(&mut self, pos: Option<&Position>, details: Option<&Details>) {
         self.timeline = pos.map(|p| p.timeline);
-        self.replication_state = pos.and_then(|p| p.replication_state()).map(str::to_owned);
+        self.replication_state = pos.and_then(|p| p.replication_state());
         self.xlog = match pos {
             Some(p) if !p.in_recovery => Xlog { location: Some(p.wal), ..Default::default() },
             Some(p) => Xlog {
@@ -175,7 +175,7 @@ impl NodeStatus {
         if p.in_recovery {
             self.xlog.received_location = p.receive;
             self.xlog.replayed_location = p.replay;
-            self.replication_state = p.replication_state().map(str::to_owned);
+            self.replication_state = p.replication_state();
             self.facts.leader_optime = self.facts.leader_optime.max(p.receive);
         } else {
             self.xlog.location = Some(p.wal);

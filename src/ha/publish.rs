@@ -42,7 +42,7 @@ pub(super) fn member_value(
         xlog_location: pos.map(|p| p.wal),
         timeline: pos.map(|p| p.timeline),
         tags: BTreeMap::new(),
-        replication_state: pos.and_then(|p| p.replication_state()).map(str::to_owned),
+        replication_state: pos.and_then(|p| p.replication_state()),
         receive_lsn: pos.and_then(|p| p.receive.filter(|_| p.in_recovery)),
         replay_lsn: pos.and_then(|p| p.replay.filter(|_| p.in_recovery)),
         pending_restart,

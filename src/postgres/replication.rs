@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 use super::atomic::write_atomic;
 use super::{Binaries, PgError, RunAs};
 use crate::config::{Config, Secret};
+use crate::patroni::ReplicationState;
 
 /// Where a replica streams from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,8 +195,12 @@ pub struct Position {
 
 impl Position {
     /// A replica's `replication_state` in Patroni's words; `None` on a primary.
-    pub fn replication_state(&self) -> Option<&'static str> {
-        self.in_recovery.then_some(if self.streaming { "streaming" } else { "in archive recovery" })
+    pub fn replication_state(&self) -> Option<ReplicationState> {
+        self.in_recovery.then_some(if self.streaming {
+            ReplicationState::Streaming
+        } else {
+            ReplicationState::InArchiveRecovery
+        })
     }
 }
 
