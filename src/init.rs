@@ -178,7 +178,7 @@ impl Init {
     fn stop_orphaned_postmaster(&mut self) {
         let env = crate::config::process_env().unwrap_or_default();
         let data = crate::config::pgdata_best_effort(&env);
-        let Some(pid) = postmaster_pid(&data) else { return };
+        let Some(pid) = crate::postgres::pidfile::postmaster_pid(&data) else { return };
         if parent_of(pid) != Some(1) {
             return;
         }
@@ -217,13 +217,6 @@ impl Init {
             self.wait_readable((deadline - now).min(Duration::from_millis(100)));
         }
     }
-}
-
-/// The pid in the first line of `postmaster.pid`.
-pub fn postmaster_pid(data: &std::path::Path) -> Option<Pid> {
-    let content = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    let pid: i32 = content.lines().next()?.trim().parse().ok()?;
-    (pid > 0).then(|| Pid::from_raw(pid))
 }
 
 /// The parent pid of `pid`, from /proc.

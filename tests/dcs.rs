@@ -108,14 +108,14 @@ async fn leader_key_lives_on_the_lease_and_is_only_released_by_its_owner() {
 
     // Keepalives keep it; without them the lease expires and both keys of a go.
     for _ in 0..3 {
-        assert!(a.keepalive(la).await.unwrap() > 0);
-        b.keepalive(lb).await.unwrap();
+        assert!(a.keepalive(la, None).await.unwrap() > 0);
+        b.keepalive(lb, None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     assert_eq!(b.snapshot().await.unwrap().view.leader.as_deref(), Some("a"));
     let t0 = Instant::now();
     loop {
-        b.keepalive(lb).await.unwrap();
+        b.keepalive(lb, None).await.unwrap();
         let snap = b.snapshot().await.unwrap();
         if snap.view.leader.is_none() {
             assert!(!snap.view.members.contains_key("a"), "the member key expires with the leader key");
@@ -201,7 +201,7 @@ async fn survives_the_loss_of_one_etcd_member() {
     let t0 = Instant::now();
     let mut ok = 0;
     while ok < 5 {
-        match a.keepalive(lease).await {
+        match a.keepalive(lease, None).await {
             Ok(ttl) if ttl > 0 => ok += 1,
             Ok(_) => panic!("lease lost"),
             Err(e) => assert!(t0.elapsed() < Duration::from_secs(10), "no recovery: {e}"),

@@ -11,6 +11,7 @@
 # A started member dies by itself when TESTBED_WATCH_PID (if set) exits, and
 # in any case after TESTBED_MAX_SECONDS (default 1800), so leaks are bounded.
 # With TESTBED_RM_ON_EXIT=1 the watchdog also removes DIR once that pid is gone.
+# With TESTBED_ETCD_RUN_AS=NAME:USER member NAME runs as USER.
 set -euo pipefail
 # shellcheck source=scripts/testbed/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -40,11 +41,22 @@ launch() {
   [[ $help == *--unsafe-no-fsync* ]] && extra+=(--unsafe-no-fsync)
   mkdir -p "$data" && chmod 700 "$data"
   rm -f "$pidf"
+  # TESTBED_ETCD_RUN_AS=NAME:USER runs member NAME as USER, so that a test
+  # can single out that member's traffic by uid (nftables `meta skuid`).
+  local runas=()
+  if [[ -n ${TESTBED_ETCD_RUN_AS:-} && ${TESTBED_ETCD_RUN_AS%%:*} == "$name" ]]; then
+    local user=${TESTBED_ETCD_RUN_AS#*:}
+    chown -R "$user:" "$data"
+    chgrp "$user" "$certs" "$certs/ca.crt" "$certs/server.crt" "$certs/server.key"
+    chmod g+rx "$certs"
+    chmod g+r "$certs/ca.crt" "$certs/server.crt" "$certs/server.key"
+    runas=(setpriv --reuid="$user" --regid="$(id -g "$user")" --clear-groups)
+  fi
   # timeout caps the lifetime; the inner shell writes its own pid (= etcd's,
   # thanks to exec) so the pid file names the etcd process itself.
   # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
   timeout -s KILL "$max_seconds" bash -c 'echo $$ >"$0"; exec "$@"' "$pidf" \
-    etcd --name "$name" --data-dir "$data" \
+    "${runas[@]}" etcd --name "$name" --data-dir "$data" \
     --listen-client-urls "https://127.0.0.1:$cport" \
     --advertise-client-urls "https://127.0.0.1:$cport" \
     --listen-peer-urls "http://127.0.0.1:$pport" \

@@ -1,6 +1,7 @@
 //! The health endpoints' status rules (reference/spilo-patroni.md §3.2), a
 //! pure function of the path, its query and the node's status.
 
+use crate::patroni::{ReplicationState, Role, State};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ pub struct Check {
     /// `?lag=`: bytes, or a size with a unit (`10MB`, `1GB`, `16kB`).
     pub lag: Option<u64>,
     /// `?replication_state=streaming`.
-    pub replication_state: Option<String>,
+    pub replication_state: Option<ReplicationState>,
     /// `?mode=apply|write` (readiness).
     pub mode: Option<String>,
     /// `?tag_<key>=<value>`.
@@ -31,7 +32,7 @@ impl Check {
             let v = percent_decode(v);
             match k {
                 "lag" => c.lag = Some(parse_size(&v).ok_or_else(|| format!("lag: {v:?} is not a size"))?),
-                "replication_state" => c.replication_state = Some(v),
+                "replication_state" => c.replication_state = Some(ReplicationState::from(v)),
                 "mode" => c.mode = Some(v),
                 _ => {
                     if let Some(tag) = k.strip_prefix("tag_") {
@@ -96,7 +97,7 @@ fn replica_ok(c: &Check, s: &NodeStatus) -> bool {
         _ => false,
     };
     let state_ok = c.replication_state.as_ref().is_none_or(|want| s.replication_state.as_ref() == Some(want));
-    !noloadbalance && s.role == "replica" && s.running() && !lagging && state_ok
+    !noloadbalance && s.role == Role::Replica && s.running() && !lagging && state_ok
 }
 
 fn truthy(v: &serde_json::Value) -> bool {
@@ -124,7 +125,7 @@ fn tags_match(c: &Check, s: &NodeStatus) -> bool {
 pub fn health_status(c: &Check, s: &NodeStatus, now: Instant) -> StatusCode {
     let path = if c.path == "/" { "/primary" } else { c.path.as_str() };
     let leader = s.leader || (s.facts.standalone && s.running());
-    let primary = leader && s.role == "primary";
+    let primary = leader && s.role == Role::Primary;
     // tusk runs no standby clusters: no node is ever a standby leader.
     let standby_leader = false;
     let replica = replica_ok(c, s);
@@ -145,8 +146,8 @@ pub fn health_status(c: &Check, s: &NodeStatus, now: Instant) -> StatusCode {
         };
         let ready = primary
             || (s.running()
-                && s.role == "replica"
-                && s.replication_state.as_deref() == Some("streaming")
+                && s.role == Role::Replica
+                && s.replication_state == Some(ReplicationState::Streaming)
                 && (s.facts.dcs_reachable || s.facts.standalone)
                 && caught_up);
         return code(ready);
@@ -192,11 +193,11 @@ fn liveness(s: &NodeStatus, now: Instant) -> bool {
         return true;
     }
     // Long steps the loop runs on purpose (a clone can take hours).
-    if matches!(s.state.as_str(), "creating replica" | "initializing new cluster" | "running pg_rewind") {
+    if matches!(s.state, State::CreatingReplica | State::InitializingNewCluster | State::RunningPgRewind) {
         return true;
     }
     let Some(last) = s.facts.last_loop else { return true };
-    let factor = if s.running() && s.role == "primary" { 1 } else { 2 };
+    let factor = if s.running() && s.role == Role::Primary { 1 } else { 2 };
     now.saturating_duration_since(last).as_secs() < s.facts.ttl.max(1) * factor
 }
 

@@ -1,18 +1,21 @@
 //! `GET /metrics`: Prometheus text format, Patroni's gauge names (so
 //! existing dashboards work) plus tusk's own (`tusk_*`).
 
-use std::fmt::Write;
-
 use axum::body::Body;
 use axum::http::{Response, StatusCode, header};
 
 use super::ApiState;
 use super::status::NodeStatus;
+use crate::patroni::{ReplicationState, Role};
+use crate::prometheus::{Kind, Writer, escape};
 
 pub(super) fn response(state: &ApiState) -> Response<Body> {
     let s = state.status();
     let labels = labels(&s);
     let mut out = render(&s, &labels);
+    if let Some(dcs) = state.dcs() {
+        out.push_str(&render_dcs(dcs.endpoints(), &labels));
+    }
     if let Some(extra) = state.archive_metrics(&labels) {
         out.push_str(&extra);
     }
@@ -27,21 +30,14 @@ fn labels(s: &NodeStatus) -> String {
     format!("scope=\"{}\",name=\"{}\"", escape(&s.patroni.scope), escape(&s.patroni.name))
 }
 
-/// Label values: backslash, quote and newline escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 /// The metrics of one status.
 pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}");
-    };
+    let mut w = Writer::new(labels);
+    let mut gauge = |name: &str, help: &str, value: f64| w.metric(name, Kind::Gauge, help, value);
     let b = |v: bool| if v { 1.0 } else { 0.0 };
     let running = s.running();
-    let primary = running && s.role == "primary";
-    let replica = running && s.role == "replica";
+    let primary = running && s.role == Role::Primary;
+    let replica = running && s.role == Role::Replica;
     // "3.0.2" → 30002, as Patroni encodes it.
     let version = s.patroni.version.split('.').filter_map(|p| p.parse::<u32>().ok()).fold(0u32, |acc, p| acc * 100 + p);
     gauge("patroni_version", "Version of Patroni (tusk's compatibility level) in the format MMmmpp.", version as f64);
@@ -75,12 +71,12 @@ pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
     gauge(
         "patroni_postgres_streaming",
         "Value is 1 if the replica streams from its upstream, 0 otherwise.",
-        b(s.replication_state.as_deref() == Some("streaming")),
+        b(s.replication_state == Some(ReplicationState::Streaming)),
     );
     gauge(
         "patroni_postgres_in_archive_recovery",
         "Value is 1 if the replica replays from the WAL archive, 0 otherwise.",
-        b(s.replication_state.as_deref() == Some("in archive recovery")),
+        b(s.replication_state == Some(ReplicationState::InArchiveRecovery)),
     );
     gauge(
         "patroni_postgres_server_version",
@@ -107,21 +103,63 @@ pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
         b(s.is_leader()),
     );
     if !s.replication.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP tusk_replication_lag_bytes WAL between the primary's flush position and a replica's replay position.\n# TYPE tusk_replication_lag_bytes gauge"
+        w.header(
+            "tusk_replication_lag_bytes",
+            Kind::Gauge,
+            "WAL between the primary's flush position and a replica's replay position.",
         );
         for r in &s.replication {
-            let _ = writeln!(
-                out,
-                "tusk_replication_lag_bytes{{{labels},application_name=\"{}\",state=\"{}\"}} {}",
-                escape(&r.application_name),
-                escape(&r.state),
-                r.lag_bytes.unwrap_or(0)
-            );
+            let extra = [("application_name", r.application_name.as_str()), ("state", r.state.as_str())];
+            w.sample("tusk_replication_lag_bytes", &extra, r.lag_bytes.unwrap_or(0));
         }
     }
-    out
+    w.finish()
+}
+
+/// The etcd client's figures: which member requests go to, how often they
+/// moved, how many attempts timed out or failed, the age of the last
+/// successful lease keepalive.
+fn render_dcs(e: &crate::dcs::endpoints::Endpoints, labels: &str) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut w = Writer::new(labels);
+    let st = &e.stats;
+    w.metric(
+        "tusk_dcs_endpoint_switches_total",
+        Kind::Counter,
+        "Times etcd requests moved to another member.",
+        st.switches.load(Relaxed),
+    );
+    w.metric(
+        "tusk_dcs_request_timeouts_total",
+        Kind::Counter,
+        "etcd request attempts that got no answer within their deadline.",
+        st.timeouts.load(Relaxed),
+    );
+    w.metric(
+        "tusk_dcs_request_failures_total",
+        Kind::Counter,
+        "etcd request attempts that failed otherwise (refused, no leader, ...).",
+        st.failures.load(Relaxed),
+    );
+    w.metric("tusk_dcs_keepalives_total", Kind::Counter, "Successful lease keepalives.", st.keepalives.load(Relaxed));
+    if let Some(age) = st.since_last_keepalive() {
+        w.metric(
+            "tusk_dcs_last_keepalive_age_seconds",
+            Kind::Gauge,
+            "Seconds since the send of the last successful lease keepalive.",
+            age.as_secs_f64(),
+        );
+    }
+    w.header(
+        "tusk_dcs_member_up",
+        Kind::Gauge,
+        "1 if the etcd member is not being avoided; current=\"true\" marks the one requests go to.",
+    );
+    for m in e.health() {
+        let current = if m.current { "true" } else { "false" };
+        w.sample("tusk_dcs_member_up", &[("member", &m.name), ("current", current)], u8::from(m.healthy));
+    }
+    w.finish()
 }
 
 /// `postmaster_start_time` ("2024-08-28 19:39:26.352526+00:00") as epoch seconds.
@@ -136,12 +174,13 @@ fn start_epoch(s: &NodeStatus) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::patroni::State;
 
     #[test]
     fn renders_patroni_names_with_labels() {
         let mut s = NodeStatus::new("demo", "n\"1");
-        s.state = "running".into();
-        s.role = "primary".into();
+        s.state = State::Running;
+        s.role = Role::Primary;
         s.leader = true;
         s.timeline = Some(3);
         s.xlog.location = Some(4096);

@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod health;
+mod http;
 mod metrics;
 mod ops;
 mod server;

@@ -13,10 +13,11 @@ use axum::http::{Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-use super::server::{json, read_json, text};
+use super::http::{json, read_json, text};
 use super::{ApiState, Command, Reply, RestartRequest};
 use crate::dcs::client::{Dcs, Snapshot};
-use crate::dcs::values::{DynamicConfig, Failover};
+use crate::patroni::{DynamicConfig, Failover, Role, State};
+use crate::postgres::wal::format_lsn;
 
 const DCS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -31,10 +32,6 @@ async fn snapshot(state: &ApiState) -> Result<(Dcs, Snapshot), Response<Body>> {
         Ok(Err(e)) => Err(text(StatusCode::SERVICE_UNAVAILABLE, format!("DCS is not accessible: {e}"))),
         Err(_) => Err(text(StatusCode::SERVICE_UNAVAILABLE, "DCS is not accessible: timeout")),
     }
-}
-
-fn lsn_text(v: u64) -> String {
-    format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff)
 }
 
 /// `GET /cluster`: every member, as `patronictl list -f json` shows them.
@@ -56,8 +53,8 @@ pub(super) fn cluster_json(scope: &str, snap: &Snapshot) -> Value {
         o.insert("name".into(), json!(name));
         o.insert("role".into(), json!(if leader { "leader" } else { "replica" }));
         let state = match (&m.replication_state, leader) {
-            (Some(rs), false) if m.state == "running" => rs.clone(),
-            _ => m.state.clone(),
+            (Some(rs), false) if m.state == State::Running => rs.to_string(),
+            _ => m.state.to_string(),
         };
         o.insert("state".into(), json!(state));
         o.insert("api_url".into(), json!(m.api_url));
@@ -78,7 +75,7 @@ pub(super) fn cluster_json(scope: &str, snap: &Snapshot) -> Value {
         }
         if leader {
             if let Some(x) = m.xlog_location {
-                o.insert("lsn".into(), json!(lsn_text(x)));
+                o.insert("lsn".into(), json!(format_lsn(x)));
             }
         } else {
             let lag = |pos: Option<u64>| match (v.optime, pos) {
@@ -86,11 +83,11 @@ pub(super) fn cluster_json(scope: &str, snap: &Snapshot) -> Value {
                 _ => json!("unknown"),
             };
             if let Some(r) = m.receive_lsn {
-                o.insert("receive_lsn".into(), json!(lsn_text(r)));
+                o.insert("receive_lsn".into(), json!(format_lsn(r)));
             }
             o.insert("receive_lag".into(), lag(m.receive_lsn.or(m.xlog_location)));
             if let Some(r) = m.replay_lsn {
-                o.insert("replay_lsn".into(), json!(lsn_text(r)));
+                o.insert("replay_lsn".into(), json!(format_lsn(r)));
             }
             o.insert("replay_lag".into(), lag(m.replay_lsn.or(m.xlog_location)));
             o.insert("lag".into(), lag(m.xlog_location));
@@ -324,8 +321,8 @@ pub(super) async fn switchover(state: &ApiState, req: Request<Body>, failover: b
         let checks = names.iter().map(|(_, url)| state.peers().peer_status(url, Duration::from_secs(2)));
         let replies = futures_util::future::join_all(checks).await;
         let healthy = replies.iter().flatten().any(|s| {
-            s.state == "running"
-                && s.role == "replica"
+            s.state == State::Running
+                && s.role == Role::Replica
                 && s.tags.get("nofailover").is_none_or(|t| t.as_bool() != Some(true))
         });
         if !healthy {

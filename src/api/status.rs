@@ -5,18 +5,19 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dcs::values::PATRONI_COMPAT_VERSION;
+pub use crate::patroni::Replication;
+use crate::patroni::{PATRONI_COMPAT_VERSION, ReplicationState, Role, State};
+use crate::postgres::replication::Position;
+use crate::postgres::sql::Details;
 
 /// What `GET /patroni` returns. Published by the HA loop (or the standalone
 /// supervisor) into a `watch` channel; the API only reads it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
-    /// `running`, `starting`, `stopped`, `creating replica`, ...
-    pub state: String,
+    pub state: State,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postmaster_start_time: Option<String>,
-    /// `primary`, `replica`, `uninitialized`.
-    pub role: String,
+    pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_version: Option<u32>,
     #[serde(default)]
@@ -24,7 +25,7 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication_state: Option<String>,
+    pub replication_state: Option<ReplicationState>,
     /// A primary's connected replicas (`pg_stat_replication`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replication: Vec<Replication>,
@@ -97,21 +98,6 @@ impl Xlog {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Replication {
-    pub usename: String,
-    pub application_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_addr: Option<String>,
-    pub state: String,
-    pub sync_state: String,
-    pub sync_priority: i32,
-    /// Bytes between the primary's flush position and the replica's replay
-    /// position (tusk's addition; for `/metrics`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lag_bytes: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PendingChange {
     pub old_value: String,
     pub new_value: String,
@@ -135,20 +121,81 @@ pub struct PatroniInfo {
 impl NodeStatus {
     pub fn new(scope: &str, name: &str) -> NodeStatus {
         NodeStatus {
-            state: "starting".into(),
-            role: "uninitialized".into(),
+            state: State::Starting,
+            role: Role::Uninitialized,
             patroni: PatroniInfo { version: PATRONI_COMPAT_VERSION.into(), scope: scope.into(), name: name.into() },
             facts: Facts { ttl: 30, maximum_lag_on_failover: 1 << 20, ..Default::default() },
             ..Default::default()
         }
     }
 
+    /// What postgres says about itself, in Patroni's fields (the one place
+    /// the status is filled from postgres, for both modes): positions,
+    /// timeline, replay details, start time, pending restarts, a primary's
+    /// replicas. `None`: not known (postgres not connected).
+    pub fn set_postgres(&mut self, pos: Option<&Position>, details: Option<&Details>) {
+        self.timeline = pos.map(|p| p.timeline);
+        self.replication_state = pos.and_then(|p| p.replication_state());
+        self.xlog = match pos {
+            Some(p) if !p.in_recovery => Xlog { location: Some(p.wal), ..Default::default() },
+            Some(p) => Xlog {
+                location: None,
+                received_location: p.receive,
+                replayed_location: p.replay,
+                replayed_timestamp: details.and_then(|d| d.replayed_timestamp.clone()),
+                paused: details.and_then(|d| d.replay_paused),
+            },
+            None => Xlog::default(),
+        };
+        if let Some(v) = details.and_then(|d| d.server_version) {
+            self.server_version = Some(v);
+        }
+        self.postmaster_start_time = details.and_then(|d| d.postmaster_start_time.clone());
+        self.pending_restart = details.is_some_and(|d| !d.pending_restart.is_empty());
+        self.pending_restart_reason = details
+            .map(|d| {
+                d.pending_restart
+                    .iter()
+                    .map(|(name, old, new)| {
+                        (name.clone(), PendingChange { old_value: old.clone(), new_value: new.clone() })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.replication = details.map(|d| d.replication.clone()).unwrap_or_default();
+    }
+
+    /// Between rounds: only the moving parts (positions, replay details, a
+    /// primary's replicas) of a running node.
+    pub fn refresh_positions(&mut self, p: &Position, details: Option<&Details>) {
+        if !self.running() {
+            return;
+        }
+        self.timeline = Some(p.timeline);
+        if p.in_recovery {
+            self.xlog.received_location = p.receive;
+            self.xlog.replayed_location = p.replay;
+            self.replication_state = p.replication_state();
+            self.facts.leader_optime = self.facts.leader_optime.max(p.receive);
+        } else {
+            self.xlog.location = Some(p.wal);
+        }
+        if let Some(d) = details {
+            if p.in_recovery {
+                self.xlog.replayed_timestamp = d.replayed_timestamp.clone();
+                self.xlog.paused = d.replay_paused;
+            } else {
+                self.replication = d.replication.clone();
+            }
+        }
+    }
+
     pub fn running(&self) -> bool {
-        self.state == "running"
+        self.state == State::Running
     }
 
     /// Holds the leader key (or runs standalone) and serves as primary.
     pub fn is_leader(&self) -> bool {
-        (self.leader || self.facts.standalone) && self.running() && self.role == "primary"
+        (self.leader || self.facts.standalone) && self.running() && self.role == Role::Primary
     }
 }

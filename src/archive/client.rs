@@ -17,13 +17,14 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::server::{Answer, Request, Response};
-use super::{ArchiveHandle, ENV_CONFIG, ENV_SOCKET, SOCKET_NAME};
-use crate::config::EXIT_CONFIG;
+use super::{ArchiveHandle, SOCKET_NAME};
+use crate::config::ConfigError;
+use crate::exit::EXIT_CONFIG;
 
 pub const EXIT_NOT_FOUND: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
@@ -33,12 +34,24 @@ pub const EXIT_FATAL: i32 = 126;
 /// own, shorter S3 timeouts; this only bounds a hung supervisor).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Why the direct mode could not run at all (its exit status comes from this).
+#[derive(Debug, thiserror::Error)]
+enum DirectError {
+    #[error("configuration error: {0}")]
+    Config(#[from] ConfigError),
+}
+
+/// This process's environment, read once (postgres's: what the supervisor
+/// handed down).
+type Env = Result<BTreeMap<String, String>, ConfigError>;
+
 pub fn wal_push(path: &str) -> i32 {
+    let env = crate::config::process_env();
     let path = absolute(path);
     let req = Request::Push { path: path.clone() };
-    let resp = match ask(&req) {
+    let resp = match ask(&req, &env) {
         Some(r) => r,
-        None => direct(&req),
+        None => direct(&req, &env).unwrap_or_else(|e| Response { answer: Answer::Error, message: e.to_string() }),
     };
     match resp.answer {
         Answer::Ok => 0,
@@ -50,18 +63,25 @@ pub fn wal_push(path: &str) -> i32 {
 }
 
 pub fn wal_fetch(name: &str, dest: &str) -> i32 {
+    let env = crate::config::process_env();
     let dest = absolute(dest);
     let req = Request::Fetch { name: name.to_owned(), dest: dest.clone() };
-    let resp = match ask(&req) {
+    let resp = match ask(&req, &env) {
         Some(r) => r,
-        None => direct(&req),
+        None => match direct(&req, &env) {
+            Ok(r) => r,
+            Err(e @ DirectError::Config(_)) => {
+                eprintln!("tusk wal-fetch {name}: {e}");
+                return EXIT_CONFIG;
+            }
+        },
     };
     match resp.answer {
         Answer::Ok => 0,
         Answer::NotFound => EXIT_NOT_FOUND,
         Answer::Error => {
             eprintln!("tusk wal-fetch {name}: {}", resp.message);
-            if resp.message.starts_with("configuration error") { EXIT_CONFIG } else { EXIT_ERROR }
+            EXIT_ERROR
         }
         Answer::Fatal => {
             eprintln!("tusk wal-fetch {name}: {} (fatal: archive recovery must not end early)", resp.message);
@@ -76,17 +96,15 @@ fn absolute(p: &str) -> PathBuf {
     if p.is_absolute() { p } else { std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p) }
 }
 
-fn socket_path() -> PathBuf {
-    if let Some(s) = std::env::var_os(ENV_SOCKET) {
-        return PathBuf::from(s);
-    }
-    let dir = std::env::var_os("TUSK_SOCKET_DIR").map(PathBuf::from).unwrap_or_else(|| "/run/postgresql".into());
-    dir.join(SOCKET_NAME)
+/// The supervisor's socket, as the configuration finds it in `env`.
+fn socket_path(env: &Env) -> PathBuf {
+    let c = crate::config::archive_client_env(env.as_ref().unwrap_or(&BTreeMap::new()));
+    c.socket.unwrap_or_else(|| c.socket_dir.join(SOCKET_NAME))
 }
 
 /// The supervisor's answer; `None` when no supervisor listens.
-fn ask(req: &Request) -> Option<Response> {
-    let mut stream = UnixStream::connect(socket_path()).ok()?;
+fn ask(req: &Request, env: &Env) -> Option<Response> {
+    let mut stream = UnixStream::connect(socket_path(env)).ok()?;
     let mut exchange = || -> std::io::Result<Response> {
         stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -106,25 +124,21 @@ fn ask(req: &Request) -> Option<Response> {
 }
 
 /// Runs the request in this process; warnings go to stderr (postgres's log).
-fn direct(req: &Request) -> Response {
+fn direct(req: &Request, own_env: &Env) -> Result<Response, DirectError> {
     let _log = crate::logging::init(crate::config::LogFormat::Text, "warn", false);
-    let env = match fallback_env() {
-        Ok(e) => e,
-        Err(m) => return Response { answer: Answer::Error, message: m },
-    };
-    let storage = match crate::config::storage_from_map(&env) {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return match req {
+    let env = fallback_env(own_env)?;
+    let storage = match crate::config::storage_from_map(&env)? {
+        Some(s) => s,
+        None => {
+            return Ok(match req {
                 // As archive_command = /bin/true without storage.
                 Request::Push { .. } => Response { answer: Answer::Ok, message: "no WAL storage configured".into() },
                 Request::Fetch { .. } => Response {
                     answer: Answer::Error,
                     message: "no WAL storage configured (WAL_S3_BUCKET, WALG_S3_PREFIX)".into(),
                 },
-            };
+            });
         }
-        Err(e) => return Response { answer: Answer::Error, message: format!("configuration error: {e}") },
     };
     // The SDK's default credential chain reads the process environment
     // (ECS, web identity, profile): give it the supervisor's variables.
@@ -141,10 +155,10 @@ fn direct(req: &Request) -> Response {
         .unwrap_or_else(|| PathBuf::from("."));
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => return Response { answer: Answer::Error, message: format!("cannot build a runtime: {e}") },
+        Err(e) => return Ok(Response { answer: Answer::Error, message: format!("cannot build a runtime: {e}") }),
     };
-    rt.block_on(async move {
-        let store = match super::store::Store::new(&storage).await {
+    Ok(rt.block_on(async move {
+        let store = match crate::storage::wal::WalStore::new(&storage).await {
             Ok(s) => s,
             Err(e) => return Response { answer: Answer::Error, message: e.to_string() },
         };
@@ -157,21 +171,16 @@ fn direct(req: &Request) -> Response {
             },
             Request::Fetch { name, dest } => super::server::fetch_with_policy(&archiver, &name, &dest).await,
         }
-    })
+    }))
 }
 
-/// The supervisor's storage variables if it left them, else this process's environment.
-fn fallback_env() -> Result<BTreeMap<String, String>, String> {
-    if let Some(path) = std::env::var_os(ENV_CONFIG) {
-        let path = Path::new(&path);
-        if let Ok(text) = std::fs::read_to_string(path) {
-            return Ok(text
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect());
-        }
+/// The supervisor's storage settings if it left them, else this process's environment.
+fn fallback_env(own: &Env) -> Result<BTreeMap<String, String>, ConfigError> {
+    let client_env = crate::config::archive_client_env(own.as_ref().unwrap_or(&BTreeMap::new()));
+    if let Some(path) = client_env.fallback_config
+        && let Ok(text) = std::fs::read_to_string(&path)
+    {
+        return Ok(crate::config::storage::parse_fallback_file(&text));
     }
-    crate::config::process_env().map_err(|e| format!("configuration error: {e}"))
+    own.clone()
 }

@@ -4,32 +4,32 @@
 //! `restore_command = '<tusk> wal-fetch %f %p'` run [`client`], a thin
 //! blocking client that hands the request to the supervisor over a unix
 //! socket ([`server`]) and exits with its answer. The supervisor holds one
-//! warm S3 client ([`store::Store`]) inside an [`engine::Archiver`], which
+//! warm S3 client ([`crate::storage::wal::WalStore`]) inside an [`engine::Archiver`], which
 //! uploads other `.ready` segments ahead of PostgreSQL's calls and
 //! prefetches the next segments during recovery. With no supervisor
 //! answering, the client runs the same engine itself (no look-ahead, no
 //! prefetch).
 //!
 //! Observability: [`ArchiveHandle::stats`] (cheap, cloneable) and
-//! [`prometheus_lines`] for the REST API; [`handle`] gives the process's
-//! handle once the supervisor started archiving.
+//! [`prometheus_lines`] for the REST API; [`start`] returns the handle, and
+//! the supervisor shows it through the API.
 
 pub mod beneath;
 pub mod client;
-pub mod compress;
 pub mod engine;
+mod fetch;
 pub mod server;
-pub mod store;
-pub mod wal;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::postgres::RunAs;
+pub use crate::postgres::files::ArchiveCommands;
+use crate::prometheus::{Kind, Writer};
 
 /// Name of the supervisor's socket in `TUSK_SOCKET_DIR`.
 pub const SOCKET_NAME: &str = ".s.tusk.archive";
@@ -37,8 +37,7 @@ pub const SOCKET_NAME: &str = ".s.tusk.archive";
 /// supervisor (under `PGROOT`, mode 0600, owned by postgres).
 pub const CONFIG_FILE: &str = "tusk-archive.env";
 /// Variables postgres's children get (paths only, nothing secret).
-pub const ENV_SOCKET: &str = "TUSK_ARCHIVE_SOCKET";
-pub const ENV_CONFIG: &str = "TUSK_ARCHIVE_CONFIG";
+pub use crate::config::{ENV_ARCHIVE_CONFIG as ENV_CONFIG, ENV_ARCHIVE_SOCKET as ENV_SOCKET};
 
 /// Archive counters as the REST API serves them (`/patroni`, `/metrics`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -142,115 +141,111 @@ pub(crate) fn now_rfc3339() -> (String, f64) {
 /// Prometheus text lines (`tusk_archive_*`) for `stats`; `labels` is the
 /// inside of `{...}` shared by every line (e.g. `scope="pg",name="a"`), or empty.
 pub fn prometheus_lines(stats: &ArchiveStats, labels: &str) -> String {
-    let mut out = String::new();
-    let l = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{l} {value}\n"));
-    };
-    metric("tusk_archive_enabled", "gauge", "1 if WAL archiving to S3 is configured.", stats.enabled as u8 as f64);
+    let mut w = Writer::new(labels);
+    let mut metric = |name: &str, kind: Kind, help: &str, value: f64| w.metric(name, kind, help, value);
+    metric("tusk_archive_enabled", Kind::Gauge, "1 if WAL archiving to S3 is configured.", stats.enabled as u8 as f64);
     metric(
         "tusk_archive_archived_total",
-        "counter",
+        Kind::Counter,
         "WAL files S3 confirmed since the supervisor started.",
         stats.archived_count as f64,
     );
     metric(
         "tusk_archive_failed_total",
-        "counter",
+        Kind::Counter,
         "Failed WAL pushes since the supervisor started.",
         stats.failed_count as f64,
     );
-    metric("tusk_archive_uploaded_bytes_total", "counter", "Compressed bytes uploaded.", stats.uploaded_bytes as f64);
+    metric(
+        "tusk_archive_uploaded_bytes_total",
+        Kind::Counter,
+        "Compressed bytes uploaded.",
+        stats.uploaded_bytes as f64,
+    );
     metric(
         "tusk_archive_pending_segments",
-        "gauge",
+        Kind::Gauge,
         "WAL files waiting to be archived (.ready).",
         stats.pending_count as f64,
     );
     metric(
         "tusk_archive_pending_bytes",
-        "gauge",
+        Kind::Gauge,
         "Size of the WAL files waiting to be archived.",
         stats.pending_bytes as f64,
     );
     metric(
         "tusk_archive_last_archived_timestamp_seconds",
-        "gauge",
+        Kind::Gauge,
         "Unix time of the last archived WAL file (0: none yet).",
         stats.last_archived_unix.unwrap_or(0.0),
     );
     metric(
         "tusk_archive_last_failed_timestamp_seconds",
-        "gauge",
+        Kind::Gauge,
         "Unix time of the last failed push (0: none).",
         stats.last_failed_unix.unwrap_or(0.0),
     );
     metric(
         "tusk_archive_lookahead_uploads_total",
-        "counter",
+        Kind::Counter,
         "Uploads started ahead of PostgreSQL's archive_command (look-ahead).",
         stats.lookahead_uploads as f64,
     );
     metric(
         "tusk_archive_lookahead_hits_total",
-        "counter",
+        Kind::Counter,
         "archive_command calls answered by a look-ahead upload.",
         stats.lookahead_hits as f64,
     );
     metric(
         "tusk_archive_fetched_total",
-        "counter",
+        Kind::Counter,
         "WAL files delivered to restore_command.",
         stats.fetched_count as f64,
     );
     metric(
         "tusk_archive_prefetch_hits_total",
-        "counter",
+        Kind::Counter,
         "WAL files delivered from the prefetch directory.",
         stats.prefetch_hits as f64,
     );
     metric(
         "tusk_archive_fetch_failed_total",
-        "counter",
+        Kind::Counter,
         "restore_command answers that were errors (not 'not found').",
         stats.fetch_failed_count as f64,
     );
-    out
+    w.finish()
 }
 
-/// The archiver as the REST API shows it (looked up on each request, so
-/// the API may start before archiving does).
-pub struct ApiView;
-
-impl crate::api::ArchiveView for ApiView {
-    fn status(&self) -> Option<serde_json::Value> {
-        let stats = handle()?.stats();
+impl ArchiveHandle {
+    /// The `archive` object of `GET /patroni` (`None`: not archiving).
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        let stats = self.stats();
         if !stats.enabled {
             return None;
         }
         serde_json::to_value(stats).ok()
     }
 
-    fn metrics(&self, labels: &str) -> String {
-        match handle().map(|h| h.stats()) {
-            Some(stats) if stats.enabled => prometheus_lines(&stats, labels),
-            _ => String::new(),
-        }
+    /// Prometheus lines for `/metrics` (empty: not archiving).
+    pub fn metrics(&self, labels: &str) -> String {
+        let stats = self.stats();
+        if stats.enabled { prometheus_lines(&stats, labels) } else { String::new() }
     }
 }
 
-static GLOBAL: OnceLock<ArchiveHandle> = OnceLock::new();
-static CHILD_ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
-
-/// The supervisor's archive handle, once [`start`] ran.
-pub fn handle() -> Option<ArchiveHandle> {
-    GLOBAL.get().cloned()
-}
-
-/// Variables for postgres's environment: where the socket and the fallback
-/// configuration are (paths, nothing secret). Empty before [`start`].
-pub fn child_env() -> Vec<(String, String)> {
-    CHILD_ENV.get().cloned().unwrap_or_default()
+/// What [`start`] hands back to the supervisor, which passes it down to
+/// postgres: `tusk.conf`'s commands and the children's extra environment.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    pub handle: ArchiveHandle,
+    /// `None` without storage (archive_command is then `/bin/true`).
+    pub commands: Option<ArchiveCommands>,
+    /// Where wal-push/wal-fetch find the supervisor and the fallback
+    /// configuration (paths, nothing secret). Empty without storage.
+    pub child_env: Vec<(String, String)>,
 }
 
 /// The socket path for a configuration.
@@ -261,11 +256,14 @@ pub fn socket_path(cfg: &Config) -> PathBuf {
 /// `archive_command` and `restore_command` for `tusk.conf`: the absolute
 /// path of this executable; `None` without storage (archive_command is then
 /// `/bin/true`, as in Spilo).
-pub fn commands(cfg: &Config) -> Option<(String, String)> {
+pub fn commands(cfg: &Config) -> Option<ArchiveCommands> {
     cfg.storage.as_ref()?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/tusk"));
     let exe = shell_quote(&exe.display().to_string());
-    Some((format!("{exe} wal-push \"%p\""), format!("{exe} wal-fetch \"%f\" \"%p\"")))
+    Some(ArchiveCommands {
+        archive: format!("{exe} wal-push \"%p\""),
+        restore: format!("{exe} wal-fetch \"%f\" \"%p\""),
+    })
 }
 
 fn shell_quote(s: &str) -> String {
@@ -280,27 +278,26 @@ fn shell_quote(s: &str) -> String {
 /// opens the socket, builds the S3 client and serves requests in the
 /// background. Without storage only the (disabled) handle is published.
 /// Errors are logged; archive_command then fails (PostgreSQL keeps the WAL).
-pub fn start(cfg: &Config, run_as: &RunAs) {
+pub fn start(cfg: &Config, run_as: &RunAs) -> Archive {
     let pgdata = cfg.postgres.data.clone();
     let Some(storage) = cfg.storage.clone() else {
-        let _ = GLOBAL.set(ArchiveHandle::new(false, None, pgdata));
+        let handle = ArchiveHandle::new(false, None, pgdata);
         tracing::info!(
             "WAL archiving disabled: no WAL_S3_BUCKET or WALG_S3_PREFIX (archive_command succeeds without archiving)"
         );
-        return;
+        return Archive { handle, commands: None, child_env: Vec::new() };
     };
     let handle = ArchiveHandle::new(true, Some(storage.url.clone()), pgdata.clone());
-    let _ = GLOBAL.set(handle.clone());
     let socket = socket_path(cfg);
     let conf_file = cfg.postgres.root.join(CONFIG_FILE);
-    let env = crate::config::process_env().unwrap_or_default();
-    if let Err(e) = write_fallback_config(&conf_file, &env, &storage, cfg, run_as) {
+    if let Err(e) = write_fallback_config(&conf_file, &storage, cfg, run_as) {
         tracing::warn!(path = %conf_file.display(), "cannot write the fallback archive configuration: {e}");
     }
-    let _ = CHILD_ENV.set(vec![
+    let child_env = vec![
         (ENV_SOCKET.to_owned(), socket.display().to_string()),
         (ENV_CONFIG.to_owned(), conf_file.display().to_string()),
-    ]);
+    ];
+    let started = Archive { handle: handle.clone(), commands: commands(cfg), child_env };
     tracing::info!(
         destination = %storage.url,
         compression = ?storage.compression,
@@ -320,7 +317,7 @@ pub fn start(cfg: &Config, run_as: &RunAs) {
     let peer_uid = run_as.uid.as_raw();
     let run_as = run_as.clone();
     tokio::spawn(async move {
-        let store = match store::Store::new(&storage).await {
+        let store = match crate::storage::wal::WalStore::new(&storage).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("WAL archiving cannot start: {e}");
@@ -341,6 +338,7 @@ pub fn start(cfg: &Config, run_as: &RunAs) {
         tokio::spawn(archiver.clone().watch_ready());
         server::serve(listener, archiver, peer_uid).await;
     });
+    started
 }
 
 /// Refreshes the lag every 2 s and logs a summary line when something changed.
@@ -372,34 +370,17 @@ async fn lag_ticker(handle: ArchiveHandle) {
     }
 }
 
-/// Writes the storage variables (secrets resolved, no `_FILE` indirection)
+/// Writes the storage settings (secrets resolved, no `_FILE` indirection)
 /// for a `wal-push`/`wal-fetch` that runs without the supervisor. 0600,
 /// owned by postgres, under `PGROOT` like `pgpass`.
 fn write_fallback_config(
     path: &Path,
-    env: &std::collections::BTreeMap<String, String>,
     storage: &crate::config::StorageConfig,
     cfg: &Config,
     run_as: &RunAs,
 ) -> Result<(), crate::postgres::PgError> {
-    let secret_vars = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
-    let mut out = String::from("# Written by tusk for wal-push/wal-fetch without the supervisor. Do not edit.\n");
-    for (k, v) in env {
-        let base = k.strip_suffix("_FILE").unwrap_or(k);
-        if !crate::config::storage::is_storage_var(k) || secret_vars.contains(&base) || v.contains('\n') {
-            continue;
-        }
-        out.push_str(&format!("{k}={v}\n"));
-    }
-    if let Some(c) = &storage.credentials {
-        out.push_str(&format!("AWS_ACCESS_KEY_ID={}\n", c.access_key_id));
-        out.push_str(&format!("AWS_SECRET_ACCESS_KEY={}\n", c.secret_access_key.expose()));
-        if let Some(t) = &c.session_token {
-            out.push_str(&format!("AWS_SESSION_TOKEN={}\n", t.expose()));
-        }
-    }
-    out.push_str(&format!("PGDATA={}\n", cfg.postgres.data.display()));
-    crate::postgres::files::write_atomic(path, out.as_bytes(), 0o600, run_as)
+    let text = crate::config::storage::fallback_file(storage, &cfg.postgres.data);
+    crate::postgres::atomic::write_atomic(path, text.as_bytes(), 0o600, run_as)
 }
 
 #[cfg(test)]

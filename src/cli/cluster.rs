@@ -7,66 +7,36 @@ use std::time::{Duration, Instant};
 
 use axum::http::Method;
 
+use super::{CliError, runtime};
 use crate::api::ApiClient;
 use crate::api::client::endpoint;
-use crate::config::{Config, EXIT_CONFIG};
+use crate::config::{Config, ConfigError};
 use crate::dcs::client::{Dcs, Snapshot};
-use crate::dcs::values::Failover;
-
-/// Exit status when the cluster refused or did not do what was asked.
-const EXIT_REFUSED: i32 = 1;
+use crate::patroni::{Failover, Role, State};
 
 /// Runs `f` against the cluster's etcd on a small runtime.
-fn with_dcs<F, Fut>(f: F) -> i32
+fn with_dcs<F, Fut>(f: F) -> Result<(), CliError>
 where
     F: FnOnce(Config, Dcs) -> Fut,
-    Fut: std::future::Future<Output = i32>,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
 {
-    let cfg = match Config::from_process_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("tusk: configuration error: {e}");
-            return EXIT_CONFIG;
-        }
-    };
+    let cfg = Config::from_process_env()?;
     let Some(etcd) = cfg.etcd.clone() else {
-        eprintln!("tusk: configuration error: ETCD3_HOSTS: not set; this is a standalone node with no cluster");
-        return EXIT_CONFIG;
+        return Err(ConfigError::new("ETCD3_HOSTS", "not set; this is a standalone node with no cluster").into());
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tusk: cannot build the runtime: {e}");
-            return 1;
-        }
-    };
+    let rt = runtime()?;
     rt.block_on(async move {
-        match Dcs::connect(&etcd, &cfg.namespace, &cfg.scope, Duration::from_secs(5)).await {
-            Ok(dcs) => f(cfg, dcs).await,
-            Err(e) => {
-                eprintln!("tusk: {e}");
-                1
-            }
-        }
-    })
-}
-
-async fn snapshot(dcs: &Dcs) -> Result<Snapshot, i32> {
-    dcs.snapshot().await.map_err(|e| {
-        eprintln!("tusk: {e}");
-        1
+        let dcs = Dcs::connect(&etcd, &cfg.namespace, &cfg.scope, Duration::from_secs(5)).await?;
+        f(cfg, dcs).await
     })
 }
 
 /// `tusk list`: like `patronictl list`.
-pub fn list() -> i32 {
+pub fn list() -> Result<(), CliError> {
     with_dcs(|cfg, dcs| async move {
-        let snap = match snapshot(&dcs).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+        let snap = dcs.snapshot().await?;
         print!("{}", render_list(&cfg.scope, &snap));
-        0
+        Ok(())
     })
 }
 
@@ -89,7 +59,7 @@ pub fn render_list(scope: &str, snap: &Snapshot) -> String {
             name.clone(),
             m.pg_address().unwrap_or("").to_owned(),
             if leader { "Leader" } else { "Replica" }.to_owned(),
-            m.state.clone(),
+            m.state.to_string(),
             m.timeline.map(|t| t.to_string()).unwrap_or_default(),
             lag,
         ]);
@@ -122,30 +92,25 @@ pub fn render_list(scope: &str, snap: &Snapshot) -> String {
 
 /// `tusk switchover [--candidate NAME]` (`failover`: the leader may be gone,
 /// a candidate is required). Waits for the new leader.
-pub fn switchover(candidate: Option<String>, failover: bool, scheduled: Option<String>) -> i32 {
+pub fn switchover(candidate: Option<String>, failover: bool, scheduled: Option<String>) -> Result<(), CliError> {
     with_dcs(|cfg, dcs| async move {
-        let snap = match snapshot(&dcs).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+        let snap = dcs.snapshot().await?;
         let v = &snap.view;
         let leader = v.leader.clone();
         if !failover && leader.is_none() {
-            eprintln!("tusk: no leader: a switchover needs one (use `tusk failover --candidate NAME`)");
-            return EXIT_REFUSED;
+            return Err(CliError::Refused(
+                "no leader: a switchover needs one (use `tusk failover --candidate NAME`)".into(),
+            ));
         }
         if let Some(c) = &candidate {
             if !v.members.contains_key(c) {
-                eprintln!("tusk: {c} is not a member of the cluster");
-                return EXIT_REFUSED;
+                return Err(CliError::Refused(format!("{c} is not a member of the cluster")));
             }
             if Some(c) == leader.as_ref() {
-                eprintln!("tusk: {c} is already the leader");
-                return EXIT_REFUSED;
+                return Err(CliError::Refused(format!("{c} is already the leader")));
             }
         } else if v.members.keys().all(|m| Some(m) == leader.as_ref()) {
-            eprintln!("tusk: no other member to switch over to");
-            return EXIT_REFUSED;
+            return Err(CliError::Refused("no other member to switch over to".into()));
         }
         // Through the REST API first, as patronictl does: the leader's API
         // checks the candidates and waits for the result (the candidate's
@@ -158,7 +123,7 @@ pub fn switchover(candidate: Option<String>, failover: bool, scheduled: Option<S
                 Ok(client) => {
                     let body = serde_json::json!({"leader": leader, "candidate": candidate, "scheduled_at": scheduled});
                     match client.request(Method::POST, &url, Some(&body), Duration::from_secs(90)).await {
-                        Ok(r) => return super::api::answer(Ok(r)),
+                        Ok(r) => return super::api::answer(r),
                         Err(e) => eprintln!("tusk: {e}; writing the request to the DCS instead"),
                     }
                 }
@@ -171,22 +136,14 @@ pub fn switchover(candidate: Option<String>, failover: bool, scheduled: Option<S
             scheduled_at: scheduled.clone(),
         };
         let expected = snap.failover_revision.unwrap_or(0);
-        match dcs.put_failover(&request, Some(expected)).await {
-            Ok(true) => {}
-            Ok(false) => {
-                eprintln!("tusk: another switchover or failover request is pending");
-                return EXIT_REFUSED;
-            }
-            Err(e) => {
-                eprintln!("tusk: {e}");
-                return 1;
-            }
+        if !dcs.put_failover(&request, Some(expected)).await? {
+            return Err(CliError::Refused("another switchover or failover request is pending".into()));
         }
         let t0 = Instant::now();
         let what = if failover { "failover" } else { "switchover" };
         if let Some(at) = &scheduled {
             println!("{what} scheduled at {at}");
-            return 0;
+            return Ok(());
         }
         println!(
             "{what} requested: {} -> {}",
@@ -200,51 +157,38 @@ pub fn switchover(candidate: Option<String>, failover: bool, scheduled: Option<S
             let running = new
                 .as_ref()
                 .and_then(|n| s.view.members.get(n))
-                .is_some_and(|m| m.role == "primary" && m.state == "running");
+                .is_some_and(|m| m.role == Role::Primary && m.state == State::Running);
             if new.is_some() && new != leader && running && candidate.as_ref().is_none_or(|c| Some(c) == new.as_ref()) {
                 println!("{what} done: {} leads ({} ms)", new.unwrap_or_default(), t0.elapsed().as_millis());
-                return 0;
+                return Ok(());
             }
         }
-        eprintln!("tusk: {what} did not complete within 30 s; withdrawing the request");
         if let Ok(s) = dcs.snapshot().await {
             let _ = dcs.put_failover(&Failover::default(), s.failover_revision).await;
         }
-        EXIT_REFUSED
+        Err(CliError::Refused(format!("{what} did not complete within 30 s; withdrawing the request")))
     })
 }
 
 /// `tusk pause` / `tusk resume`: maintenance mode through `config.pause`.
-pub fn set_pause(pause: bool) -> i32 {
+pub fn set_pause(pause: bool) -> Result<(), CliError> {
     with_dcs(|_cfg, dcs| async move {
         for _ in 0..5 {
-            let snap = match snapshot(&dcs).await {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
+            let snap = dcs.snapshot().await?;
             let Some(rev) = snap.config_revision else {
-                eprintln!("tusk: the cluster has no configuration yet (not bootstrapped)");
-                return EXIT_REFUSED;
+                return Err(CliError::Refused("the cluster has no configuration yet (not bootstrapped)".into()));
             };
             let mut cfg = snap.view.config.clone();
             if cfg.pause == pause {
                 println!("maintenance mode is already {}", if pause { "on" } else { "off" });
-                return 0;
+                return Ok(());
             }
             cfg.pause = pause;
-            match dcs.put_config(&cfg, rev).await {
-                Ok(true) => {
-                    println!("maintenance mode {}", if pause { "on: no automatic failover" } else { "off" });
-                    return 0;
-                }
-                Ok(false) => continue,
-                Err(e) => {
-                    eprintln!("tusk: {e}");
-                    return 1;
-                }
+            if dcs.put_config(&cfg, rev).await? {
+                println!("maintenance mode {}", if pause { "on: no automatic failover" } else { "off" });
+                return Ok(());
             }
         }
-        eprintln!("tusk: the configuration kept changing; try again");
-        EXIT_REFUSED
+        Err(CliError::Refused("the configuration kept changing; try again".into()))
     })
 }

@@ -8,8 +8,67 @@ pub mod cluster;
 use axum::http::Method;
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, EXIT_CONFIG};
+use crate::config::{Config, ConfigError};
+use crate::exit::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
 use crate::logging;
+
+/// Why a command failed; [`CliError::exit_code`] is the one mapping to
+/// exit statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The environment does not parse (exit 78).
+    #[error("configuration error: {0}")]
+    Config(#[from] ConfigError),
+    /// The REST API client cannot be set up from the configuration (exit 78).
+    #[error(transparent)]
+    ApiSetup(crate::api::client::ClientError),
+    #[error("cannot build the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Dcs(#[from] crate::dcs::client::DcsError),
+    #[error(transparent)]
+    Api(#[from] crate::api::client::ClientError),
+    /// The cluster or the node refused, or did not do what was asked (exit 1).
+    #[error("{0}")]
+    Refused(String),
+    /// `tusk healthcheck`: reported on stdout, for the health-check log (exit 1).
+    #[error("{0}")]
+    Unhealthy(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Config(_) | CliError::ApiSetup(_) => EXIT_CONFIG,
+            CliError::Runtime(_)
+            | CliError::Dcs(_)
+            | CliError::Api(_)
+            | CliError::Refused(_)
+            | CliError::Unhealthy(_) => EXIT_FAILURE,
+        }
+    }
+}
+
+/// Prints a command's failure (health checks on stdout, the rest on
+/// stderr) and maps it to the exit status.
+fn report(r: Result<(), CliError>) -> i32 {
+    match r {
+        Ok(()) => EXIT_OK,
+        Err(CliError::Unhealthy(m)) => {
+            println!("unhealthy: {m}");
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            eprintln!("tusk: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// A small runtime for one command.
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::Runtime)
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "tusk", version, about = "PID 1 of a highly available PostgreSQL container", long_about = None)]
@@ -89,8 +148,10 @@ impl Cli {
 
 /// Runs the chosen command; returns the exit status.
 pub fn dispatch(cli: Cli) -> i32 {
-    match cli.command {
-        None | Some(Command::Run) => run_daemon(),
+    let result = match cli.command {
+        None | Some(Command::Run) => return run_daemon(),
+        Some(Command::WalPush { path }) => return crate::archive::client::wal_push(&path),
+        Some(Command::WalFetch { name, dest }) => return crate::archive::client::wal_fetch(&name, &dest),
         Some(Command::List) => cluster::list(),
         Some(Command::Switchover { candidate, scheduled }) => cluster::switchover(candidate, false, scheduled),
         Some(Command::Failover { candidate }) => cluster::switchover(Some(candidate), true, None),
@@ -115,19 +176,11 @@ pub fn dispatch(cli: Cli) -> i32 {
         ),
         Some(Command::Pause) => cluster::set_pause(true),
         Some(Command::Resume) => cluster::set_pause(false),
-        Some(Command::WalPush { path }) => crate::archive::client::wal_push(&path),
-        Some(Command::WalFetch { name, dest }) => crate::archive::client::wal_fetch(&name, &dest),
-        Some(Command::Config) => match Config::from_process_env() {
-            Ok(cfg) => {
-                println!("{}", cfg.to_redacted_json());
-                0
-            }
-            Err(e) => {
-                eprintln!("tusk: configuration error: {e}");
-                EXIT_CONFIG
-            }
-        },
-    }
+        Some(Command::Config) => {
+            Config::from_process_env().map(|cfg| println!("{}", cfg.to_redacted_json())).map_err(CliError::from)
+        }
+    };
+    report(result)
 }
 
 fn run_daemon() -> i32 {
@@ -150,7 +203,7 @@ fn run_daemon() -> i32 {
         Err(e) => {
             tracing::error!(error = %e, "cannot build the runtime");
             guard.flush();
-            return 1;
+            return EXIT_FAILURE;
         }
     };
     let code = runtime.block_on(crate::supervisor::run(cfg));

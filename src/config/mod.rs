@@ -27,9 +27,6 @@ pub use storage::{Compression, StorageConfig};
 pub(crate) use parse::MANAGED_PARAMETERS;
 use parse::*;
 
-/// Exit status for a configuration error (sysexits' EX_CONFIG).
-pub const EXIT_CONFIG: i32 = 78;
-
 /// A bad environment variable: `var` names it, `message` says what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}: {message}")]
@@ -64,7 +61,7 @@ pub struct Config {
     pub etcd: Option<EtcdConfig>,
     /// `TUSK_BOOTSTRAP_DCS`: the dynamic configuration the bootstrapping member
     /// writes to the `config` key (Patroni's `bootstrap.dcs`).
-    pub bootstrap_dcs: crate::dcs::values::DynamicConfig,
+    pub bootstrap_dcs: crate::patroni::DynamicConfig,
     pub tusk: TuskConfig,
     /// WAL archive in S3; `None`: archiving is a no-op (`WAL_S3_BUCKET`, `WALG_S3_PREFIX`).
     pub storage: Option<StorageConfig>,
@@ -86,6 +83,11 @@ pub struct PostgresConfig {
     pub initdb_locale: String,
     /// Parameters derived from the memory limit, then `TUSK_PG_PARAMETERS`.
     pub parameters: BTreeMap<String, String>,
+    /// What postgres's children inherit from tusk's environment: `PATH`
+    /// (or a default), `TZ`, `LANG`, `LC_*`. Read here, once, so nothing
+    /// reads the process environment later.
+    #[serde(skip)]
+    pub inherited_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -316,7 +318,7 @@ impl Config {
 
         let bootstrap_dcs = match raw.tusk_bootstrap_dcs.as_deref() {
             None => Default::default(),
-            Some(v) => serde_json::from_str::<crate::dcs::values::DynamicConfig>(v).map_err(|e| {
+            Some(v) => serde_json::from_str::<crate::patroni::DynamicConfig>(v).map_err(|e| {
                 ConfigError::new("TUSK_BOOTSTRAP_DCS", format!("not a Patroni dynamic configuration (JSON): {e}"))
             })?,
         };
@@ -346,6 +348,7 @@ impl Config {
                 socket_dir,
                 initdb_locale,
                 parameters,
+                inherited_env: inherited_env(env),
             },
             api,
             credentials,
@@ -368,6 +371,19 @@ impl Config {
     }
 }
 
+/// The variables postgres's children inherit: a whitelist, so that
+/// `NOTIFY_SOCKET`, S3 and etcd secrets never reach them.
+fn inherited_env(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let path = env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut out = vec![("PATH".to_owned(), path)];
+    for (k, v) in env {
+        if k == "TZ" || k == "LANG" || k.starts_with("LC_") {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out
+}
+
 /// `PGHOME`, `PGROOT`, `PGDATA` with Spilo's defaults, each from the one before.
 fn paths(raw: &RawEnv) -> Result<(PathBuf, PathBuf, PathBuf), ConfigError> {
     let home = abs_path("PGHOME", raw.pghome.as_deref())?.unwrap_or_else(|| "/home/postgres".into());
@@ -388,6 +404,38 @@ pub fn storage_from_map(env: &BTreeMap<String, String>) -> Result<Option<Storage
     validate_name("SCOPE", &scope)?;
     let version = parse_pg_version(raw.pgversion.as_deref())?;
     storage::parse(env, &raw, &scope, version)
+}
+
+/// What `wal-push`/`wal-fetch` read from their environment (postgres's,
+/// which the supervisor set): where the supervisor listens, and the
+/// fallback configuration it left. Best effort: a bad value falls back to
+/// the default, and the direct mode's own parse reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveClientEnv {
+    /// `TUSK_ARCHIVE_SOCKET`: the socket itself.
+    pub socket: Option<PathBuf>,
+    /// `TUSK_SOCKET_DIR` (default `/run/postgresql`).
+    pub socket_dir: PathBuf,
+    /// `TUSK_ARCHIVE_CONFIG`: the fallback file.
+    pub fallback_config: Option<PathBuf>,
+}
+
+/// Set by the supervisor in postgres's environment: where `wal-push` and
+/// `wal-fetch` find it, and the fallback configuration (paths only).
+pub const ENV_ARCHIVE_SOCKET: &str = "TUSK_ARCHIVE_SOCKET";
+pub const ENV_ARCHIVE_CONFIG: &str = "TUSK_ARCHIVE_CONFIG";
+
+pub fn archive_client_env(env: &BTreeMap<String, String>) -> ArchiveClientEnv {
+    let path = |k: &str| env.get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let raw = raw_best_effort(env);
+    ArchiveClientEnv {
+        socket: path(ENV_ARCHIVE_SOCKET),
+        socket_dir: abs_path("TUSK_SOCKET_DIR", raw.tusk_socket_dir.as_deref())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "/run/postgresql".into()),
+        fallback_config: path(ENV_ARCHIVE_CONFIG),
+    }
 }
 
 /// `PGDATA` as the supervisor would compute it, without failing: init mode

@@ -3,7 +3,7 @@
 //! configured: `archive_command` then succeeds without archiving, as in Spilo.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -76,13 +76,41 @@ pub struct StorageConfig {
     /// object; with this set it also refuses the failover case (a differing
     /// copy of an old timeline's segment), which is otherwise kept and logged.
     pub prevent_overwrite: bool,
+    /// The storage variables as given (`WAL*`, `AWS_*`, proxies, `SCOPE`,
+    /// ...; static keys and `_FILE` secrets left out): what a `wal-push` or
+    /// `wal-fetch` without the supervisor gets through the fallback file.
+    #[serde(skip)]
+    pub env: BTreeMap<String, String>,
 }
 
-impl StorageConfig {
-    /// Key prefix of WAL objects: `<root>wal_005/`.
-    pub fn wal_prefix(&self) -> String {
-        format!("{}wal_005/", self.root)
+/// The static keys, written resolved into the fallback file (never from `env`).
+const SECRET_VARS: [&str; 3] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+
+/// The fallback file's text: the storage variables (secrets resolved, no
+/// `_FILE` indirection) and `PGDATA`, one `KEY=value` a line.
+pub fn fallback_file(storage: &StorageConfig, pgdata: &Path) -> String {
+    let mut out = String::from("# Written by tusk for wal-push/wal-fetch without the supervisor. Do not edit.\n");
+    for (k, v) in &storage.env {
+        out.push_str(&format!("{k}={v}\n"));
     }
+    if let Some(c) = &storage.credentials {
+        out.push_str(&format!("AWS_ACCESS_KEY_ID={}\n", c.access_key_id));
+        out.push_str(&format!("AWS_SECRET_ACCESS_KEY={}\n", c.secret_access_key.expose()));
+        if let Some(t) = &c.session_token {
+            out.push_str(&format!("AWS_SESSION_TOKEN={}\n", t.expose()));
+        }
+    }
+    out.push_str(&format!("PGDATA={}\n", pgdata.display()));
+    out
+}
+
+/// Reads [`fallback_file`]'s text back into an environment map.
+pub fn parse_fallback_file(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// The variables of the storage section, for the file the supervisor
@@ -232,7 +260,16 @@ pub(super) fn parse(
     let prevent_overwrite =
         parse_bool("WALG_PREVENT_WAL_OVERWRITE", raw.walg_prevent_wal_overwrite.as_deref())?.unwrap_or(false);
 
+    let env = env
+        .iter()
+        .filter(|(k, v)| {
+            let base = k.strip_suffix("_FILE").unwrap_or(k);
+            is_storage_var(k) && !SECRET_VARS.contains(&base) && !v.contains('\n')
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Ok(Some(StorageConfig {
+        env,
         url,
         source,
         bucket,

@@ -3,16 +3,18 @@
 //! writes for everything that decides leadership.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue, PutOptions, TlsOptions,
-    Txn, TxnOp,
+    Txn, TxnOp, TxnOpResponse,
 };
 
+use super::ClusterView;
+use super::endpoints::{Endpoints, attempt_timeout};
 use super::values::{DynamicConfig, Failover, MemberValue, Status};
 use crate::config::{EtcdConfig, EtcdProtocol};
-use crate::ha::decide::ClusterView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DcsError {
@@ -47,6 +49,7 @@ impl From<etcd_client::Error> for DcsError {
                 if matches!(
                     s.code(),
                     tonic::Code::Unavailable
+                        | tonic::Code::ResourceExhausted
                         | tonic::Code::DeadlineExceeded
                         | tonic::Code::Cancelled
                         | tonic::Code::Unknown
@@ -57,6 +60,14 @@ impl From<etcd_client::Error> for DcsError {
             etcd_client::Error::GRpcStatus(s) => DcsError::Etcd(describe_status(s)),
             _ => DcsError::Etcd(e.to_string()),
         }
+    }
+}
+
+impl DcsError {
+    /// The member did not serve the request (no answer, no connection, `no
+    /// leader`, `request timed out`, `too many requests`): another may.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, DcsError::Unreachable(_))
     }
 }
 
@@ -113,13 +124,15 @@ impl Keys {
     }
 }
 
-/// A connection to etcd for one cluster.
+/// A connection to etcd for one cluster: the members behind it
+/// ([`Endpoints`]: per-member clients, attempt deadlines, health), shared by
+/// every clone.
 #[derive(Clone)]
 pub struct Dcs {
-    client: Client,
+    pub(super) endpoints: Arc<Endpoints>,
     pub keys: Keys,
-    /// Budget of one operation, retries included.
-    timeout: Duration,
+    /// Budget of one operation, retries on other members included.
+    pub(super) timeout: Duration,
 }
 
 /// A snapshot of the cluster's keys, with what the HA loop needs beyond the view.
@@ -136,14 +149,21 @@ pub struct Snapshot {
 }
 
 impl Dcs {
-    /// Connects with the configured endpoints, TLS files and credentials.
-    /// Every call is bounded by `timeout` (derived from `retry_timeout`).
+    /// Prepares clients for the configured members, TLS files and
+    /// credentials (read now: a SIGHUP reconnect picks up rotated files).
+    /// Connections are made on first use, one per member. Every call is
+    /// bounded by `timeout` (derived from `retry_timeout`), each attempt on
+    /// one member by a third of it.
     pub async fn connect(cfg: &EtcdConfig, namespace: &str, scope: &str, timeout: Duration) -> Result<Dcs, DcsError> {
+        let attempt = attempt_timeout(timeout);
         let mut opts = ConnectOptions::new()
-            .with_timeout(timeout)
-            .with_connect_timeout(timeout.min(Duration::from_secs(3)))
-            .with_keep_alive(Duration::from_secs(5), timeout)
+            .with_connect_timeout(attempt)
+            // HTTP/2 pings find a dead connection under a long-lived stream
+            // (the watch) even when nothing else is sent.
+            .with_keep_alive(Duration::from_secs(5), attempt)
             .with_keep_alive_while_idle(true)
+            // A member cut off from its peers answers `no leader` instead of
+            // serving stale data or queueing the request.
             .with_require_leader(true);
         if cfg.protocol == EtcdProtocol::Https {
             opts = opts.with_tls(tls_options(cfg)?);
@@ -151,39 +171,34 @@ impl Dcs {
         if let (Some(user), Some(pw)) = (&cfg.username, &cfg.password) {
             opts = opts.with_user(user.clone(), pw.expose().to_owned());
         }
-        let endpoints: Vec<String> = cfg.endpoints.iter().map(|e| e.url(cfg.protocol)).collect();
-        let client = tokio::time::timeout(timeout, Client::connect(&endpoints, Some(opts))).await.map_err(|_| {
-            DcsError::Unreachable(format!("no answer from {} within {timeout:?}", endpoints.join(", ")))
-        })??;
-        Ok(Dcs { client, keys: Keys::new(namespace, scope), timeout })
+        let members: Vec<(String, String)> =
+            cfg.endpoints.iter().map(|e| (format!("{}:{}", e.host, e.port), e.url(cfg.protocol))).collect();
+        if members.is_empty() {
+            return Err(DcsError::Etcd("no etcd endpoint configured".into()));
+        }
+        Ok(Dcs { endpoints: Endpoints::new(members, opts), keys: Keys::new(namespace, scope), timeout })
     }
 
-    /// Runs `op` until it succeeds, fails for a reason other than reachability,
-    /// or the budget is spent. The client balances over all endpoints; a
-    /// request that hit a dead member is retried and lands on a live one.
-    /// Retrying a conditional write is safe: its outcome is re-read from the
-    /// keys by the caller, never assumed.
-    async fn call<T, F, Fut>(&self, mut op: F) -> Result<T, DcsError>
+    /// The members, their health and counters (for `/metrics`).
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// Budget of one operation.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `op` on one member after another until it succeeds, fails for a
+    /// reason other than reachability, or the budget is spent (see
+    /// [`Endpoints::call`]). Retrying a conditional write is safe: its
+    /// outcome is re-read from the keys by the caller, never assumed.
+    async fn call<T, F, Fut>(&self, op: F) -> Result<T, DcsError>
     where
         F: FnMut(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut delay = Duration::from_millis(20);
-        loop {
-            let attempt = tokio::time::timeout_at(deadline, op(self.client.clone())).await;
-            let err = match attempt {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => DcsError::from(e),
-                Err(_) => DcsError::Unreachable(format!("no answer within {:?}", self.timeout)),
-            };
-            if !matches!(err, DcsError::Unreachable(_)) || tokio::time::Instant::now() + delay >= deadline {
-                return Err(err);
-            }
-            tracing::debug!(error = %err, "etcd call failed; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
-        }
+        self.endpoints.call(self.timeout, op, |_, _| {}).await
     }
 
     /// Reads every key of the cluster in one linearizable range request.
@@ -235,17 +250,34 @@ impl Dcs {
         Ok(self.call(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id())
     }
 
-    /// Renews `lease`; returns the TTL etcd granted (0 or an error: the lease is gone).
-    pub async fn keepalive(&self, lease: i64) -> Result<i64, DcsError> {
+    /// Renews `lease`; returns the TTL etcd granted (0 or an error: the lease
+    /// is gone). A member that does not confirm in time is left for another
+    /// within the budget; each miss is logged with the time left before
+    /// `alive_until` (the fencing deadline, when the caller has one).
+    pub async fn keepalive(&self, lease: i64, alive_until: Option<tokio::time::Instant>) -> Result<i64, DcsError> {
+        let sent = tokio::time::Instant::now();
         let resp = self
-            .call(|mut c| async move {
-                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                keeper.keep_alive().await?;
-                stream.message().await
-            })
+            .endpoints
+            .call(
+                self.timeout,
+                |mut c| async move {
+                    let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                    keeper.keep_alive().await?;
+                    stream.message().await
+                },
+                |member, e| {
+                    let left_ms = alive_until.map(|t| t.saturating_duration_since(tokio::time::Instant::now()).as_millis());
+                    tracing::warn!(member, error = %e, lease, lease_left_ms = ?left_ms, "lease keepalive missed on an etcd member");
+                },
+            )
             .await?;
         match resp {
-            Some(r) => Ok(r.ttl()),
+            Some(r) => {
+                if r.ttl() > 0 {
+                    self.endpoints.stats.keepalive_ok(sent);
+                }
+                Ok(r.ttl())
+            }
             None => Err(DcsError::Unreachable("keepalive stream closed".into())),
         }
     }
@@ -276,8 +308,24 @@ impl Dcs {
     }
 
     /// Takes the leader key if nobody holds it: true when this member won.
+    /// The losing branch reads the key back, so an attempt whose answer was
+    /// lost (and then retried on another member) is still seen as won.
     pub async fn acquire_leader(&self, name: &str, lease: i64) -> Result<bool, DcsError> {
-        self.create(&self.keys.leader(), name, Some(lease)).await
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), name, Some(PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        Ok(resp.op_responses().into_iter().any(|r| match r {
+            TxnOpResponse::Get(g) => {
+                g.kvs().first().is_some_and(|kv| kv.value() == name.as_bytes() && kv.lease() == lease)
+            }
+            _ => false,
+        }))
     }
 
     /// Moves the leader key to a new lease of the same owner (after a lease
@@ -295,7 +343,7 @@ impl Dcs {
             return Ok(true);
         }
         // The nested transaction's outcome.
-        Ok(resp.op_responses().into_iter().any(|r| matches!(r, etcd_client::TxnOpResponse::Txn(t) if t.succeeded())))
+        Ok(resp.op_responses().into_iter().any(|r| matches!(r, TxnOpResponse::Txn(t) if t.succeeded())))
     }
 
     /// Deletes the leader key only if it still names this member.
@@ -401,17 +449,6 @@ impl Dcs {
     pub async fn put_history(&self, history: &[super::values::HistoryLine]) -> Result<(), DcsError> {
         let json = serde_json::to_string(history).expect("history serializes");
         self.put(self.keys.history(), json, None).await
-    }
-
-    /// Watches every key of the cluster from `revision`.
-    pub async fn watch(&self, revision: i64) -> Result<etcd_client::WatchStream, DcsError> {
-        let prefix = self.keys.prefix().to_owned();
-        let opts = etcd_client::WatchOptions::new().with_prefix().with_start_revision(revision);
-        self.call(|mut c| {
-            let (prefix, opts) = (prefix.clone(), opts.clone());
-            async move { c.watch(prefix, Some(opts)).await }
-        })
-        .await
     }
 
     /// Raw access for tests and tools.

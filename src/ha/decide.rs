@@ -11,24 +11,8 @@
 //!   requested failover candidate (if any) is itself;
 //! - a data directory of another cluster (system identifier) never joins.
 
-use std::collections::BTreeMap;
-
-use crate::dcs::values::{DynamicConfig, Failover, MemberValue};
-
-/// The cluster as read from etcd (after any loss of contact: re-read).
-#[derive(Debug, Clone, Default)]
-pub struct ClusterView {
-    /// `None`: no `initialize` key; `Some("")`: bootstrap in progress;
-    /// `Some(sysid)`: the cluster's system identifier.
-    pub initialize: Option<String>,
-    pub config: DynamicConfig,
-    /// The leader key's value: the leader's member name.
-    pub leader: Option<String>,
-    pub members: BTreeMap<String, MemberValue>,
-    /// `status.optime`: the leader's last published WAL position.
-    pub optime: Option<u64>,
-    pub failover: Option<Failover>,
-}
+pub use crate::dcs::ClusterView;
+use crate::patroni::Failover;
 
 /// The local data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +267,7 @@ fn usable_candidate(p: &PeerReport, view: &ClusterView, candidate: Option<&str>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::patroni::DynamicConfig;
 
     const SYSID: &str = "7268616322854375442";
 

@@ -1,4 +1,11 @@
 //! High availability: the decision ([`decide`]) and, around it, the executor.
 
+mod actions;
+mod commands;
+mod credentials;
 pub mod decide;
+mod error;
+mod lease;
+mod observe;
+mod publish;
 pub mod run;

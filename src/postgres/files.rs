@@ -5,9 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
+use super::atomic::write_atomic;
 use super::replication::Upstream;
 use super::{PgError, RunAs};
 use crate::config::Config;
@@ -23,6 +22,22 @@ pub struct TlsPaths {
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
     pub ca: Option<std::path::PathBuf>,
+}
+
+/// `archive_command` and `restore_command`, as the archiver (a layer above)
+/// hands them down through the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveCommands {
+    pub archive: String,
+    pub restore: String,
+}
+
+/// What `tusk.conf` needs beyond the configuration: the installed TLS files
+/// and the archive commands (`None`: no WAL storage).
+#[derive(Debug, Clone)]
+pub struct ConfInputs {
+    pub tls: TlsPaths,
+    pub archive: Option<ArchiveCommands>,
 }
 
 /// Spilo's bootstrap parameters (reference §1.4), before the derived ones
@@ -60,7 +75,8 @@ fn spilo_defaults() -> BTreeMap<&'static str, &'static str> {
 }
 
 /// The parameters of `tusk.conf`, in file order.
-pub fn parameters(cfg: &Config, tls: &TlsPaths, upstream: Option<&Upstream>) -> BTreeMap<String, String> {
+pub fn parameters(cfg: &Config, inputs: &ConfInputs, upstream: Option<&Upstream>) -> BTreeMap<String, String> {
+    let tls = &inputs.tls;
     let mut p: BTreeMap<String, String> =
         spilo_defaults().into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
     p.insert("cluster_name".into(), cfg.scope.clone());
@@ -75,10 +91,10 @@ pub fn parameters(cfg: &Config, tls: &TlsPaths, upstream: Option<&Upstream>) -> 
     p.insert("log_destination".into(), "stderr".into());
     p.insert("archive_mode".into(), "on".into());
     // Without WAL storage archiving succeeds without archiving, as in Spilo.
-    match crate::archive::commands(cfg) {
-        Some((archive, restore)) => {
-            p.insert("archive_command".into(), archive);
-            p.insert("restore_command".into(), restore);
+    match &inputs.archive {
+        Some(c) => {
+            p.insert("archive_command".into(), c.archive.clone());
+            p.insert("restore_command".into(), c.restore.clone());
         }
         None => {
             p.insert("archive_command".into(), "/bin/true".into());
@@ -188,13 +204,13 @@ pub enum Role {
     Replica(Option<Upstream>),
 }
 
-pub fn write_all(cfg: &Config, tls: &TlsPaths, run_as: &RunAs, role: &Role) -> Result<(), PgError> {
+pub fn write_all(cfg: &Config, inputs: &ConfInputs, run_as: &RunAs, role: &Role) -> Result<(), PgError> {
     let data = &cfg.postgres.data;
     let upstream = match role {
         Role::Replica(up) => up.as_ref(),
         Role::Primary => None,
     };
-    write_atomic(&data.join(TUSK_CONF), render_conf(&parameters(cfg, tls, upstream)).as_bytes(), 0o600, run_as)?;
+    write_atomic(&data.join(TUSK_CONF), render_conf(&parameters(cfg, inputs, upstream)).as_bytes(), 0o600, run_as)?;
     super::replication::set_standby(data, matches!(role, Role::Replica(_)), run_as)?;
     write_atomic(&data.join("pg_hba.conf"), render_hba(cfg).as_bytes(), 0o600, run_as)?;
     let conf_path = data.join("postgresql.conf");
@@ -211,22 +227,6 @@ pub fn write_all(cfg: &Config, tls: &TlsPaths, run_as: &RunAs, role: &Role) -> R
     Ok(())
 }
 
-/// Writes `content` to `path` through a temporary file and a rename, so that
-/// a reader (postgres reloading) never sees half a file.
-pub fn write_atomic(path: &Path, content: &[u8], mode: u32, run_as: &RunAs) -> Result<(), PgError> {
-    let tmp = path.with_extension("tusk-tmp");
-    let io = |e| PgError::io(format!("write {}", path.display()), e);
-    {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
-        f.write_all(content).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    run_as.chown(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,8 +238,9 @@ mod tests {
         Config::from_map(&env, &host).unwrap()
     }
 
-    fn tls() -> TlsPaths {
-        TlsPaths { cert: "/r/certs/server.crt".into(), key: "/r/certs/server.key".into(), ca: None }
+    fn tls() -> ConfInputs {
+        let tls = TlsPaths { cert: "/r/certs/server.crt".into(), key: "/r/certs/server.key".into(), ca: None };
+        ConfInputs { tls, archive: None }
     }
 
     #[test]
@@ -264,15 +265,18 @@ mod tests {
     }
 
     #[test]
-    fn archive_commands_follow_storage() {
+    fn archive_commands_as_handed_down() {
         let conf = render_conf(&parameters(&config(&[]), &tls(), None));
         assert!(conf.contains("archive_command = '/bin/true'"), "{conf}");
         assert!(!conf.contains("restore_command"));
-        let conf = render_conf(&parameters(&config(&[("WAL_S3_BUCKET", "b")]), &tls(), None));
-        let line = |k: &str| conf.lines().find(|l| l.starts_with(k)).unwrap_or_default().to_owned();
-        assert!(line("archive_command").ends_with(" wal-push \"%p\"'"), "{conf}");
-        assert!(line("restore_command").ends_with(" wal-fetch \"%f\" \"%p\"'"), "{conf}");
-        assert!(line("archive_command").starts_with("archive_command = '/"), "absolute path: {conf}");
+        let commands = ArchiveCommands {
+            archive: "/usr/bin/tusk wal-push \"%p\"".into(),
+            restore: "/usr/bin/tusk wal-fetch \"%f\" \"%p\"".into(),
+        };
+        let inputs = ConfInputs { archive: Some(commands), ..tls() };
+        let conf = render_conf(&parameters(&config(&[("WAL_S3_BUCKET", "b")]), &inputs, None));
+        assert!(conf.contains("archive_command = '/usr/bin/tusk wal-push \"%p\"'"), "{conf}");
+        assert!(conf.contains("restore_command = '/usr/bin/tusk wal-fetch \"%f\" \"%p\"'"), "{conf}");
     }
 
     #[test]

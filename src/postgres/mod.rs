@@ -3,12 +3,16 @@
 //!
 //! [`preflight`] only reads; everything that writes comes after it.
 
+pub mod atomic;
 pub mod files;
 pub mod passwords;
+pub mod pidfile;
 pub mod process;
 pub mod replication;
 pub mod sql;
+pub mod stop;
 pub mod tls;
+pub mod wal;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -140,31 +144,36 @@ pub fn preflight(cfg: &PostgresConfig, lib_root: &Path) -> Result<Layout, Config
 }
 
 /// The OS user postgres and its tools run as: `postgres` when tusk is root
-/// (PostgreSQL refuses to run as root), else tusk's own user.
+/// (PostgreSQL refuses to run as root), else tusk's own user; and the
+/// environment they get ([`child_env`]).
 #[derive(Debug, Clone)]
 pub struct RunAs {
     pub uid: Uid,
     pub gid: Gid,
     /// `Some` when tusk switches user for its children.
     pub switch: bool,
+    /// The whole environment of postgres's processes (nothing else is inherited).
+    pub env: Vec<(String, String)>,
 }
 
 impl RunAs {
-    pub fn resolve() -> Result<RunAs, PgError> {
+    /// The user for this process's privileges; `env`: the children's environment.
+    pub fn resolve(env: Vec<(String, String)>) -> Result<RunAs, PgError> {
         if Uid::effective().is_root() {
             let user = User::from_name("postgres")
                 .map_err(|e| PgError::Other(format!("cannot look up the postgres user: {e}")))?
                 .ok_or_else(|| {
                     PgError::Other("running as root, but there is no 'postgres' user to run PostgreSQL as".into())
                 })?;
-            Ok(RunAs { uid: user.uid, gid: user.gid, switch: true })
+            Ok(RunAs { uid: user.uid, gid: user.gid, switch: true, env })
         } else {
-            Ok(RunAs { uid: Uid::effective(), gid: Gid::effective(), switch: false })
+            Ok(RunAs { uid: Uid::effective(), gid: Gid::effective(), switch: false, env })
         }
     }
 
-    /// Applies the user to a command.
+    /// Applies the user and the environment to a command.
     pub fn apply(&self, cmd: &mut tokio::process::Command) {
+        cmd.env_clear().envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.switch {
             cmd.uid(self.uid.as_raw()).gid(self.gid.as_raw());
         }
@@ -294,20 +303,15 @@ fn ensure_traversable(var: &str, path: &Path, home: &Path, run_as: &RunAs) -> Re
     Ok(())
 }
 
-/// The environment postgres and its tools get: a whitelist, so that
-/// `NOTIFY_SOCKET`, S3 and etcd secrets never reach them.
-pub fn child_env(home: &Path) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
-        ("HOME".to_owned(), home.display().to_string()),
-    ];
-    for (k, v) in std::env::vars() {
-        if k == "TZ" || k == "LANG" || k.starts_with("LC_") {
-            env.push((k, v));
-        }
-    }
-    // Where wal-push/wal-fetch find the supervisor (paths only, no secret).
-    env.extend(crate::archive::child_env());
+/// The environment postgres and its tools get: the whitelist the
+/// configuration read (`PATH`, `TZ`, `LANG`, `LC_*`), `HOME`, and what the
+/// supervisor hands down in `extra` (where wal-push/wal-fetch find it:
+/// paths only, no secret). `NOTIFY_SOCKET`, S3 and etcd secrets never
+/// reach them.
+pub fn child_env(cfg: &PostgresConfig, extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = cfg.inherited_env.clone();
+    env.push(("HOME".to_owned(), cfg.home.display().to_string()));
+    env.extend(extra.iter().cloned());
     env
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 
-use super::files::write_atomic;
+use super::atomic::write_atomic;
 use super::{PgError, RunAs};
 use crate::config::{Config, Secret};
 

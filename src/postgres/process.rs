@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{Binaries, PgError, RunAs, child_env};
+use super::{Binaries, PgError, RunAs};
 use crate::config::Config;
 
 /// A running postmaster, started by us, in its own process group.
@@ -77,12 +77,7 @@ impl Postmaster {
 
 /// User, working directory, environment and process group of every postgres process.
 fn prepare(cmd: &mut Command, cfg: &Config, run_as: &RunAs) {
-    cmd.env_clear()
-        .envs(child_env(&cfg.postgres.home))
-        .current_dir(&cfg.postgres.root)
-        .stdin(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(false);
+    cmd.current_dir(&cfg.postgres.root).stdin(Stdio::null()).process_group(0).kill_on_drop(false);
     run_as.apply(cmd);
 }
 
@@ -111,7 +106,7 @@ pub async fn reap_leftover_group(pgid: Pid) {
 /// (a container restarted: its pid may now belong to anything). Refuses when
 /// a live postmaster works on this data directory.
 pub fn clear_stale_pid_file(data: &Path) -> Result<(), PgError> {
-    let Some(pid) = crate::init::postmaster_pid(data) else { return Ok(()) };
+    let Some(pid) = super::pidfile::postmaster_pid(data) else { return Ok(()) };
     let cwd = std::fs::read_link(format!("/proc/{}/cwd", pid.as_raw())).ok();
     let ours = match (cwd, std::fs::canonicalize(data)) {
         (Some(cwd), Ok(data)) => cwd == data,

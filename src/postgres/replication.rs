@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tokio_postgres::Client;
 
-use super::files::write_atomic;
-use super::{Binaries, PgError, RunAs, child_env};
+use super::atomic::write_atomic;
+use super::{Binaries, PgError, RunAs};
 use crate::config::{Config, Secret};
+use crate::patroni::ReplicationState;
 
 /// Where a replica streams from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,15 +127,14 @@ async fn run_tool(
     name: &str,
     secret_env: &[(&str, &str)],
 ) -> Result<(), PgError> {
-    cmd.env_clear()
-        .envs(child_env(&cfg.postgres.home))
-        .envs(secret_env.iter().copied())
+    // The whitelisted environment first (it replaces everything), then the secrets.
+    run_as.apply(&mut cmd);
+    cmd.envs(secret_env.iter().copied())
         .current_dir(&cfg.postgres.root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    run_as.apply(&mut cmd);
     let out = cmd.output().await.map_err(|e| PgError::io(format!("run {name}"), e))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -191,6 +191,17 @@ pub struct Position {
     pub timeline: u32,
     /// A replica's WAL receiver is streaming.
     pub streaming: bool,
+}
+
+impl Position {
+    /// A replica's `replication_state` in Patroni's words; `None` on a primary.
+    pub fn replication_state(&self) -> Option<ReplicationState> {
+        self.in_recovery.then_some(if self.streaming {
+            ReplicationState::Streaming
+        } else {
+            ReplicationState::InArchiveRecovery
+        })
+    }
 }
 
 pub async fn position(client: &Client) -> Result<Position, tokio_postgres::Error> {

@@ -45,11 +45,10 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
 pub async fn wait_ready(cfg: &Config) -> Result<Client, tokio_postgres::Error> {
     let started = Instant::now();
     let mut next_report = Duration::from_secs(10);
-    let pid_file = cfg.postgres.data.join("postmaster.pid");
     loop {
-        let status =
-            std::fs::read_to_string(&pid_file).ok().and_then(|s| s.lines().nth(7).map(|l| l.trim().to_owned()));
-        if matches!(status.as_deref(), Some("ready") | Some("standby")) {
+        let pid_file = super::pidfile::read(&cfg.postgres.data);
+        let status = pid_file.as_ref().and_then(|f| f.status.clone());
+        if pid_file.is_some_and(|f| f.accepts_connections()) {
             match connect(cfg).await {
                 Ok(c) => return Ok(c),
                 Err(e) if retryable(&e) => tracing::debug!(error = %e, "not ready yet"),
@@ -122,7 +121,7 @@ pub struct Details {
     pub replay_paused: Option<bool>,
     /// (parameter, running value, value in the files).
     pub pending_restart: Vec<(String, String, String)>,
-    pub replication: Vec<crate::api::Replication>,
+    pub replication: Vec<crate::patroni::Replication>,
 }
 
 pub async fn details(client: &Client) -> Result<Details, tokio_postgres::Error> {
@@ -169,7 +168,7 @@ pub async fn details(client: &Client) -> Result<Details, tokio_postgres::Error> 
             .await?
         {
             let lag: Option<i64> = r.get(6);
-            d.replication.push(crate::api::Replication {
+            d.replication.push(crate::patroni::Replication {
                 usename: r.get::<_, Option<String>>(0).unwrap_or_default(),
                 application_name: r.get(1),
                 client_addr: r.get(2),

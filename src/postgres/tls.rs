@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use super::files::{TlsPaths, write_atomic};
+use super::atomic::write_atomic;
+use super::files::TlsPaths;
 use super::{PgError, RunAs};
 use crate::config::{Config, Pem, check_certs, check_key};
 

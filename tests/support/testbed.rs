@@ -48,7 +48,12 @@ pub use crate::ports::{free_port, free_ports};
 /// Runs a test-bed script with the watchdog environment. Ok(trimmed stdout),
 /// or Err(a report with its output) when it fails.
 fn run_script(name: &str, args: &[&str], rm_on_exit: bool) -> Result<String, String> {
+    run_script_env(name, args, rm_on_exit, &[])
+}
+
+fn run_script_env(name: &str, args: &[&str], rm_on_exit: bool, env: &[(&str, &str)]) -> Result<String, String> {
     let mut cmd = Command::new(script(name));
+    cmd.envs(env.iter().copied());
     cmd.args(args).env("TESTBED_WATCH_PID", std::process::id().to_string()).stdin(Stdio::null());
     if rm_on_exit {
         cmd.env("TESTBED_RM_ON_EXIT", "1");
@@ -161,7 +166,18 @@ impl Etcd {
         e
     }
 
+    /// A 3-member cluster in `dir` whose member `name` runs as OS user
+    /// `user` (to single out its traffic by uid).
+    pub fn start_cluster_running_as(dir: &Path, name: &str, user: &str) -> Etcd {
+        let run_as = format!("{name}:{user}");
+        Self::start_in_env(dir, true, false, &[("TESTBED_ETCD_RUN_AS", &run_as)])
+    }
+
     fn start_in(dir: &Path, cluster: bool, rm_on_exit: bool) -> Etcd {
+        Self::start_in_env(dir, cluster, rm_on_exit, &[])
+    }
+
+    fn start_in_env(dir: &Path, cluster: bool, rm_on_exit: bool, env: &[(&str, &str)]) -> Etcd {
         let d = dir.to_str().expect("utf-8 dir");
         let t0 = Instant::now();
         // After a port clash the member data (bound to the old peer URLs) goes.
@@ -172,7 +188,8 @@ impl Etcd {
         };
         let (ports, names): (Vec<u16>, Vec<String>) = if cluster {
             let (base, _) = start_with_ports(6, |base| {
-                run_script("etcd.sh", &["start-cluster", d, &base.to_string()], rm_on_exit).inspect_err(|_| wipe())
+                run_script_env("etcd.sh", &["start-cluster", d, &base.to_string()], rm_on_exit, env)
+                    .inspect_err(|_| wipe())
             });
             (vec![base, base + 2, base + 4], (0..3).map(|i| format!("n{i}")).collect())
         } else {

@@ -1,6 +1,7 @@
 //! WAL-G's compression formats: LZ4 frame (`.lz4`), zstd frame (`.zst`),
 //! brotli stream (`.br`), none (no extension, or a trailing dot as WAL-G
-//! v3.0.5 writes it).
+//! v3.0.5 writes it). Whole buffers ([`compress`], [`decompress`]) for WAL
+//! files; a streaming [`Encoder`] for what does not fit in memory.
 
 use std::io::{Read, Write};
 
@@ -75,6 +76,69 @@ pub fn compress(method: Compression, mut input: impl Read, size_hint: usize) -> 
                 enc.flush().map_err(err)?;
             }
             Ok(out)
+        }
+    }
+}
+
+/// A streaming encoder into `W`: write the uncompressed bytes, then
+/// [`Encoder::finish`] ends the frame and returns `W`. The same formats as
+/// [`compress`] (any standard reader, and [`decompress`], reads them).
+pub enum Encoder<W: Write> {
+    None(W),
+    Lz4(lz4_flex::frame::FrameEncoder<W>),
+    Zstd(zstd::stream::Encoder<'static, W>),
+    Brotli(Box<brotli::CompressorWriter<W>>),
+}
+
+impl<W: Write> Encoder<W> {
+    pub fn new(method: Compression, out: W) -> Result<Encoder<W>, CodecError> {
+        let ext = method.extension();
+        let err = |source| CodecError::Compress { ext, source };
+        Ok(match method {
+            Compression::None => Encoder::None(out),
+            Compression::Lz4 => {
+                use lz4_flex::frame::{BlockSize, FrameInfo};
+                let info = FrameInfo::new().block_size(BlockSize::Max256KB).block_checksums(true);
+                Encoder::Lz4(lz4_flex::frame::FrameEncoder::with_frame_info(info, out))
+            }
+            Compression::Zstd => {
+                let mut enc = zstd::stream::Encoder::new(out, 3).map_err(err)?;
+                enc.include_checksum(true).map_err(err)?;
+                Encoder::Zstd(enc)
+            }
+            // Quality 5, window 22, as for WAL.
+            Compression::Brotli => Encoder::Brotli(Box::new(brotli::CompressorWriter::new(out, 64 << 10, 5, 22))),
+        })
+    }
+
+    /// Ends the frame; returns the writer.
+    pub fn finish(self) -> Result<W, CodecError> {
+        let err = |ext, source| CodecError::Compress { ext, source };
+        match self {
+            Encoder::None(mut w) => w.flush().map(|()| w).map_err(|e| err("", e)),
+            Encoder::Lz4(e) => e.finish().map_err(|e| err("lz4", std::io::Error::other(e))),
+            Encoder::Zstd(e) => e.finish().map_err(|e| err("zst", e)),
+            Encoder::Brotli(e) => Ok(e.into_inner()),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Encoder::None(w) => w.write(buf),
+            Encoder::Lz4(e) => e.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+            Encoder::Brotli(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Encoder::None(w) => w.flush(),
+            Encoder::Lz4(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+            Encoder::Brotli(e) => e.flush(),
         }
     }
 }
@@ -202,6 +266,25 @@ mod tests {
             assert!(d == data, "{m:?} round trip");
             assert!(matches!(decompress(m, &c, 1000, "x"), Err(CodecError::TooLarge { .. })), "{m:?} limit");
         }
+    }
+
+    #[test]
+    fn streaming_encoders_write_the_same_formats() {
+        let data = sample();
+        for m in [Compression::Lz4, Compression::Zstd, Compression::Brotli, Compression::None] {
+            let mut enc = Encoder::new(m, Vec::new()).unwrap();
+            // Odd-sized writes, as a tar stream would give.
+            for chunk in data.chunks(100_003) {
+                enc.write_all(chunk).unwrap();
+            }
+            let c = enc.finish().unwrap();
+            if m != Compression::None {
+                assert!(c.len() < data.len() / 2, "{m:?} compresses");
+            }
+            assert!(decompress(m, &c, 16 << 20, "x").unwrap() == data, "{m:?} round trip");
+        }
+        let l = Encoder::new(Compression::Lz4, Vec::new()).unwrap().finish().unwrap();
+        assert_eq!(&l[..4], &[0x04, 0x22, 0x4D, 0x18]);
     }
 
     #[test]

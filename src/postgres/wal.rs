@@ -1,4 +1,5 @@
-//! WAL file names, timelines and page headers: pure functions.
+//! WAL file names, LSNs, timelines and their history files, page headers:
+//! pure functions, the one place for them (archiving, the HA loop).
 
 /// WAL segment size when nothing else is known (PostgreSQL's default).
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
@@ -142,11 +143,13 @@ pub fn parse_long_header(b: &[u8]) -> Result<LongHeader, HeaderError> {
 }
 
 /// One line of a timeline history file: `parent_tli<TAB>switchpoint<TAB>reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
     pub tli: u32,
     /// The LSN where timeline `tli` ended (the next one began).
     pub end: u64,
+    /// Why the timeline ended (`no recovery target specified`, ...).
+    pub reason: String,
 }
 
 /// Parses a timeline history file (PostgreSQL's format); comments and blank
@@ -158,18 +161,25 @@ pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut f = line.split_whitespace();
-        let tli = f.next().and_then(|t| t.parse::<u32>().ok()).ok_or_else(|| format!("bad line {line:?}"))?;
-        let lsn = f.next().and_then(parse_lsn).ok_or_else(|| format!("bad switch point in {line:?}"))?;
-        out.push(HistoryEntry { tli, end: lsn });
+        let (tli, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = rest.trim_start();
+        let (lsn, reason) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let tli = tli.parse::<u32>().map_err(|_| format!("bad line {line:?}"))?;
+        let lsn = parse_lsn(lsn).ok_or_else(|| format!("bad switch point in {line:?}"))?;
+        out.push(HistoryEntry { tli, end: lsn, reason: reason.trim().to_owned() });
     }
     Ok(out)
 }
 
-/// `X/Y` → LSN.
+/// `X/Y` (`0/3000060`) → LSN in bytes.
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// LSN in bytes → `X/Y`, as PostgreSQL prints it.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
 /// The timeline PostgreSQL reads segment `segno` from when it recovers
@@ -263,7 +273,13 @@ mod tests {
     fn history_and_timelines() {
         let text = "1\t0/5000000\tno recovery target specified\n\n2\t0/8000060\tbefore 2000-01-01\n";
         let h = parse_history(text).unwrap();
-        assert_eq!(h, vec![HistoryEntry { tli: 1, end: 0x500_0000 }, HistoryEntry { tli: 2, end: 0x800_0060 }]);
+        assert_eq!(
+            h,
+            vec![
+                HistoryEntry { tli: 1, end: 0x500_0000, reason: "no recovery target specified".into() },
+                HistoryEntry { tli: 2, end: 0x800_0060, reason: "before 2000-01-01".into() }
+            ]
+        );
         assert!(parse_history("1\tgarbage\n").is_err());
         // Timeline 3: segments before 5 on 1, 5..8 on 2 (5 holds the switch), 8 on.. on 3.
         let tl = |segno| timeline_of_segment(3, &h, segno, SZ);
@@ -271,5 +287,9 @@ mod tests {
         // No history: everything on the target timeline.
         assert_eq!(timeline_of_segment(1, &[], 42, SZ), 1);
         assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("0/3000060"), Some(0x3000060));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(format_lsn(0), "0/0");
     }
 }

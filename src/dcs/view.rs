@@ -1,0 +1,21 @@
+//! The cluster as the HA decision sees it: the values of one snapshot of
+//! the cluster's keys.
+
+use std::collections::BTreeMap;
+
+use crate::patroni::{DynamicConfig, Failover, MemberValue};
+
+/// The cluster as read from etcd (after any loss of contact: re-read).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// `None`: no `initialize` key; `Some("")`: bootstrap in progress;
+    /// `Some(sysid)`: the cluster's system identifier.
+    pub initialize: Option<String>,
+    pub config: DynamicConfig,
+    /// The leader key's value: the leader's member name.
+    pub leader: Option<String>,
+    pub members: BTreeMap<String, MemberValue>,
+    /// `status.optime`: the leader's last published WAL position.
+    pub optime: Option<u64>,
+    pub failover: Option<Failover>,
+}

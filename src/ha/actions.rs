@@ -1,0 +1,330 @@
+//! Carrying out the decision's actions: bootstrap, clone, rewind, start,
+//! promote, keep leading, hand over, and the local stop they share.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::decide::{Action, ClusterView};
+use super::error::HaError;
+use super::run::Ha;
+use crate::exit::EXIT_FAILURE;
+use crate::patroni::{Failover, HistoryLine, Role as MemberRole, State, Status};
+use crate::postgres::files::{self, Role};
+use crate::postgres::process::{self, Postmaster};
+use crate::postgres::replication::{self, Upstream};
+use crate::postgres::stop::{self, Mode};
+use crate::postgres::{sql, wal};
+
+impl Ha {
+    pub(super) async fn act(&mut self, action: Action, view: &ClusterView) -> Option<i32> {
+        if !matches!(action, Action::Idle(_) | Action::KeepLeading | Action::Follow(_)) {
+            tracing::info!(?action, "HA action");
+        }
+        match action {
+            Action::Idle(why) => {
+                if why != self.last_idle {
+                    tracing::info!("{why}");
+                    self.last_idle = why;
+                }
+            }
+            Action::RaceInitialize => match self.dcs.race_initialize().await {
+                Ok(true) => {
+                    tracing::info!("won the initialize race: bootstrapping the cluster");
+                    if let Err(e) = self.bootstrap().await {
+                        tracing::error!("bootstrap failed: {e}; giving the cluster back");
+                        let _ = self.dcs.cancel_initialize().await;
+                        return Some(EXIT_FAILURE);
+                    }
+                }
+                Ok(false) => tracing::info!("another member bootstraps the cluster"),
+                Err(e) => tracing::warn!(error = %e, "initialize race failed"),
+            },
+            Action::CloneFrom(leader) => {
+                if let Err(e) = self.clone_from(view, &leader).await {
+                    tracing::error!("cannot create a replica from {leader}: {e}");
+                    self.state = State::Stopped;
+                    let _ = std::fs::remove_dir_all(&self.cfg.postgres.data);
+                }
+            }
+            Action::RefuseForeignData { ours, cluster } => {
+                tracing::error!(
+                    ours,
+                    cluster,
+                    "PGDATA belongs to another cluster (system identifier {ours}, cluster {cluster}); refusing to join"
+                );
+                return Some(EXIT_FAILURE);
+            }
+            Action::AdoptData => {
+                let sysid = self.sysid.clone().unwrap_or_default();
+                match self.dcs.adopt_initialize(&sysid).await {
+                    Ok(true) => tracing::info!(sysid, "claimed the cluster with the existing data directory"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot claim the cluster"),
+                }
+            }
+            Action::StartPrimary => {
+                if let Err(e) = self.start(Role::Primary).await {
+                    tracing::error!("cannot start postgres as primary: {e}");
+                }
+            }
+            Action::StartReplica(leader) => {
+                let upstream = match &leader {
+                    Some(l) => self.upstream_for(view, l),
+                    None => None,
+                };
+                if let (Some(l), Some(up)) = (&leader, &upstream) {
+                    match self.rewind_if_needed(view, l, up).await {
+                        Ok(true) => {}
+                        Ok(false) => return None,
+                        Err(e) => {
+                            tracing::error!("{e}; rebuilding this replica from the leader");
+                            let _ = std::fs::remove_dir_all(&self.cfg.postgres.data);
+                            self.sysid = None;
+                            return None;
+                        }
+                    }
+                }
+                if let Err(e) = self.start(Role::Replica(upstream)).await {
+                    tracing::error!("cannot start postgres as replica: {e}");
+                }
+            }
+            Action::KeepLeading => self.keep_leading(view).await,
+            Action::Promote => self.promote(view).await,
+            Action::AskPeers => {}
+            Action::AcquireLeader => match self.acquire_leader().await {
+                Ok(true) => {
+                    tracing::info!("won the leader race");
+                    self.wake.notify_one();
+                }
+                Ok(false) => tracing::info!("lost the leader race"),
+                Err(e) => tracing::warn!(error = %e, "leader race failed"),
+            },
+            Action::Follow(leader) => {
+                let up = self.upstream_for(view, &leader);
+                if up.is_some() && up != self.upstream {
+                    tracing::info!(leader, "following the new leader");
+                    if let Err(e) = files::write_all(&self.cfg, &self.inputs, &self.run_as, &Role::Replica(up.clone()))
+                    {
+                        tracing::error!("cannot point postgres at the new leader: {e}");
+                    } else {
+                        self.upstream = up;
+                        if let Some(pm) = &self.pm {
+                            pm.signal(Signal::SIGHUP);
+                        }
+                    }
+                }
+            }
+            Action::Demote(why) => self.fence(why).await,
+            Action::HandOver { candidate } => self.hand_over(candidate).await,
+            Action::RejectSwitchover(_) => {}
+        }
+        None
+    }
+
+    /// The leader's upstream description from its member key.
+    pub(super) fn upstream_for(&self, view: &ClusterView, leader: &str) -> Option<Upstream> {
+        let address = view.members.get(leader)?.pg_address()?.to_owned();
+        let slot = self.config.postgresql.use_slots.then(|| replication::slot_name(&self.cfg.name));
+        Some(Upstream { address, slot })
+    }
+
+    pub(super) async fn bootstrap(&mut self) -> Result<(), HaError> {
+        self.state = State::InitializingNewCluster;
+        self.publish_status();
+        let pw = self.passwords(true).await?;
+        let stop = std::future::pending::<()>();
+        process::initdb(&self.cfg, &self.bin, &self.run_as, stop).await?;
+        files::write_all(&self.cfg, &self.inputs, &self.run_as, &Role::Primary)?;
+        let mut pm = Postmaster::start(&self.cfg, &self.bin, &self.run_as)?;
+        let client = tokio::select! {
+            c = sql::wait_ready(&self.cfg) => c?,
+            st = pm.wait() => return Err(HaError::ExitedDuringBootstrap(st)),
+        };
+        sql::ensure_roles(&client, &self.cfg, &pw).await?;
+        let sysid = replication::system_identifier(&client).await?;
+        self.pm = Some(pm);
+        self.client = Some(client);
+        self.upstream = None;
+        self.sysid = Some(sysid.clone());
+        self.state = State::Running;
+        // The member key first: members that see the leader key clone from
+        // the address in it at once.
+        self.publish(&ClusterView::default()).await;
+        if !self.dcs.acquire_leader(&self.cfg.name, self.lease.id).await? {
+            return Err(HaError::LeaderTaken);
+        }
+        self.dcs.set_initialize(&sysid).await?;
+        self.dcs.init_config(&self.cfg.bootstrap_dcs).await?;
+        self.sysid = Some(sysid.clone());
+        self.state = State::Running;
+        tracing::info!(sysid, "cluster bootstrapped; this member leads");
+        Ok(())
+    }
+
+    pub(super) async fn clone_from(&mut self, view: &ClusterView, leader: &str) -> Result<(), HaError> {
+        let up = self.upstream_for(view, leader).ok_or(HaError::NoLeaderMember)?;
+        self.passwords(false).await?;
+        self.state = State::CreatingReplica;
+        self.publish(view).await;
+        replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await?;
+        self.clean_handover = true;
+        Ok(self.start(Role::Replica(Some(up))).await?)
+    }
+
+    /// A former primary diverged from the new leader: pg_rewind it (a no-op
+    /// when it did not diverge). Skipped after a clean hand-over.
+    /// `Ok(false)`: not yet (the leader has not finished promoting).
+    pub(super) async fn rewind_if_needed(
+        &mut self,
+        view: &ClusterView,
+        leader: &str,
+        up: &Upstream,
+    ) -> Result<bool, HaError> {
+        if self.clean_handover {
+            self.clean_handover = false;
+            return Ok(true);
+        }
+        let cd = replication::controldata(&self.bin, &self.cfg.postgres.data).await?;
+        if !cd.was_primary() {
+            return Ok(true);
+        }
+        if view.members.get(leader).is_none_or(|m| m.role != MemberRole::Primary || m.state != State::Running) {
+            tracing::info!(leader, "waiting for the new leader to finish its promotion before pg_rewind");
+            return Ok(false);
+        }
+        let pw = self.passwords(false).await?;
+        tracing::info!(leader, state = %cd.state, "this node ran as primary: pg_rewind from the new leader");
+        self.state = State::RunningPgRewind;
+        replication::rewind(&self.cfg, &self.bin, &self.run_as, &up.address, &pw.superuser)
+            .await
+            .map_err(HaError::Rewind)?;
+        Ok(true)
+    }
+
+    /// Writes the files for the role and starts the postmaster (readiness
+    /// is observed by later rounds).
+    pub(super) async fn start(&mut self, role: Role) -> Result<(), crate::postgres::PgError> {
+        if self.passwords.is_none() {
+            // Needed for primary_conninfo's passfile.
+            let _ = self.passwords(false).await;
+        }
+        process::clear_stale_pid_file(&self.cfg.postgres.data)?;
+        files::write_all(&self.cfg, &self.inputs, &self.run_as, &role)?;
+        self.pm = Some(Postmaster::start(&self.cfg, &self.bin, &self.run_as)?);
+        self.upstream = match role {
+            Role::Replica(up) => up,
+            Role::Primary => None,
+        };
+        self.state = State::Starting;
+        Ok(())
+    }
+
+    pub(super) async fn keep_leading(&mut self, view: &ClusterView) {
+        let Some(client) = &self.client else { return };
+        let mut members: Vec<String> = view.members.keys().cloned().collect();
+        members.sort();
+        if self.config.postgresql.use_slots && members != self.members_seen {
+            match replication::sync_slots(client, &self.cfg.name, &members).await {
+                Ok(()) => self.members_seen = members,
+                Err(e) => tracing::warn!(error = %e, "cannot sync replication slots"),
+            }
+        }
+        if let Ok(p) = replication::position(client).await
+            && self.last_status_optime != Some(p.wal)
+            && self.dcs.put_status(&Status { optime: p.wal, slots: BTreeMap::new() }).await.is_ok()
+        {
+            self.last_status_optime = Some(p.wal);
+        }
+    }
+
+    pub(super) async fn promote(&mut self, view: &ClusterView) {
+        let Some(client) = &self.client else { return };
+        // Slots first (allowed on a standby), so followers stream at once.
+        if self.config.postgresql.use_slots {
+            let members: Vec<String> = view.members.keys().cloned().collect();
+            if let Err(e) = replication::sync_slots(client, &self.cfg.name, &members).await {
+                tracing::warn!(error = %e, "cannot create replication slots before promotion");
+            }
+        }
+        let t0 = std::time::Instant::now();
+        if let Err(e) = replication::promote(client).await {
+            tracing::error!(error = %e, "promotion failed");
+            return;
+        }
+        tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "promoted: this member is the primary");
+        // The post-promotion checkpoint writes the new timeline into the
+        // control file, where pg_rewind on a former primary reads it. The
+        // member key says "primary" only after it, and rejoining nodes wait
+        // for that (Patroni's checkpoint_after_promote).
+        if let Err(e) = sql::checkpoint(client).await {
+            tracing::warn!(error = %e, "post-promotion checkpoint failed");
+        }
+        if let Err(e) = files::write_all(&self.cfg, &self.inputs, &self.run_as, &Role::Primary) {
+            tracing::warn!("cannot rewrite tusk.conf after promotion: {e}");
+        } else if let Some(pm) = &self.pm {
+            pm.signal(Signal::SIGHUP);
+        }
+        self.upstream = None;
+        self.members_seen.clear();
+        if view.failover.is_some() {
+            let _ = self.dcs.put_failover(&Failover::default(), None).await;
+        }
+        if let Ok(p) = replication::position(client).await {
+            let _ = self.dcs.put_status(&Status { optime: p.wal, slots: BTreeMap::new() }).await;
+            if let Some(h) = self.history(p.timeline) {
+                let _ = self.dcs.put_history(&h).await;
+            }
+        }
+    }
+
+    /// The `history` key from the new timeline's `.history` file.
+    pub(super) fn history(&self, timeline: u32) -> Option<Vec<HistoryLine>> {
+        let path = self.cfg.postgres.data.join(format!("pg_wal/{timeline:08X}.history"));
+        let text = std::fs::read_to_string(path).ok()?;
+        let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).ok()?;
+        let entries = wal::parse_history(&text).ok()?;
+        let n = entries.len();
+        Some(
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let (ts, who) =
+                        if i + 1 == n { (now.clone(), self.cfg.name.clone()) } else { (String::new(), String::new()) };
+                    HistoryLine(e.tli, e.end, e.reason, ts, who)
+                })
+                .collect(),
+        )
+    }
+
+    /// Switchover: clean stop (the replicas get the shutdown checkpoint),
+    /// then release the leader key; the candidate races at once.
+    pub(super) async fn hand_over(&mut self, candidate: Option<String>) {
+        tracing::info!(candidate = candidate.as_deref().unwrap_or("any"), "switchover: handing over leadership");
+        self.state = State::Stopping;
+        self.status.send_modify(|st| {
+            st.state = State::Stopping;
+            st.leader = false;
+        });
+        self.stop_local(Mode::Graceful, self.cfg.tusk.shutdown_timeout).await;
+        match self.dcs.release_leader(&self.cfg.name).await {
+            Ok(true) => tracing::info!("leader key released"),
+            Ok(false) => tracing::warn!("the leader key was no longer ours"),
+            Err(e) => tracing::error!(error = %e, "cannot release the leader key; it will expire"),
+        }
+        self.clean_handover = true;
+        self.state = State::Stopped;
+        self.publish_status();
+    }
+
+    /// Stops the local postgres within `budget` (the one escalation of
+    /// [`stop::stop`]); the loop's signals are not consulted meanwhile.
+    pub(super) async fn stop_local(&mut self, mode: Mode, budget: Duration) {
+        let client = self.client.take();
+        let Some(mut pm) = self.pm.take() else { return };
+        stop::stop(&mut pm, client, mode, budget, None).await;
+        self.upstream = None;
+    }
+}

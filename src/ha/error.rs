@@ -1,0 +1,29 @@
+//! What can go wrong in the HA executor's steps, typed; logged where the
+//! loop decides what to do about it.
+
+use std::process::ExitStatus;
+
+use crate::dcs::client::DcsError;
+use crate::postgres::PgError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    #[error(transparent)]
+    Dcs(#[from] DcsError),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    #[error(transparent)]
+    Sql(#[from] tokio_postgres::Error),
+    #[error("the shared credentials in etcd are not JSON: {0}")]
+    Credentials(#[from] serde_json::Error),
+    #[error("no passwords in the environment and none shared in etcd yet")]
+    NoPasswords,
+    #[error("postgres exited during bootstrap: {0}")]
+    ExitedDuringBootstrap(ExitStatus),
+    #[error("the leader key was taken during bootstrap")]
+    LeaderTaken,
+    #[error("the leader has no member key yet")]
+    NoLeaderMember,
+    #[error("pg_rewind failed: {0}")]
+    Rewind(PgError),
+}

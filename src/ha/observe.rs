@@ -1,0 +1,134 @@
+//! What the loop observes: the local data directory and postgres, and,
+//! before racing for leadership, the peers' REST APIs.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::decide::{ClusterView, DataDir, Local, PeerReply, PeerReport, Postgres};
+use super::run::Ha;
+use crate::api::NodeStatus;
+use crate::patroni::{Role as MemberRole, State};
+use crate::postgres::{pidfile, process, replication, sql};
+
+/// What a peer's `GET /patroni` tells the decision.
+pub(super) fn peer_reply(s: &NodeStatus) -> PeerReply {
+    PeerReply {
+        primary: s.role == MemberRole::Primary && s.state == State::Running,
+        wal: s.xlog.position(),
+        nofailover: s.tags.get("nofailover").and_then(|v| v.as_bool()).unwrap_or(false),
+    }
+}
+
+impl Ha {
+    /// The local data directory and postgres.
+    pub(super) async fn observe(&mut self) -> Local {
+        let data = self.cfg.postgres.data.clone();
+        let data_state = if data.join("PG_VERSION").exists() {
+            if self.sysid.is_none() {
+                self.sysid =
+                    replication::controldata(&self.bin, &data).await.ok().map(|c| c.sysid).filter(|s| !s.is_empty());
+            }
+            DataDir::Cluster { sysid: self.sysid.clone().unwrap_or_default() }
+        } else {
+            self.sysid = None;
+            DataDir::Empty
+        };
+        if let Some(pm) = &mut self.pm
+            && let Some(status) = pm.try_status()
+        {
+            let pid = pm.pid();
+            tracing::error!(%status, "postgres exited unexpectedly");
+            self.pm = None;
+            self.client = None;
+            self.state = State::Crashed;
+            process::reap_leftover_group(pid).await;
+        }
+        let postgres = match &self.pm {
+            None => Postgres::Stopped,
+            Some(_) => {
+                if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+                    self.client = self.try_connect().await;
+                }
+                match &self.client {
+                    None => Postgres::Starting,
+                    Some(c) => match replication::position(c).await {
+                        Ok(p) if p.in_recovery => Postgres::Replica { wal: p.wal, timeline: p.timeline },
+                        Ok(p) => {
+                            // A primary again: a later rejoin must check for divergence.
+                            self.clean_handover = false;
+                            Postgres::Primary { wal: p.wal, timeline: p.timeline }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "status query failed");
+                            self.client = None;
+                            Postgres::Starting
+                        }
+                    },
+                }
+            }
+        };
+        Local {
+            name: self.cfg.name.clone(),
+            data: data_state,
+            postgres,
+            nofailover: false,
+            lease_alive: self.lease_alive(),
+            peers: None,
+        }
+    }
+
+    /// Connects when postmaster.pid says postgres accepts connections.
+    pub(super) async fn try_connect(&self) -> Option<Client> {
+        if !pidfile::read(&self.cfg.postgres.data)?.accepts_connections() {
+            return None;
+        }
+        sql::connect(&self.cfg).await.ok()
+    }
+
+    /// Asks the members in `view` for their state, and also those whose
+    /// member key vanished within the last ttl (briefly: 500 ms). A member key
+    /// can vanish while its member still runs: etcd 3.4 before 3.4.28 lets a
+    /// leader that was stalled revoke every lease it saw expire
+    /// (etcd-io/etcd#15247), taking the primary's leader and member keys with
+    /// it; its replicas must still see the primary before they race.
+    pub(super) async fn ask_peers(&self, view: &ClusterView) -> Vec<PeerReport> {
+        let listed = view.members.iter().map(|(n, m)| (n.clone(), m.api_url.clone(), Duration::from_secs(2)));
+        let vanished = self
+            .recent_members
+            .iter()
+            .filter(|(n, _)| !view.members.contains_key(n.as_str()))
+            .map(|(n, (url, _))| (n.clone(), url.clone(), Duration::from_millis(500)));
+        let asks = listed.chain(vanished).filter(|(n, _, _)| n.as_str() != self.name()).map(|(name, url, within)| {
+            let client = self.api_client.clone();
+            async move {
+                let reply = client.peer_status(&url, within).await.as_ref().map(peer_reply);
+                PeerReport { name, reply }
+            }
+        });
+        let reports: Vec<PeerReport> = futures_util::future::join_all(asks).await;
+        tracing::debug!(?reports, "peers");
+        reports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_replies() {
+        let mut s = NodeStatus::new("c", "b");
+        s.state = State::Running;
+        s.role = MemberRole::Replica;
+        s.xlog.received_location = Some(100);
+        s.xlog.replayed_location = Some(90);
+        assert_eq!(peer_reply(&s), PeerReply { primary: false, wal: 100, nofailover: false });
+        s.role = MemberRole::Primary;
+        s.xlog = crate::api::Xlog { location: Some(200), ..Default::default() };
+        s.tags.insert("nofailover".into(), serde_json::json!(true));
+        assert_eq!(peer_reply(&s), PeerReply { primary: true, wal: 200, nofailover: true });
+        s.state = State::Stopping;
+        assert!(!peer_reply(&s).primary, "a stopping primary is not one");
+    }
+}

@@ -1,0 +1,386 @@
+//! Patroni's wire values: what it keeps in etcd (reference/spilo-patroni.md
+//! §2.2–2.3) and the parts of its REST API JSON that other layers produce,
+//! as typed structs that serialize to the exact JSON Patroni and
+//! `patronictl` read.
+//!
+//! A leaf: it imports nothing from the crate, so the configuration, the DCS
+//! client, PostgreSQL's SQL and the REST API can all use it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The Patroni version tusk announces in member keys: readers treat members
+/// below 2.1.0 as legacy, so this must stay at or above it.
+pub const PATRONI_COMPAT_VERSION: &str = "3.0.2";
+
+/// Enums with Patroni's spelling: serialized as that exact string; any
+/// other string (a newer Patroni's) is kept as `Other`.
+macro_rules! spelled {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(from = "String", into = "String")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+            /// A value tusk does not write (another Patroni version's).
+            Other(String),
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $($name::$variant => $text,)*
+                    $name::Other(s) => s,
+                }
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                match s {
+                    $($text => $name::$variant,)*
+                    other => $name::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                match $name::from(s.as_str()) {
+                    $name::Other(_) => $name::Other(s),
+                    known => known,
+                }
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                match v {
+                    $name::Other(s) => s,
+                    known => known.as_str().to_owned(),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+spelled! {
+    /// A member's state (`members/<name>` and `GET /patroni`).
+    State {
+        Running = "running",
+        #[default]
+        Starting = "starting",
+        Stopping = "stopping",
+        Stopped = "stopped",
+        Crashed = "crashed",
+        Restarting = "restarting",
+        CreatingReplica = "creating replica",
+        RunningPgRewind = "running pg_rewind",
+        InitializingNewCluster = "initializing new cluster",
+    }
+}
+
+spelled! {
+    /// A member's role (3.x readers also accept `master`, kept as `Other`).
+    Role {
+        Primary = "primary",
+        Replica = "replica",
+        #[default]
+        Uninitialized = "uninitialized",
+        Demoted = "demoted",
+    }
+}
+
+spelled! {
+    /// A replica's `replication_state` (member key, `GET /patroni`).
+    ReplicationState {
+        Streaming = "streaming",
+        #[default]
+        InArchiveRecovery = "in archive recovery",
+    }
+}
+
+/// `members/<name>`: written by every member on its own lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberValue {
+    /// `postgres://<PG_CONNECT_ADDRESS>/postgres`
+    pub conn_url: String,
+    /// `http://<RESTAPI_CONNECT_ADDRESS>/patroni`
+    pub api_url: String,
+    pub state: State,
+    pub role: Role,
+    pub version: String,
+    /// Primary: flush LSN; replica: max(receive, replay); bytes from 0/0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xlog_location: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_state: Option<ReplicationState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_lsn: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_restart: bool,
+    /// The member has seen maintenance mode (`patronictl pause --wait` reads it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause: bool,
+    /// A restart scheduled through the REST API (`patronictl list` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_restart: Option<serde_json::Value>,
+}
+
+impl MemberValue {
+    /// The `nofailover` tag (Patroni accepts booleans and truthy strings).
+    pub fn nofailover(&self) -> bool {
+        match self.tags.get("nofailover") {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => {
+                matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")
+            }
+            _ => false,
+        }
+    }
+
+    /// `host:port` of `conn_url`.
+    pub fn pg_address(&self) -> Option<&str> {
+        let rest = self.conn_url.strip_prefix("postgres://").or_else(|| self.conn_url.strip_prefix("postgresql://"))?;
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        Some(rest.split('/').next().unwrap_or(rest))
+    }
+}
+
+/// `config`: the dynamic configuration, shared by all members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicConfig {
+    #[serde(default = "default_ttl")]
+    pub ttl: u64,
+    #[serde(default = "default_loop_wait")]
+    pub loop_wait: u64,
+    #[serde(default = "default_retry_timeout")]
+    pub retry_timeout: u64,
+    #[serde(default = "default_max_lag")]
+    pub maximum_lag_on_failover: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause: bool,
+    #[serde(default)]
+    pub postgresql: PostgresqlSection,
+    /// Everything else Patroni or users put there, kept as is.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostgresqlSection {
+    #[serde(default = "yes")]
+    pub use_pg_rewind: bool,
+    #[serde(default = "yes")]
+    pub use_slots: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for PostgresqlSection {
+    fn default() -> Self {
+        PostgresqlSection { use_pg_rewind: true, use_slots: true, parameters: BTreeMap::new(), other: BTreeMap::new() }
+    }
+}
+
+fn default_ttl() -> u64 {
+    30
+}
+fn default_loop_wait() -> u64 {
+    10
+}
+fn default_retry_timeout() -> u64 {
+    10
+}
+/// Spilo's default: 32 MiB (Patroni's own is 1 MiB).
+fn default_max_lag() -> u64 {
+    32 << 20
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for DynamicConfig {
+    fn default() -> Self {
+        DynamicConfig {
+            ttl: default_ttl(),
+            loop_wait: default_loop_wait(),
+            retry_timeout: default_retry_timeout(),
+            maximum_lag_on_failover: default_max_lag(),
+            pause: false,
+            postgresql: PostgresqlSection::default(),
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+impl DynamicConfig {
+    /// Floors that keep the loop sane: ttl ≥ 5 s, loop_wait ≥ 1 s,
+    /// 1 s ≤ retry_timeout < ttl. Unlike Patroni ≥ 3.2, tusk does not need
+    /// `loop_wait + 2 * retry_timeout ≤ ttl`: its leader renews the lease on
+    /// its own schedule and demotes on a deadline from the last successful
+    /// keepalive, so 10/2/5 (a setting Patroni 3.0.2 runs with) stays 10/2/5.
+    pub fn normalized(&self) -> DynamicConfig {
+        let mut c = self.clone();
+        c.ttl = c.ttl.max(5);
+        c.loop_wait = c.loop_wait.max(1);
+        c.retry_timeout = c.retry_timeout.clamp(1, c.ttl - 1);
+        c
+    }
+}
+
+/// `failover`: a requested switchover or failover. Cleared by writing `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Failover {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The candidate (`member` in Patroni's JSON; `candidate` accepted too).
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "candidate")]
+    pub member: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+}
+
+impl Failover {
+    pub fn is_empty(&self) -> bool {
+        self.leader.is_none() && self.member.is_none() && self.scheduled_at.is_none()
+    }
+}
+
+/// `status`: the leader's last WAL position (and slots).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub optime: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub slots: BTreeMap<String, u64>,
+}
+
+/// One line of `history`: `[parent timeline, switch LSN, reason, timestamp, new leader]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryLine(pub u32, pub u64, pub String, pub String, pub String);
+
+/// One row of a primary's `replication` list in `GET /patroni`
+/// (`pg_stat_replication`), with Patroni's field names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Replication {
+    pub usename: String,
+    pub application_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    pub state: String,
+    pub sync_state: String,
+    pub sync_priority: i32,
+    /// Bytes between the primary's flush position and the replica's replay
+    /// position (tusk's addition; for `/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_json_is_patronis() {
+        let m = MemberValue {
+            conn_url: "postgres://10.0.0.11:5432/postgres".into(),
+            api_url: "http://10.0.0.11:8008/patroni".into(),
+            state: State::Running,
+            role: Role::Primary,
+            version: PATRONI_COMPAT_VERSION.into(),
+            xlog_location: Some(67420024),
+            timeline: Some(3),
+            tags: BTreeMap::new(),
+            replication_state: None,
+            receive_lsn: None,
+            replay_lsn: None,
+            pending_restart: false,
+            pause: false,
+            scheduled_restart: None,
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            json,
+            r#"{"conn_url":"postgres://10.0.0.11:5432/postgres","api_url":"http://10.0.0.11:8008/patroni","state":"running","role":"primary","version":"3.0.2","xlog_location":67420024,"timeline":3}"#
+        );
+        assert_eq!(m.pg_address(), Some("10.0.0.11:5432"));
+        // A Patroni 4 member value with extra fields parses.
+        let p: MemberValue = serde_json::from_str(
+            r#"{"conn_url":"postgres://h:5432/postgres","api_url":"http://h:8008/patroni","state":"running","role":"replica","version":"4.0.4","xlog_location":5,"timeline":1,"tags":{"nofailover":true},"replication_state":"streaming","receive_lsn":5,"replay_lsn":4,"proxy_url":"x"}"#,
+        )
+        .unwrap();
+        assert!(p.nofailover());
+        assert_eq!(p.replication_state, Some(ReplicationState::Streaming));
+    }
+
+    #[test]
+    fn states_and_roles_keep_patronis_spelling() {
+        for text in ["running", "creating replica", "running pg_rewind", "initializing new cluster", "streaming"] {
+            let v: State = serde_json::from_value(serde_json::json!(text)).unwrap();
+            assert_eq!(serde_json::to_value(&v).unwrap(), serde_json::json!(text));
+            assert_eq!(v.to_string(), text);
+        }
+        assert_eq!(State::from("running pg_rewind"), State::RunningPgRewind);
+        assert_eq!(State::from("streaming"), State::Other("streaming".into()));
+        assert_eq!(Role::from("primary"), Role::Primary);
+        assert_eq!(Role::from("master"), Role::Other("master".into()));
+        assert_eq!(serde_json::to_string(&Role::Uninitialized).unwrap(), r#""uninitialized""#);
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_fields_survive() {
+        let c: DynamicConfig = serde_json::from_str(
+            r#"{"ttl":30,"loop_wait":10,"synchronous_mode":false,"postgresql":{"use_slots":false,"pg_hba":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.ttl, c.loop_wait, c.retry_timeout), (30, 10, 10));
+        assert_eq!(c.maximum_lag_on_failover, 32 << 20);
+        assert!(!c.postgresql.use_slots && c.postgresql.use_pg_rewind);
+        let back = serde_json::to_value(&c).unwrap();
+        assert_eq!(back["synchronous_mode"], false);
+        assert!(back["postgresql"]["pg_hba"].is_array());
+    }
+
+    #[test]
+    fn timing_floors() {
+        for ((ttl, lw, rt), want) in
+            [((30, 10, 10), (30, 10, 10)), ((10, 2, 5), (10, 2, 5)), ((1, 0, 0), (5, 1, 1)), ((10, 2, 50), (10, 2, 9))]
+        {
+            let c = DynamicConfig { ttl, loop_wait: lw, retry_timeout: rt, ..Default::default() }.normalized();
+            assert_eq!((c.ttl, c.loop_wait, c.retry_timeout), want, "{ttl}/{lw}/{rt}");
+        }
+    }
+
+    #[test]
+    fn failover_json() {
+        let f: Failover = serde_json::from_str(r#"{"leader":"a","member":"b","scheduled_at":null}"#).unwrap();
+        assert_eq!(f.member.as_deref(), Some("b"));
+        assert_eq!(serde_json::to_string(&Failover::default()).unwrap(), "{}");
+        let h = HistoryLine(
+            1,
+            25623960,
+            "no recovery target specified".into(),
+            "2019-09-23T16:57:57+02:00".into(),
+            "node2".into(),
+        );
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            r#"[1,25623960,"no recovery target specified","2019-09-23T16:57:57+02:00","node2"]"#
+        );
+    }
+}

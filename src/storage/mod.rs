@@ -1,0 +1,10 @@
+//! Object storage for WAL archiving now and base backups next: one S3
+//! client that streams ([`s3::ObjectStore`]: put from an `AsyncRead` with
+//! multipart, get as a stream, list), WAL-G's key layout in one place
+//! ([`layout`]), and the codecs with streaming encoders ([`codec`]).
+//! [`wal::WalStore`] is the WAL archive's view: the store plus the layout.
+
+pub mod codec;
+pub mod layout;
+pub mod s3;
+pub mod wal;
