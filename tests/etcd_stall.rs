@@ -148,6 +148,16 @@ fn logs(c: &Cluster) -> String {
     out
 }
 
+/// For `how_long`, checks twice a second (through the members not in
+/// `skip`) that `leader` still holds the leader key.
+fn leader_holds(c: &Cluster, leader: &str, skip: &[usize], how_long: Duration, phase: &str) {
+    let t0 = Instant::now();
+    while t0.elapsed() < how_long {
+        assert_eq!(leader_key(c, skip).as_deref(), Some(leader), "{phase}: the leader key moved\n{}", logs(c));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn assert_no_fencing(c: &Cluster, phase: &str) {
     for (i, n) in c.nodes.iter().enumerate() {
         let log = n.log_text();
@@ -198,16 +208,7 @@ fn each_member_frozen_in_turn_costs_no_failover() {
     for m in 0..3 {
         let phase = format!("member {m} frozen");
         freeze(etcd, m, true);
-        let frozen_at = Instant::now();
-        while frozen_at.elapsed() < Duration::from_secs(20) {
-            assert_eq!(
-                leader_key(&c, &[m]).as_deref(),
-                Some(leader.as_str()),
-                "{phase}: the leader key moved\n{}",
-                logs(&c)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        leader_holds(&c, &leader, &[m], Duration::from_secs(20), &phase);
         freeze(etcd, m, false);
         assert_no_fencing(&c, &phase);
         std::thread::sleep(Duration::from_secs(3));
@@ -243,15 +244,7 @@ fn frozen_member_at_default_timings_costs_no_failover() {
     let w = Writer::start(&c.nodes[li]);
     let t0 = Instant::now();
     freeze(etcd, 0, true);
-    while t0.elapsed() < Duration::from_secs(60) {
-        assert_eq!(
-            leader_key(&c, &[0]).as_deref(),
-            Some(leader.as_str()),
-            "member 0 frozen: the leader key moved\n{}",
-            logs(&c)
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    leader_holds(&c, &leader, &[0], Duration::from_secs(60), "member 0 frozen");
     freeze(etcd, 0, false);
     let (acked, gap) = w.finish(t0);
     eprintln!("member 0 frozen for 60 s at 30/10/10: {acked} inserts, longest gap {gap:?}");
@@ -372,15 +365,7 @@ fn a_member_name_that_stops_resolving_costs_no_failover() {
     let t0 = Instant::now();
     hosts.remove(&names[0]);
     freeze(etcd, 0, true);
-    while t0.elapsed() < Duration::from_secs(20) {
-        assert_eq!(
-            leader_key(&c, &[0]).as_deref(),
-            Some(leader.as_str()),
-            "name gone: the leader key moved\n{}",
-            logs(&c)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    leader_holds(&c, &leader, &[0], Duration::from_secs(20), "name gone");
     freeze(etcd, 0, false);
     let (acked, gap) = w.finish(t0);
     eprintln!("member 0's name unresolvable for 20 s: {acked} inserts, longest gap {gap:?}");
@@ -439,15 +424,7 @@ fn a_member_cut_off_from_its_peers_costs_no_failover() {
     let w = Writer::start(&c.nodes[li]);
     let t0 = Instant::now();
     let cut = PeerCut::new("etcd", peer(2), &[peer(0), peer(1)]);
-    while t0.elapsed() < Duration::from_secs(20) {
-        assert_eq!(
-            leader_key(&c, &[2]).as_deref(),
-            Some(leader.as_str()),
-            "member cut off: the leader key moved\n{}",
-            logs(&c)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    leader_holds(&c, &leader, &[2], Duration::from_secs(20), "member cut off");
     // The member really was cut off: it refused or dropped requests.
     let direct = c.etcd.etcdctl_at(&format!("https://{}", etcd.endpoints[2]), &["get", "x"]);
     assert!(!direct.status.success(), "the cut-off member still served a linearizable read");

@@ -184,11 +184,6 @@ impl Dcs {
         &self.endpoints
     }
 
-    /// Budget of one operation.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Runs `op` on one member after another until it succeeds, fails for a
     /// reason other than reachability, or the budget is spent (see
     /// [`Endpoints::call`]). Retrying a conditional write is safe: its

@@ -117,7 +117,8 @@ impl Endpoints {
     }
 
     /// The member requests go to now.
-    pub fn current(&self) -> (usize, String) {
+    #[cfg(test)]
+    fn current(&self) -> (usize, String) {
         let st = self.lock();
         (st.current, st.slots[st.current].name.clone())
     }
