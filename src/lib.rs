@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod dcs;

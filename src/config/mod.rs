@@ -10,6 +10,8 @@ mod etcd;
 pub mod host;
 mod parse;
 mod secret;
+pub mod backup;
+pub mod cron;
 pub mod storage;
 
 use std::collections::BTreeMap;
@@ -235,6 +237,14 @@ pub(crate) struct RawEnv {
     pub walg_upload_concurrency: Option<String>,
     pub walg_download_concurrency: Option<String>,
     pub walg_prevent_wal_overwrite: Option<String>,
+    pub walg_backup_compression_method: Option<String>,
+    pub walg_tar_size_threshold: Option<String>,
+    pub walg_verify_page_checksums: Option<String>,
+    pub walg_upload_disk_concurrency: Option<String>,
+    pub backup_schedule: Option<String>,
+    pub backup_num_to_retain: Option<String>,
+    pub wale_backup_threshold_megabytes: Option<String>,
+    pub wale_backup_threshold_percentage: Option<String>,
 }
 
 impl Config {

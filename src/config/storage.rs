@@ -76,6 +76,8 @@ pub struct StorageConfig {
     /// object; with this set it also refuses the failover case (a differing
     /// copy of an old timeline's segment), which is otherwise kept and logged.
     pub prevent_overwrite: bool,
+    /// Base backups: compression, schedule, retention.
+    pub backup: super::backup::BackupSettings,
     /// The storage variables as given (`WAL*`, `AWS_*`, proxies, `SCOPE`,
     /// ...; static keys and `_FILE` secrets left out): what a `wal-push` or
     /// `wal-fetch` without the supervisor gets through the fallback file.
@@ -243,18 +245,11 @@ pub(super) fn parse(
         (None, None) => None,
     };
 
-    let compression = match raw.walg_compression_method.as_deref().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("lz4") => Compression::Lz4,
-        Some("zstd") => Compression::Zstd,
-        Some("brotli") => Compression::Brotli,
-        Some("none") => Compression::None,
-        Some(other) => {
-            return Err(ConfigError::new(
-                "WALG_COMPRESSION_METHOD",
-                format!("{other:?} is not one of lz4, zstd, brotli, none"),
-            ));
-        }
+    let compression = match raw.walg_compression_method.as_deref() {
+        None => Compression::Lz4,
+        Some(v) => compression("WALG_COMPRESSION_METHOD", v)?,
     };
+    let backup = super::backup::parse(raw, compression)?;
     let upload_concurrency = concurrency("WALG_UPLOAD_CONCURRENCY", raw.walg_upload_concurrency.as_deref(), 16)?;
     let download_concurrency = concurrency("WALG_DOWNLOAD_CONCURRENCY", raw.walg_download_concurrency.as_deref(), 10)?;
     let prevent_overwrite =
@@ -284,7 +279,19 @@ pub(super) fn parse(
         upload_concurrency,
         download_concurrency,
         prevent_overwrite,
+        backup,
     }))
+}
+
+/// A compression method's name as WAL-G spells it.
+pub(super) fn compression(var: &str, v: &str) -> Result<Compression, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "lz4" => Ok(Compression::Lz4),
+        "zstd" => Ok(Compression::Zstd),
+        "brotli" => Ok(Compression::Brotli),
+        "none" => Ok(Compression::None),
+        other => Err(ConfigError::new(var, format!("{other:?} is not one of lz4, zstd, brotli, none"))),
+    }
 }
 
 fn concurrency(var: &str, v: Option<&str>, default: usize) -> Result<usize, ConfigError> {

@@ -187,6 +187,68 @@ fn lz4_frame(input: &mut impl Read, size_hint: usize) -> std::io::Result<Vec<u8>
     Ok(out)
 }
 
+/// One compressed stream made of pieces compressed independently, so that
+/// several threads can compress consecutive chunks of one stream (a base
+/// backup's tar): [`header`](ChunkCodec::header), then
+/// [`chunk`](ChunkCodec::chunk) for each piece in order, then
+/// [`trailer`](ChunkCodec::trailer). LZ4: one frame of independent blocks;
+/// zstd: one frame per chunk (a valid stream of concatenated frames); none:
+/// the bytes. Brotli has no such form ([`ChunkCodec::new`] refuses it).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkCodec {
+    method: Compression,
+}
+
+impl ChunkCodec {
+    pub fn new(method: Compression) -> Option<ChunkCodec> {
+        (method != Compression::Brotli).then_some(ChunkCodec { method })
+    }
+
+    pub fn header(&self) -> Vec<u8> {
+        match self.method {
+            Compression::Lz4 => {
+                let mut out = 0x184D_2204u32.to_le_bytes().to_vec();
+                out.extend_from_slice(&[LZ4_FLG, LZ4_BD]);
+                out.push((xxhash_rust::xxh32::xxh32(&[LZ4_FLG, LZ4_BD], 0) >> 8) as u8);
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Compresses one piece, appending to `out`.
+    pub fn chunk(&self, data: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        match self.method {
+            Compression::Lz4 => {
+                let mut scratch = Vec::new();
+                for block in data.chunks(LZ4_BLOCK) {
+                    push_lz4_block(out, block, &mut scratch);
+                }
+                Ok(())
+            }
+            Compression::Zstd => {
+                let err = |source| CodecError::Compress { ext: "zst", source };
+                let mut c = zstd::bulk::Compressor::new(3).map_err(err)?;
+                c.include_checksum(true).map_err(err)?;
+                out.extend_from_slice(&c.compress(data).map_err(err)?);
+                Ok(())
+            }
+            Compression::None => {
+                out.extend_from_slice(data);
+                Ok(())
+            }
+            Compression::Brotli => unreachable!("ChunkCodec::new refuses brotli"),
+        }
+    }
+
+    pub fn trailer(&self) -> Vec<u8> {
+        match self.method {
+            Compression::Lz4 => 0u32.to_le_bytes().to_vec(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// One block: size (high bit: stored uncompressed), data, XXH32 of the data.
 fn push_lz4_block(out: &mut Vec<u8>, data: &[u8], scratch: &mut Vec<u8>) {
     scratch.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
@@ -362,5 +424,20 @@ mod tests {
         assert_eq!(from_extension(""), Some(Compression::None));
         assert_eq!(from_extension("."), Some(Compression::None));
         assert_eq!(from_extension("lzo"), None);
+    }
+
+    #[test]
+    fn chunked_streams_decode_as_one() {
+        let data: Vec<u8> = (0..(3 << 20) + 12345u32).map(|i| (i % 251) as u8 ^ (i >> 13) as u8).collect();
+        for method in [Compression::Lz4, Compression::Zstd, Compression::None] {
+            let c = ChunkCodec::new(method).unwrap();
+            let mut out = c.header();
+            for piece in data.chunks(1 << 20) {
+                c.chunk(piece, &mut out).unwrap();
+            }
+            out.extend_from_slice(&c.trailer());
+            assert_eq!(decompress(method, &out, data.len() as u64, "t").unwrap(), data, "{method:?}");
+        }
+        assert!(ChunkCodec::new(Compression::Brotli).is_none());
     }
 }

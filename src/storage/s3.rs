@@ -340,12 +340,115 @@ impl ObjectStore {
         result
     }
 
+    /// Starts a multipart upload whose parts the caller sends, concurrently
+    /// if it likes ([`Multipart`]); for objects built while they upload.
+    pub async fn create_multipart(&self, key: &str) -> Result<Multipart, StoreError> {
+        let (sse, kms_key) = self.sse();
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .send()
+            .await
+            .map_err(|e| StoreError::S3 { op: "CreateMultipartUpload", key: key.to_owned(), message: describe(&e) })?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| StoreError::S3 {
+                op: "CreateMultipartUpload",
+                key: key.to_owned(),
+                message: "no upload id in the answer".into(),
+            })?
+            .to_owned();
+        Ok(Multipart { store: self.clone(), key: key.to_owned(), upload_id })
+    }
+
     /// The server-side encryption settings of every upload.
     fn sse(&self) -> (Option<ServerSideEncryption>, Option<String>) {
         match &self.sse {
             None => (None, None),
             Some(Sse::Aes256) => (Some(ServerSideEncryption::Aes256), None),
             Some(Sse::Kms { key_id }) => (Some(ServerSideEncryption::AwsKms), key_id.clone()),
+        }
+    }
+}
+
+/// A multipart upload in progress: parts may be sent concurrently (the
+/// handle is cheap to clone); [`Multipart::complete`] makes the object
+/// exist, [`Multipart::abort`] drops the parts.
+#[derive(Clone, Debug)]
+pub struct Multipart {
+    store: ObjectStore,
+    key: String,
+    upload_id: String,
+}
+
+/// A part S3 confirmed.
+#[derive(Clone, Debug)]
+pub struct PartTag {
+    pub number: i32,
+    pub etag: Option<String>,
+}
+
+impl Multipart {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Uploads part `number` (from 1; every part but the last at least 5 MiB).
+    pub async fn upload_part(&self, number: i32, body: Vec<u8>) -> Result<PartTag, StoreError> {
+        let len = body.len() as i64;
+        let done = self
+            .store
+            .client
+            .upload_part()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .content_length(len)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| StoreError::S3 { op: "UploadPart", key: self.key.clone(), message: describe(&e) })?;
+        Ok(PartTag { number, etag: done.e_tag().map(str::to_owned) })
+    }
+
+    /// Completes the object from `parts` (any order).
+    pub async fn complete(&self, mut parts: Vec<PartTag>) -> Result<(), StoreError> {
+        parts.sort_by_key(|p| p.number);
+        let parts = parts
+            .into_iter()
+            .map(|p| CompletedPart::builder().part_number(p.number).set_e_tag(p.etag).build())
+            .collect();
+        self.store
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| StoreError::S3 { op: "CompleteMultipartUpload", key: self.key.clone(), message: describe(&e) })?;
+        Ok(())
+    }
+
+    /// Drops the parts uploaded so far (best effort: logged on failure).
+    pub async fn abort(&self) {
+        let r = self
+            .store
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.store.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(key = %self.key, error = %describe(&e), "cannot abort a multipart upload; S3 lifecycle rules remove its parts");
         }
     }
 }

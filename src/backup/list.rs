@@ -1,0 +1,1 @@
+//! What the bucket holds: completed backups (those with a sentinel).
