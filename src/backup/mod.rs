@@ -31,6 +31,9 @@ pub enum BackupError {
     Codec(#[from] CodecError),
     #[error("interrupted: {0}")]
     Cancelled(String),
+    /// The named backup (or any backup) does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// The backup cannot be taken here or now (a replica, no storage, ...).
     #[error("{0}")]
     Refused(String),
@@ -90,3 +93,33 @@ pub struct Progress {
     /// Compressed bytes S3 has confirmed.
     pub uploaded: AtomicU64,
 }
+
+/// One backup at a time on a node: an exclusive `flock` on
+/// `PGROOT/tusk-backup.lock`, held by the supervisor's scheduler and by
+/// `tusk backup-push` alike, released when the guard (the open file) drops.
+#[derive(Debug)]
+pub struct NodeLock {
+    _file: std::fs::File,
+}
+
+impl NodeLock {
+    pub fn take(pgroot: &std::path::Path) -> Result<NodeLock, BackupError> {
+        use std::os::fd::AsRawFd;
+        let path = pgroot.join("tusk-backup.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| BackupError::Read { path: path.clone(), source })?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(BackupError::Refused("another base backup is running on this node".into()));
+        }
+        Ok(NodeLock { _file: file })
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;

@@ -3,6 +3,7 @@
 //! `podman exec <ctr> tusk config` shows what the daemon sees.
 
 mod api;
+mod backup;
 pub mod cluster;
 
 use axum::http::Method;
@@ -28,6 +29,8 @@ pub enum CliError {
     Dcs(#[from] crate::dcs::client::DcsError),
     #[error(transparent)]
     Api(#[from] crate::api::client::ClientError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     /// The cluster or the node refused, or did not do what was asked (exit 1).
     #[error("{0}")]
     Refused(String),
@@ -43,6 +46,7 @@ impl CliError {
             CliError::Runtime(_)
             | CliError::Dcs(_)
             | CliError::Api(_)
+            | CliError::Backup(_)
             | CliError::Refused(_)
             | CliError::Unhealthy(_) => EXIT_FAILURE,
         }
@@ -137,6 +141,14 @@ pub enum Command {
     WalPush { path: String },
     /// restore_command: fetch one WAL file from S3 into DEST (exit 1: not in the archive).
     WalFetch { name: String, dest: String },
+    /// Take a base backup of the local primary to S3 (WAL-G's layout).
+    BackupPush,
+    /// List the completed base backups in S3, oldest first.
+    BackupList {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
@@ -153,6 +165,8 @@ pub fn dispatch(cli: Cli) -> i32 {
         Some(Command::WalPush { path }) => return crate::archive::client::wal_push(&path),
         Some(Command::WalFetch { name, dest }) => return crate::archive::client::wal_fetch(&name, &dest),
         Some(Command::List) => cluster::list(),
+        Some(Command::BackupPush) => backup::push(),
+        Some(Command::BackupList { json }) => backup::list(json),
         Some(Command::Switchover { candidate, scheduled }) => cluster::switchover(candidate, false, scheduled),
         Some(Command::Failover { candidate }) => cluster::switchover(Some(candidate), true, None),
         Some(Command::Healthcheck { endpoint, timeout }) => {

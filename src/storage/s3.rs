@@ -34,6 +34,16 @@ pub const PART_SIZE: usize = 8 << 20;
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// Last-Modified, seconds since the epoch (0 if the server gave none).
+    pub modified: i64,
+}
+
+fn info(key: &str, o: &aws_sdk_s3::types::Object) -> ObjectInfo {
+    ObjectInfo {
+        key: key.to_owned(),
+        size: o.size().unwrap_or(0).max(0) as u64,
+        modified: o.last_modified().map(|t| t.secs()).unwrap_or(0),
+    }
 }
 
 /// The warm client and its bucket.
@@ -153,7 +163,7 @@ impl ObjectStore {
                 .map_err(|e| StoreError::S3 { op: "LIST", key: prefix.to_owned(), message: describe(&e) })?;
             for obj in page.contents() {
                 if let Some(key) = obj.key() {
-                    out.push(ObjectInfo { key: key.to_owned(), size: obj.size().unwrap_or(0).max(0) as u64 });
+                    out.push(info(key, obj));
                 }
             }
             match page.next_continuation_token() {
@@ -177,8 +187,70 @@ impl ObjectStore {
         Ok(page
             .contents()
             .iter()
-            .filter_map(|o| Some(ObjectInfo { key: o.key()?.to_owned(), size: o.size().unwrap_or(0).max(0) as u64 }))
+            .filter_map(|o| Some(info(o.key()?, o)))
             .collect())
+    }
+
+    /// The objects directly under `prefix` (not in deeper "directories":
+    /// a listing with the `/` delimiter), all pages, in key order.
+    pub async fn list_shallow(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| StoreError::S3 { op: "LIST", key: prefix.to_owned(), message: describe(&e) })?;
+            for obj in page.contents() {
+                if let Some(key) = obj.key() {
+                    out.push(info(key, obj));
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Deletes `keys` (batches of 1,000, S3's limit per request); a key
+    /// that does not exist is not an error.
+    pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        for batch in keys.chunks(1000) {
+            let ids = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::S3 { op: "DELETE", key: batch[0].clone(), message: e.to_string() })?;
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| StoreError::S3 { op: "DELETE", key: batch[0].clone(), message: e.to_string() })?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| StoreError::S3 { op: "DELETE", key: batch[0].clone(), message: describe(&e) })?;
+            if let Some(err) = out.errors().first() {
+                return Err(StoreError::S3 {
+                    op: "DELETE",
+                    key: err.key().unwrap_or_default().to_owned(),
+                    message: format!("{}: {}", err.code().unwrap_or("?"), err.message().unwrap_or("?")),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The user metadata of `key`; `None` when it does not exist.
