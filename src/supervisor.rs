@@ -15,6 +15,7 @@ use tokio::time::sleep_until;
 
 use crate::api;
 use crate::archive::ArchiveHandle;
+use crate::backup::schedule::Backups;
 use crate::config::Config;
 use crate::dcs::client::Dcs;
 use crate::exit::{EXIT_CONFIG, EXIT_FAILURE};
@@ -58,6 +59,7 @@ pub async fn run(cfg: Config) -> i32 {
         Err(e) => return e.exit_code(),
     };
     api.status.send_modify(|s| s.facts.standalone = true);
+    start_backups(&cfg, &api, &archive);
     let mut node = match Node::prepare(cfg, api, &archive, &notifier, &mut signals).await {
         Ok(Some(node)) => node,
         Ok(None) => return 0,
@@ -77,23 +79,55 @@ async fn run_ha(cfg: Config, archive: ArchiveSlot, notifier: &Notifier, signals:
         Ok(a) => a,
         Err(e) => return e.exit_code(),
     };
+    start_backups(&cfg, &api, &archive);
     let Prepared { layout, run_as, inputs } = prepared;
     crate::ha::run::run(cfg, layout.binaries, run_as, inputs, api, dcs_tx, notifier, signals).await
 }
 
-/// The archiver's handle once archiving started, as the REST API looks it
-/// up on each request (the API may start before archiving does).
+/// The archiver's handle once archiving started, and the backup
+/// scheduler's status, as the REST API looks them up on each request (the
+/// API may start before archiving does).
 #[derive(Clone, Default)]
-struct ArchiveSlot(Arc<OnceLock<ArchiveHandle>>);
+struct ArchiveSlot(Arc<OnceLock<ArchiveHandle>>, Arc<OnceLock<Backups>>);
 
 impl api::ArchiveView for ArchiveSlot {
     fn status(&self) -> Option<serde_json::Value> {
-        self.0.get()?.status_json()
+        let mut v = self.0.get()?.status_json()?;
+        if let (Some(b), Some(obj)) = (self.1.get(), v.as_object_mut()) {
+            obj.insert("backup".into(), b.status_json());
+        }
+        Some(v)
     }
 
     fn metrics(&self, labels: &str) -> String {
-        self.0.get().map(|h| h.metrics(labels)).unwrap_or_default()
+        let mut out = self.0.get().map(|h| h.metrics(labels)).unwrap_or_default();
+        if let Some(b) = self.1.get()
+            && !out.is_empty()
+        {
+            out.push_str(&b.metrics(labels));
+        }
+        out
     }
+}
+
+/// Starts the backup scheduler: backups are allowed while this node is the
+/// running primary (the leader in HA mode), as the API's status says.
+fn start_backups(cfg: &Config, api: &api::Started, slot: &ArchiveSlot) {
+    if cfg.storage.is_none() {
+        return;
+    }
+    let may = |st: &api::NodeStatus| {
+        st.role == Role::Primary && st.state == State::Running && (st.facts.standalone || st.leader)
+    };
+    let mut status = api.status.subscribe();
+    let (tx, rx) = watch::channel(may(&status.borrow()));
+    tokio::spawn(async move {
+        while status.changed().await.is_ok() {
+            let now = may(&status.borrow_and_update());
+            tx.send_if_modified(|v| std::mem::replace(v, now) != now);
+        }
+    });
+    let _ = slot.1.set(crate::backup::schedule::start(cfg, rx));
 }
 
 /// Starts the REST API (the one place, for both modes). Returns the sender

@@ -65,8 +65,13 @@ fn backup_push_writes_walg_layout() {
     let prefix = unique_prefix("push");
     let dir = test_dir("backup-push");
     let mut n = storage_node(dir.path(), garage, &prefix);
+    n.set("BACKUP_SCHEDULE", "0 0 1 1 *");
     n.start();
     n.wait_ready(1);
+    // The automatic first backup, then one by hand.
+    wait_for("the first backup", Duration::from_secs(120), || {
+        get_json(&n, "/patroni")["archive"]["backup"]["last"].get("name").map(|_| ())
+    });
     pgbench_init(&n, 2);
     let t0 = Instant::now();
     let (st, out, err) = n.run(&["backup-push"]);
@@ -89,7 +94,20 @@ fn backup_push_writes_walg_layout() {
     }
     let (_, sentinel) = garage.get_object(&format!("{base}_backup_stop_sentinel.json"));
     let s: serde_json::Value = serde_json::from_slice(&sentinel).unwrap();
-    for k in ["LSN", "FinishLSN", "PgVersion", "SystemIdentifier", "UncompressedSize", "CompressedSize", "Version", "StartTime", "FinishTime", "Hostname", "DataDir", "IsPermanent"] {
+    for k in [
+        "LSN",
+        "FinishLSN",
+        "PgVersion",
+        "SystemIdentifier",
+        "UncompressedSize",
+        "CompressedSize",
+        "Version",
+        "StartTime",
+        "FinishTime",
+        "Hostname",
+        "DataDir",
+        "IsPermanent",
+    ] {
         assert!(s.get(k).is_some(), "sentinel lacks {k}: {s}");
     }
     assert_eq!(s["Version"], 2);
@@ -98,19 +116,140 @@ fn backup_push_writes_walg_layout() {
     assert!(s["UncompressedSize"].as_i64().unwrap() > 30 << 20, "{s}");
     // The stop segment is in the archive.
     let finish = s["FinishLSN"].as_u64().unwrap();
-    let stop_seg = n.psql(&format!("select pg_walfile_name('{:X}/{:X}'::pg_lsn - 1)", finish >> 32, finish & 0xffff_ffff));
+    let stop_seg =
+        n.psql(&format!("select pg_walfile_name('{:X}/{:X}'::pg_lsn - 1)", finish >> 32, finish & 0xffff_ffff));
     assert!(
-        list_keys(garage, &format!("{prefix}/wal_005/{stop_seg}")).contains(&format!("{prefix}/wal_005/{stop_seg}.lz4")),
-        "stop segment {stop_seg} not archived: {:?}", list_keys(garage, &format!("{prefix}/wal_005/"))
+        list_keys(garage, &format!("{prefix}/wal_005/{stop_seg}"))
+            .contains(&format!("{prefix}/wal_005/{stop_seg}.lz4")),
+        "stop segment {stop_seg} not archived: {:?}",
+        list_keys(garage, &format!("{prefix}/wal_005/"))
     );
     // No page checksum errors in a healthy cluster (initdb --data-checksums).
     assert_eq!(done["corrupt_blocks"], 0);
     let (st, out, err) = n.run(&["backup-list", "--json"]);
     assert!(st.success(), "{err}");
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    assert_eq!(list[0]["name"], name.as_str());
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list[1]["name"], name.as_str(), "the newest is listed last");
+    assert_eq!(list[1]["start_lsn"], done["start_lsn"]);
+    assert_eq!(list[1]["compressed_size"], done["compressed_size"]);
     let (st, out, _) = n.run(&["backup-list"]);
     assert!(st.success() && out.contains(&name), "{out}");
+    n.stop_cleanly(Duration::from_secs(20));
+}
+
+fn get_json(n: &Node, path: &str) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", &format!("http://127.0.0.1:{}{path}", n.env["APIPORT"])])
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn get_text(n: &Node, path: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", &format!("http://127.0.0.1:{}{path}", n.env["APIPORT"])])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A new cluster with storage gets its first backup right after bootstrap,
+/// without waiting for the schedule; `/patroni` and `/metrics` report it.
+#[test]
+fn first_backup_after_bootstrap() {
+    require_root();
+    let garage = shared_garage();
+    let prefix = unique_prefix("first");
+    let dir = test_dir("backup-first");
+    let mut n = storage_node(dir.path(), garage, &prefix);
+    // A schedule that will not fire during the test.
+    n.set("BACKUP_SCHEDULE", "0 0 1 1 *");
+    n.start();
+    n.wait_ready(1);
+    let last = wait_for("the first backup in /patroni", Duration::from_secs(120), || {
+        let st = get_json(&n, "/patroni");
+        let last = st["archive"]["backup"]["last"].clone();
+        last.get("name").is_some().then_some(last)
+    });
+    let name = last["name"].as_str().unwrap();
+    let (st, out, err) = n.run(&["backup-list", "--json"]);
+    assert!(st.success(), "{err}");
+    assert!(out.contains(name), "{out}");
+    let m = get_text(&n, "/metrics");
+    assert!(m.contains("tusk_backup_succeeded_total{"), "{m}");
+    assert!(m.lines().any(|l| l.starts_with("tusk_backup_succeeded_total{") && l.ends_with(" 1")), "{m}");
+    assert!(m.contains("tusk_backup_next_timestamp_seconds{"), "{m}");
+    // A restart does not take another: the bucket is no longer empty.
+    n.stop_cleanly(Duration::from_secs(20));
+    n.start();
+    n.wait_ready_since_start();
+    std::thread::sleep(Duration::from_secs(3));
+    let st = get_json(&n, "/patroni");
+    assert!(st["archive"]["backup"]["last"].is_null(), "{st}");
+    n.stop_cleanly(Duration::from_secs(20));
+}
+
+/// SIGTERM during `backup-push` leaves no sentinel and says why; the next
+/// backup succeeds.
+#[test]
+fn interrupted_backup_leaves_no_sentinel() {
+    require_root();
+    let garage = shared_garage();
+    let prefix = unique_prefix("interrupt");
+    let dir = test_dir("backup-interrupt");
+    let mut n = storage_node(dir.path(), garage, &prefix);
+    n.set("BACKUP_SCHEDULE", "0 0 1 1 *");
+    // Small parts and one compression thread: the backup takes a while.
+    n.set("WALG_UPLOAD_DISK_CONCURRENCY", "1");
+    n.start();
+    n.wait_ready(1);
+    // Wait for the automatic first backup, so the bucket has one.
+    wait_for("the first backup", Duration::from_secs(120), || {
+        get_json(&n, "/patroni")["archive"]["backup"]["last"].get("name").map(|_| ())
+    });
+    pgbench_init(&n, 20);
+    let sentinels = |g: &Garage| {
+        list_keys(g, &format!("{prefix}/basebackups_005/"))
+            .into_iter()
+            .filter(|k| k.ends_with("_backup_stop_sentinel.json"))
+            .count()
+    };
+    assert_eq!(sentinels(garage), 1);
+    let mut child = {
+        let mut c = Command::new(node::tusk_bin());
+        c.arg("backup-push")
+            .env_clear()
+            .envs(&n.env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    // Until it has read something, then SIGTERM.
+    std::thread::sleep(Duration::from_millis(700));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let t0 = Instant::now();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "an interrupted backup must fail: {err}");
+    assert!(err.contains("interrupted (SIGTERM)"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "the interrupted backup took {:?} to stop", t0.elapsed());
+    assert_eq!(sentinels(garage), 1, "no sentinel for the interrupted backup");
+    // The next backup is unaffected.
+    let (st, out, err) = n.run(&["backup-push"]);
+    assert!(st.success(), "{out}\n{err}");
+    assert_eq!(sentinels(garage), 2);
     n.stop_cleanly(Duration::from_secs(20));
 }

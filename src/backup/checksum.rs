@@ -76,7 +76,8 @@ pub fn check_page(page: &[u8; BLCKSZ], blkno: u32, start_lsn: u64) -> PageCheck 
 /// (pg_basebackup's rule: not `pg_internal.init`, `pg_filenode.map`,
 /// `PG_VERSION`, `pg_control`, temp files). Returns the segment number.
 pub fn relation_segment(rel_path: &str) -> Option<u32> {
-    let in_rel_dir = rel_path.starts_with("base/") || rel_path.starts_with("global/") || rel_path.starts_with("pg_tblspc/");
+    let in_rel_dir =
+        rel_path.starts_with("base/") || rel_path.starts_with("global/") || rel_path.starts_with("pg_tblspc/");
     if !in_rel_dir {
         return None;
     }
@@ -85,7 +86,11 @@ pub fn relation_segment(rel_path: &str) -> Option<u32> {
         Some((s, n)) => (s, n.parse::<u32>().ok()?),
         None => (name, 0),
     };
-    let oid = stem.strip_suffix("_fsm").or_else(|| stem.strip_suffix("_vm")).or_else(|| stem.strip_suffix("_init")).unwrap_or(stem);
+    let oid = stem
+        .strip_suffix("_fsm")
+        .or_else(|| stem.strip_suffix("_vm"))
+        .or_else(|| stem.strip_suffix("_init"))
+        .unwrap_or(stem);
     (!oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit())).then_some(seg)
 }
 

@@ -87,7 +87,9 @@ fn entry(name: &str, modified: i64, s: Sentinel) -> BackupEntry {
 /// `NAME` or `LATEST` (the newest) among `backups`.
 pub fn select<'a>(backups: &'a [BackupEntry], which: &str) -> Result<&'a BackupEntry, BackupError> {
     if which == "LATEST" {
-        return backups.last().ok_or_else(|| BackupError::NotFound("LATEST: the bucket holds no completed backup".into()));
+        return backups
+            .last()
+            .ok_or_else(|| BackupError::NotFound("LATEST: the bucket holds no completed backup".into()));
     }
     backups.iter().find(|b| b.name == which).ok_or_else(|| {
         BackupError::NotFound(format!("backup {which} does not exist (or has no sentinel: it never completed)"))

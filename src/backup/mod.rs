@@ -8,6 +8,7 @@
 pub mod checksum;
 pub mod list;
 pub mod push;
+pub mod schedule;
 pub mod sentinel;
 mod tarball;
 mod walk;

@@ -25,9 +25,9 @@ use super::tarball::{self, Msg};
 use super::{BackupError, Cancel, Progress, walk};
 use crate::config::Config;
 use crate::postgres::wal::{SegmentName, parse_lsn};
+use crate::storage::codec;
 use crate::storage::layout::{self, Layout};
 use crate::storage::s3::{Multipart, ObjectStore, PartTag};
-use crate::storage::codec;
 
 /// Size of each multipart part uploaded.
 const UPLOAD_PART: usize = 8 << 20;
@@ -122,9 +122,10 @@ async fn server_facts(client: &tokio_postgres::Client, cfg: &Config) -> Result<S
 }
 
 pub async fn run(cfg: &Config, progress: &Arc<Progress>, cancel: &Arc<Cancel>) -> Result<Pushed, BackupError> {
-    let storage = cfg.storage.as_ref().ok_or_else(|| {
-        BackupError::Refused("no storage is configured (WAL_S3_BUCKET or WALG_S3_PREFIX)".into())
-    })?;
+    let storage = cfg
+        .storage
+        .as_ref()
+        .ok_or_else(|| BackupError::Refused("no storage is configured (WAL_S3_BUCKET or WALG_S3_PREFIX)".into()))?;
     let settings = &storage.backup;
     let store = ObjectStore::new(storage).await?;
     let layout = Layout::new(&storage.root);
@@ -150,7 +151,8 @@ pub async fn run(cfg: &Config, progress: &Arc<Progress>, cancel: &Arc<Cancel>) -
     let start_lsn_text: String = client.query_one(start_sql, &[&label]).await?.get(0);
     let start_lsn = parse_lsn(&start_lsn_text)
         .ok_or_else(|| BackupError::Internal(format!("pg_backup_start returned {start_lsn_text:?}")))?;
-    let timeline = client.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[]).await?.get::<_, i32>(0) as u32;
+    let timeline =
+        client.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[]).await?.get::<_, i32>(0) as u32;
     let name = layout::backup_name(&SegmentName::of_lsn(timeline, start_lsn, server.seg_size).to_string());
     if store.head(&layout.sentinel_key(&name)).await?.is_some() {
         return Err(BackupError::Refused(format!("backup {name} already exists")));
@@ -171,13 +173,13 @@ pub async fn run(cfg: &Config, progress: &Arc<Progress>, cancel: &Arc<Cancel>) -
     std::thread::Builder::new()
         .name("tusk-backup-tar".into())
         .spawn(move || {
-            let r = walk::walk(&pgdata)
-                .map_err(|source| BackupError::Read { path: pgdata.clone(), source })
-                .and_then(|w| {
+            let r = walk::walk(&pgdata).map_err(|source| BackupError::Read { path: pgdata.clone(), source }).and_then(
+                |w| {
                     p.total.store(w.total_bytes, Ordering::Relaxed);
                     let spec = w.spec.clone();
                     tarball::produce(w, &opts, tx, &c, &p).map(|out| (out, spec))
-                });
+                },
+            );
             let _ = done_tx.send(r);
         })
         .map_err(|e| BackupError::Internal(format!("cannot start the tar thread: {e}")))?;
@@ -239,9 +241,13 @@ pub async fn run(cfg: &Config, progress: &Arc<Progress>, cancel: &Arc<Cancel>) -
     }
     let label_tar = label_tar.into_inner().map_err(|e| BackupError::Internal(format!("tar: {e}")))?;
     let label_obj = codec::compress(settings.compression, &label_tar[..], label_tar.len())?;
-    parts.insert(label_file.clone(), PartInfo { size: label_obj.len() as u64, xxh3: hex64(xxhash_rust::xxh3::xxh3_64(&label_obj)) });
+    parts.insert(
+        label_file.clone(),
+        PartInfo { size: label_obj.len() as u64, xxh3: hex64(xxhash_rust::xxh3::xxh3_64(&label_obj)) },
+    );
     store.put(&layout.tar_partition_key(&name, &label_file), label_obj, &[]).await?;
-    let mut files_metadata = FilesMetadata { files: produced.files, tar_file_sets: produced.tar_file_sets, ..Default::default() };
+    let mut files_metadata =
+        FilesMetadata { files: produced.files, tar_file_sets: produced.tar_file_sets, ..Default::default() };
     files_metadata.tar_file_sets.insert(label_file, members);
 
     let finish_time = OffsetDateTime::now_utc();
@@ -463,7 +469,8 @@ impl<'a> ObjectUpload<'a> {
         let number = (self.done.len() + self.in_flight.len() + 1) as i32;
         let body = std::mem::replace(&mut self.buf, Vec::with_capacity(UPLOAD_PART + tarball::CHUNK));
         let len = body.len() as u64;
-        self.in_flight.spawn(async move { mp.upload_part(number, body).await.map(|t| (t, len)).map_err(BackupError::from) });
+        self.in_flight
+            .spawn(async move { mp.upload_part(number, body).await.map(|t| (t, len)).map_err(BackupError::from) });
         Ok(())
     }
 

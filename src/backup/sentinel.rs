@@ -116,7 +116,8 @@ impl<'de> Deserialize<'de> for Spec {
         };
         let mut tablespaces = Vec::new();
         for name in names {
-            let v = map.remove(&name).ok_or_else(|| serde::de::Error::custom(format!("tablespace {name} has no entry")))?;
+            let v =
+                map.remove(&name).ok_or_else(|| serde::de::Error::custom(format!("tablespace {name} has no entry")))?;
             tablespaces.push((name, serde_json::from_value(v).map_err(serde::de::Error::custom)?));
         }
         Ok(Spec { base_prefix, tablespaces })
@@ -234,7 +235,23 @@ mod tests {
             tablespaces: vec![("16385".into(), Tablespace { loc: "/ts".into(), link: "pg_tblspc/16385".into() })],
         });
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
-        for k in ["LSN", "PgVersion", "FinishLSN", "SystemIdentifier", "UncompressedSize", "CompressedSize", "Spec", "ChkpNum", "Version", "StartTime", "FinishTime", "DateFmt", "Hostname", "DataDir", "IsPermanent"] {
+        for k in [
+            "LSN",
+            "PgVersion",
+            "FinishLSN",
+            "SystemIdentifier",
+            "UncompressedSize",
+            "CompressedSize",
+            "Spec",
+            "ChkpNum",
+            "Version",
+            "StartTime",
+            "FinishTime",
+            "DateFmt",
+            "Hostname",
+            "DataDir",
+            "IsPermanent",
+        ] {
             assert!(v.get(k).is_some(), "{k} missing in {v}");
         }
         assert!(v["ChkpNum"].is_null());

@@ -85,7 +85,15 @@ pub fn produce(
     }
     let ext = opts.compression.extension();
     let mut out = Produced::default();
-    let mut sink = Sink { tx: &tx, jobs: &job_tx, codec, brotli: None, buf: Vec::with_capacity(CHUNK), written: 0, compression: opts.compression };
+    let mut sink = Sink {
+        tx: &tx,
+        jobs: &job_tx,
+        codec,
+        brotli: None,
+        buf: Vec::with_capacity(CHUNK),
+        written: 0,
+        compression: opts.compression,
+    };
     let result = (|| {
         let mut part_no = 0u32;
         let mut entries = walked.entries.into_iter().peekable();
@@ -199,8 +207,7 @@ fn add_entry(
                     "page checksum mismatch: the backup holds the pages as read; check the storage of this node"
                 );
             }
-            let mtime = time::OffsetDateTime::from_unix_timestamp(e.mtime)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+            let mtime = time::OffsetDateTime::from_unix_timestamp(e.mtime).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
                 + time::Duration::nanoseconds(e.mtime_nsec);
             let corrupt_blocks = (reader.corrupt_count > 0)
                 .then(|| CorruptBlocks { count: reader.corrupt_count, some: reader.corrupt.clone() });

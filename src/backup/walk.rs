@@ -32,7 +32,8 @@ const EXCLUDED: [&str; 17] = [
 /// Files at the top of PGDATA that a backup must not carry: a stale label
 /// of an exclusive backup would mislead recovery; the signal files would
 /// turn the restored node into a replica or a recovering node by accident.
-const EXCLUDED_TOP_FILES: [&str; 5] = ["backup_label", "tablespace_map", "backup_label.old", "recovery.signal", "pg_internal.init"];
+const EXCLUDED_TOP_FILES: [&str; 5] =
+    ["backup_label", "tablespace_map", "backup_label.old", "recovery.signal", "pg_internal.init"];
 
 /// The file WAL-G puts in its own, last part.
 pub const PG_CONTROL: &str = "global/pg_control";
@@ -71,12 +72,12 @@ pub fn walk(pgdata: &Path) -> std::io::Result<Walked> {
     let mut entries = Vec::new();
     let mut spec = Spec { base_prefix: pgdata.display().to_string(), tablespaces: Vec::new() };
     walk_dir(pgdata, "", &mut entries, Some(&mut spec))?;
-    let control_pos = entries
-        .iter()
-        .position(|e| e.name == PG_CONTROL)
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} has no {PG_CONTROL}", pgdata.display())))?;
+    let control_pos = entries.iter().position(|e| e.name == PG_CONTROL).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} has no {PG_CONTROL}", pgdata.display()))
+    })?;
     let pg_control = entries.remove(control_pos);
-    let total_bytes = entries.iter().chain([&pg_control]).map(|e| if let Kind::File { size } = e.kind { size } else { 0 }).sum();
+    let total_bytes =
+        entries.iter().chain([&pg_control]).map(|e| if let Kind::File { size } = e.kind { size } else { 0 }).sum();
     let spec = (!spec.tablespaces.is_empty()).then_some(spec);
     Ok(Walked { entries, pg_control, spec, total_bytes })
 }
@@ -119,7 +120,14 @@ fn walk_dir(dir: &Path, prefix: &str, out: &mut Vec<Entry>, mut spec: Option<&mu
                 }
             } else if EXCLUDED.contains(&name) {
                 // Kept as an empty directory.
-                out.push(Entry { name: rel, path, kind: Kind::Dir, mode: 0o700, mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec() });
+                out.push(Entry {
+                    name: rel,
+                    path,
+                    kind: Kind::Dir,
+                    mode: 0o700,
+                    mtime: meta.mtime(),
+                    mtime_nsec: meta.mtime_nsec(),
+                });
             } else {
                 tracing::warn!(path = %path.display(), "skipping a symbolic link in the data directory");
             }

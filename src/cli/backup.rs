@@ -12,9 +12,9 @@ use crate::storage::layout::Layout;
 use crate::storage::s3::ObjectStore;
 
 fn storage(cfg: &Config) -> Result<&crate::config::StorageConfig, CliError> {
-    cfg.storage.as_ref().ok_or_else(|| {
-        CliError::Refused("no storage is configured (set WAL_S3_BUCKET or WALG_S3_PREFIX)".into())
-    })
+    cfg.storage
+        .as_ref()
+        .ok_or_else(|| CliError::Refused("no storage is configured (set WAL_S3_BUCKET or WALG_S3_PREFIX)".into()))
 }
 
 /// `tusk backup-push`: one base backup of the local primary; progress on
@@ -29,7 +29,8 @@ pub fn push() -> Result<(), CliError> {
         let progress = Arc::new(Progress::default());
         let cancel = Arc::new(Cancel::default());
         let mut rx = backup::push::spawn(cfg, progress, cancel.clone());
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(CliError::Runtime)?;
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(CliError::Runtime)?;
         let r = tokio::select! {
             r = &mut rx => r,
             _ = tokio::signal::ctrl_c() => { cancel.cancel("interrupted (SIGINT)"); (&mut rx).await }

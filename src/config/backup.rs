@@ -48,18 +48,31 @@ pub(super) fn parse(raw: &RawEnv, wal_compression: Compression) -> Result<Backup
         None => DEFAULT_TAR_SIZE_THRESHOLD,
         Some(v) => match v.trim().parse::<u64>() {
             Ok(n) if n >= 1 << 20 => n,
-            _ => return Err(ConfigError::new("WALG_TAR_SIZE_THRESHOLD", format!("{v:?} is not a byte count of at least 1048576"))),
+            _ => {
+                return Err(ConfigError::new(
+                    "WALG_TAR_SIZE_THRESHOLD",
+                    format!("{v:?} is not a byte count of at least 1048576"),
+                ));
+            }
         },
     };
     let verify_page_checksums = parse_bool("WALG_VERIFY_PAGE_CHECKSUMS", raw.walg_verify_page_checksums.as_deref())?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
-    let compress_threads = number("WALG_UPLOAD_DISK_CONCURRENCY", raw.walg_upload_disk_concurrency.as_deref(), cores as u64, 1..=16)? as usize;
+    let compress_threads =
+        number("WALG_UPLOAD_DISK_CONCURRENCY", raw.walg_upload_disk_concurrency.as_deref(), cores as u64, 1..=16)?
+            as usize;
     let schedule = raw.backup_schedule.as_deref().map(str::trim).unwrap_or("0 1 * * *").to_owned();
-    crate::config::cron::Schedule::parse(&schedule).map_err(|e| ConfigError::new("BACKUP_SCHEDULE", format!("{schedule:?}: {e}")))?;
+    crate::config::cron::Schedule::parse(&schedule)
+        .map_err(|e| ConfigError::new("BACKUP_SCHEDULE", format!("{schedule:?}: {e}")))?;
     // Spilo's postgres_backup.sh: at least 2, whatever is asked.
-    let num_to_retain = number("BACKUP_NUM_TO_RETAIN", raw.backup_num_to_retain.as_deref(), 5, 0..=100_000)?.max(2) as u32;
-    let threshold_megabytes =
-        number("WALE_BACKUP_THRESHOLD_MEGABYTES", raw.wale_backup_threshold_megabytes.as_deref(), 102_400, 0..=u64::MAX)?;
+    let num_to_retain =
+        number("BACKUP_NUM_TO_RETAIN", raw.backup_num_to_retain.as_deref(), 5, 0..=100_000)?.max(2) as u32;
+    let threshold_megabytes = number(
+        "WALE_BACKUP_THRESHOLD_MEGABYTES",
+        raw.wale_backup_threshold_megabytes.as_deref(),
+        102_400,
+        0..=u64::MAX,
+    )?;
     let threshold_percentage =
         number("WALE_BACKUP_THRESHOLD_PERCENTAGE", raw.wale_backup_threshold_percentage.as_deref(), 30, 0..=100_000)?;
     Ok(BackupSettings {
@@ -78,6 +91,8 @@ fn number(var: &str, v: Option<&str>, default: u64, range: std::ops::RangeInclus
     let Some(v) = v else { return Ok(default) };
     match v.trim().parse::<u64>() {
         Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(ConfigError::new(var, format!("{v:?} is not a whole number from {} to {}", range.start(), range.end()))),
+        _ => {
+            Err(ConfigError::new(var, format!("{v:?} is not a whole number from {} to {}", range.start(), range.end())))
+        }
     }
 }

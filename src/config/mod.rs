@@ -6,12 +6,12 @@
 //! [`ConfigError`] that names the variable; the binary exits with 78.
 
 mod api;
+pub mod backup;
+pub mod cron;
 mod etcd;
 pub mod host;
 mod parse;
 mod secret;
-pub mod backup;
-pub mod cron;
 pub mod storage;
 
 use std::collections::BTreeMap;

@@ -166,7 +166,10 @@ mod tests {
             assert_eq!(l.backup_of_sentinel(&l.metadata_key(&b)), None);
         }
         assert_eq!(Layout::new("a/b").root(), "a/b/");
-        assert_eq!(first_segment("x/base_000000010000000A00000031_D_000000010000000100000063"), Some("000000010000000A00000031"));
+        assert_eq!(
+            first_segment("x/base_000000010000000A00000031_D_000000010000000100000063"),
+            Some("000000010000000A00000031")
+        );
         assert_eq!(first_segment("wal_005/00000002.history.lz4"), None);
         assert_eq!(first_segment("wal_005/000000010000000000000001.lz4"), Some("000000010000000000000001"));
     }

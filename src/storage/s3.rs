@@ -184,11 +184,7 @@ impl ObjectStore {
             .send()
             .await
             .map_err(|e| StoreError::S3 { op: "LIST", key: prefix.to_owned(), message: describe(&e) })?;
-        Ok(page
-            .contents()
-            .iter()
-            .filter_map(|o| Some(info(o.key()?, o)))
-            .collect())
+        Ok(page.contents().iter().filter_map(|o| Some(info(o.key()?, o))).collect())
     }
 
     /// The objects directly under `prefix` (not in deeper "directories":
@@ -229,11 +225,11 @@ impl ObjectStore {
                 .map(|k| ObjectIdentifier::builder().key(k).build())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| StoreError::S3 { op: "DELETE", key: batch[0].clone(), message: e.to_string() })?;
-            let delete = Delete::builder()
-                .set_objects(Some(ids))
-                .quiet(true)
-                .build()
-                .map_err(|e| StoreError::S3 { op: "DELETE", key: batch[0].clone(), message: e.to_string() })?;
+            let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| StoreError::S3 {
+                op: "DELETE",
+                key: batch[0].clone(),
+                message: e.to_string(),
+            })?;
             let out = self
                 .client
                 .delete_objects()
@@ -504,7 +500,11 @@ impl Multipart {
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
             .await
-            .map_err(|e| StoreError::S3 { op: "CompleteMultipartUpload", key: self.key.clone(), message: describe(&e) })?;
+            .map_err(|e| StoreError::S3 {
+                op: "CompleteMultipartUpload",
+                key: self.key.clone(),
+                message: describe(&e),
+            })?;
         Ok(())
     }
 
