@@ -3,6 +3,8 @@
 //! leave no sentinel, page checksum reports. Run as root (postgres runs as
 //! postgres).
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/node.rs"]
 mod node;
 #[path = "support/ports.rs"]
@@ -15,6 +17,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use cluster::Cluster;
 use node::{Node, PG_BIN, require_root, test_dir};
 use testbed::{Garage, shared_garage};
 
@@ -252,4 +255,79 @@ fn interrupted_backup_leaves_no_sentinel() {
     assert!(st.success(), "{out}\n{err}");
     assert_eq!(sentinels(garage), 2);
     n.stop_cleanly(Duration::from_secs(20));
+}
+
+/// A backup's counters from a member's `/patroni` (`archive.backup`).
+fn backup_status(c: &Cluster, name: &str) -> serde_json::Value {
+    c.api_status(name).map(|s| s["archive"]["backup"].clone()).unwrap_or(serde_json::Value::Null)
+}
+
+fn succeeded(c: &Cluster, name: &str) -> u64 {
+    backup_status(c, name)["succeeded"].as_u64().unwrap_or(0)
+}
+
+/// HA: the first backup and the scheduled ones run on the leader only; a
+/// backup running when a switchover demotes its node is cancelled there
+/// (no sentinel), and the schedule then fires on the new leader only.
+#[test]
+fn schedule_follows_the_leader() {
+    require_root();
+    let garage = shared_garage();
+    let prefix = unique_prefix("sched");
+    let etcd = testbed::shared_etcd();
+    let eps = etcd.endpoints.join(",");
+    let mut c = Cluster::new("backup-sched", etcd, 2, |_| eps.clone());
+    for n in &mut c.nodes {
+        for (k, v) in garage.env() {
+            if k.starts_with("AWS_") {
+                n.set(&k, &v);
+            }
+        }
+        n.set("WALG_S3_PREFIX", &format!("s3://{}/{prefix}", garage.bucket));
+        n.set("BACKUP_SCHEDULE", "* * * * *");
+        // Slow enough (about 12 s for pgbench -s 15) for a switchover to land during one.
+        n.set("WALG_DISK_RATE_LIMIT", "20000000");
+    }
+    let leader = c.start_settled(Duration::from_secs(90));
+    let replica = c.names().into_iter().find(|n| n != &leader).unwrap();
+    // The first backup (empty bucket), on the leader.
+    wait_for("the first backup on the leader", Duration::from_secs(120), || (succeeded(&c, &leader) >= 1).then_some(()));
+    assert_eq!(succeeded(&c, &replica), 0, "the replica took a backup: {}", backup_status(&c, &replica));
+    pgbench_init(c.node(&leader), 15);
+    // The next scheduled one starts on the leader; switch over while it runs.
+    let before = c.node(&leader).log_text().matches("starting a base backup").count();
+    wait_for("a scheduled backup to start on the leader", Duration::from_secs(90), || {
+        (c.node(&leader).log_text().matches("starting a base backup").count() > before).then_some(())
+    });
+    wait_for("the running backup to have read something", Duration::from_secs(30), || {
+        (backup_status(&c, &leader)["running"]["bytes_read"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    c.switchover(&replica);
+    let new_leader = c.wait_leader(Duration::from_secs(60), Some(&leader));
+    assert_eq!(new_leader, replica);
+    let old = wait_for("the old leader's backup to end", Duration::from_secs(60), || {
+        let st = backup_status(&c, &leader);
+        st["running"].is_null().then_some(st)
+    });
+    assert_eq!(old["failed"], 1, "the demoted node's backup was not cancelled: {old}");
+    assert!(
+        old["last_failure"]["error"].as_str().unwrap_or("").contains("no longer the primary"),
+        "{old}"
+    );
+    let old_succeeded = old["succeeded"].as_u64().unwrap();
+    // The schedule now fires on the new leader only.
+    wait_for("a scheduled backup on the new leader", Duration::from_secs(150), || {
+        (succeeded(&c, &new_leader) >= 1).then_some(())
+    });
+    assert_eq!(succeeded(&c, &leader), old_succeeded, "the old leader took a backup after the switchover");
+    // Every sentinel is a backup some node reported complete: the cancelled one left none.
+    let sentinels = list_keys(garage, &format!("{prefix}/basebackups_005/"))
+        .into_iter()
+        .filter(|k| k.ends_with("_backup_stop_sentinel.json"))
+        .count() as u64;
+    let total = succeeded(&c, &leader) + succeeded(&c, &new_leader);
+    assert_eq!(sentinels, total, "sentinels vs completed backups");
+    for n in &mut c.nodes {
+        n.stop_cleanly(Duration::from_secs(30));
+    }
 }

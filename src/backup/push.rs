@@ -165,6 +165,7 @@ pub async fn run(cfg: &Config, progress: &Arc<Progress>, cancel: &Arc<Cancel>) -
         threads: settings.compress_threads,
         tar_size_threshold: settings.tar_size_threshold,
         verify_from_lsn: verify.then_some(start_lsn),
+        disk_rate_limit: settings.disk_rate_limit,
     };
     let (tx, rx) = mpsc::channel(settings.compress_threads + 2);
     let (done_tx, done_rx) = oneshot::channel();

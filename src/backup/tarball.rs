@@ -44,6 +44,8 @@ pub struct Options {
     pub tar_size_threshold: u64,
     /// Verify page checksums of relation files, skipping pages at or after this LSN.
     pub verify_from_lsn: Option<u64>,
+    /// Bytes per second read at most (`WALG_DISK_RATE_LIMIT`).
+    pub disk_rate_limit: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +87,7 @@ pub fn produce(
     }
     let ext = opts.compression.extension();
     let mut out = Produced::default();
+    let limiter = Limiter { limit: opts.disk_rate_limit, start: std::time::Instant::now(), cancel };
     let mut sink = Sink {
         tx: &tx,
         jobs: &job_tx,
@@ -106,7 +109,7 @@ pub fn produce(
             let mut builder = tar::Builder::new(&mut sink);
             for e in entries.by_ref() {
                 cancel.check()?;
-                add_entry(&mut builder, &e, opts, progress, &mut out)?;
+                add_entry(&mut builder, &e, opts, progress, &limiter, &mut out)?;
                 members.push(format!("/{}", e.name));
                 if builder.get_ref().written - start >= opts.tar_size_threshold {
                     break;
@@ -120,7 +123,7 @@ pub fn produce(
         let name = layout::tar_file("pg_control", ext);
         sink.begin(&name)?;
         let mut builder = tar::Builder::new(&mut sink);
-        add_entry(&mut builder, &walked.pg_control, opts, progress, &mut out)?;
+        add_entry(&mut builder, &walked.pg_control, opts, progress, &limiter, &mut out)?;
         builder.into_inner().map_err(|e| BackupError::Internal(format!("tar: {e}")))?;
         sink.end()?;
         out.tar_file_sets.insert(name, vec![format!("/{}", walked.pg_control.name)]);
@@ -154,6 +157,7 @@ fn add_entry(
     e: &Entry,
     opts: &Options,
     progress: &Progress,
+    limiter: &Limiter,
     out: &mut Produced,
 ) -> Result<(), BackupError> {
     let mut h = tar::Header::new_ustar();
@@ -195,6 +199,7 @@ fn add_entry(
                 corrupt: Vec::new(),
                 corrupt_count: 0,
                 progress,
+                limiter,
             };
             builder.append(&h, &mut reader).map_err(tar_err)?;
             out.data_catalog_size += size;
@@ -253,6 +258,28 @@ struct FileReader<'a> {
     corrupt: Vec<u32>,
     corrupt_count: u64,
     progress: &'a Progress,
+    limiter: &'a Limiter<'a>,
+}
+
+/// Paces reads to `WALG_DISK_RATE_LIMIT` and notices a cancel inside large
+/// files (checked at every read of up to 1 MiB).
+struct Limiter<'a> {
+    limit: Option<u64>,
+    start: std::time::Instant,
+    cancel: &'a Cancel,
+}
+
+impl Limiter<'_> {
+    fn pace(&self, read_so_far: u64) -> std::io::Result<()> {
+        self.cancel.check().map_err(std::io::Error::other)?;
+        if let Some(limit) = self.limit {
+            let due = std::time::Duration::from_secs_f64(read_so_far as f64 / limit as f64);
+            if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl FileReader<'_> {
@@ -290,8 +317,8 @@ impl FileReader<'_> {
         self.remaining -= n as u64;
         self.pos = 0;
         self.len = n;
-        self.progress.read.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(())
+        let total = self.progress.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        self.limiter.pace(total)
     }
 }
 

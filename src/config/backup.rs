@@ -26,6 +26,8 @@ pub struct BackupSettings {
     /// `WALG_UPLOAD_DISK_CONCURRENCY`: compression threads (default: the
     /// machine's cores, at most 4).
     pub compress_threads: usize,
+    /// `WALG_DISK_RATE_LIMIT`: bytes per second a backup reads at most.
+    pub disk_rate_limit: Option<u64>,
     /// `BACKUP_SCHEDULE`, five-field cron, in UTC (Spilo: `0 1 * * *`).
     pub schedule: String,
     /// `BACKUP_NUM_TO_RETAIN` (Spilo: 5, at least 2): keep this many newest
@@ -61,6 +63,10 @@ pub(super) fn parse(raw: &RawEnv, wal_compression: Compression) -> Result<Backup
     let compress_threads =
         number("WALG_UPLOAD_DISK_CONCURRENCY", raw.walg_upload_disk_concurrency.as_deref(), cores as u64, 1..=16)?
             as usize;
+    let disk_rate_limit = match raw.walg_disk_rate_limit.as_deref() {
+        None => None,
+        Some(v) => Some(number("WALG_DISK_RATE_LIMIT", Some(v), 0, 1..=u64::MAX)?),
+    };
     let schedule = raw.backup_schedule.as_deref().map(str::trim).unwrap_or("0 1 * * *").to_owned();
     crate::config::cron::Schedule::parse(&schedule)
         .map_err(|e| ConfigError::new("BACKUP_SCHEDULE", format!("{schedule:?}: {e}")))?;
@@ -80,6 +86,7 @@ pub(super) fn parse(raw: &RawEnv, wal_compression: Compression) -> Result<Backup
         tar_size_threshold,
         verify_page_checksums,
         compress_threads,
+        disk_rate_limit,
         schedule,
         num_to_retain,
         threshold_megabytes,

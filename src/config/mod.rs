@@ -241,6 +241,7 @@ pub(crate) struct RawEnv {
     pub walg_tar_size_threshold: Option<String>,
     pub walg_verify_page_checksums: Option<String>,
     pub walg_upload_disk_concurrency: Option<String>,
+    pub walg_disk_rate_limit: Option<String>,
     pub backup_schedule: Option<String>,
     pub backup_num_to_retain: Option<String>,
     pub wale_backup_threshold_megabytes: Option<String>,
