@@ -291,7 +291,9 @@ fn schedule_follows_the_leader() {
     let leader = c.start_settled(Duration::from_secs(90));
     let replica = c.names().into_iter().find(|n| n != &leader).unwrap();
     // The first backup (empty bucket), on the leader.
-    wait_for("the first backup on the leader", Duration::from_secs(120), || (succeeded(&c, &leader) >= 1).then_some(()));
+    wait_for("the first backup on the leader", Duration::from_secs(120), || {
+        (succeeded(&c, &leader) >= 1).then_some(())
+    });
     assert_eq!(succeeded(&c, &replica), 0, "the replica took a backup: {}", backup_status(&c, &replica));
     pgbench_init(c.node(&leader), 15);
     // The next scheduled one starts on the leader; switch over while it runs.
@@ -310,10 +312,7 @@ fn schedule_follows_the_leader() {
         st["running"].is_null().then_some(st)
     });
     assert_eq!(old["failed"], 1, "the demoted node's backup was not cancelled: {old}");
-    assert!(
-        old["last_failure"]["error"].as_str().unwrap_or("").contains("no longer the primary"),
-        "{old}"
-    );
+    assert!(old["last_failure"]["error"].as_str().unwrap_or("").contains("no longer the primary"), "{old}");
     let old_succeeded = old["succeeded"].as_u64().unwrap();
     // The schedule now fires on the new leader only.
     wait_for("a scheduled backup on the new leader", Duration::from_secs(150), || {

@@ -49,6 +49,50 @@ pub fn push() -> Result<(), CliError> {
     r
 }
 
+/// `tusk backup-fetch DEST NAME|LATEST`: restores into DEST (missing or
+/// empty); run as root, the files are postgres's. SIGINT/SIGTERM stop it
+/// and remove what it wrote.
+pub fn fetch(dest: std::path::PathBuf, which: String) -> Result<(), CliError> {
+    let cfg = Config::from_process_env()?;
+    let storage = storage(&cfg)?.clone();
+    let guard = logging::init(cfg.tusk.log_format, &cfg.tusk.log_level, false);
+    let owner =
+        crate::postgres::RunAs::resolve(Vec::new()).ok().filter(|r| r.switch).map(|r| (r.uid.as_raw(), r.gid.as_raw()));
+    let opts = backup::fetch::FetchOptions {
+        dest,
+        which,
+        expect_system_id: None,
+        owner,
+        concurrency: storage.download_concurrency,
+    };
+    let r = runtime()?.block_on(async move {
+        let store = ObjectStore::new(&storage).await.map_err(|e| CliError::Backup(e.into()))?;
+        let layout = Layout::new(&storage.root);
+        let progress = Arc::new(Progress::default());
+        let cancel = Arc::new(Cancel::default());
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(CliError::Runtime)?;
+        let work = backup::fetch::fetch(&store, &layout, &opts, &progress, &cancel);
+        tokio::pin!(work);
+        let r = tokio::select! {
+            r = &mut work => r,
+            _ = tokio::signal::ctrl_c() => { cancel.cancel("interrupted (SIGINT)"); work.await }
+            _ = term.recv() => { cancel.cancel("interrupted (SIGTERM)"); work.await }
+        };
+        let done = r?;
+        println!("{}", serde_json::to_string(&done).expect("Fetched serializes"));
+        eprintln!(
+            "restored {} into {}; to recover, put `restore_command = 'tusk wal-fetch %f %p'` in its configuration \
+             and create recovery.signal (or standby.signal) there",
+            done.name,
+            opts.dest.display()
+        );
+        Ok(())
+    });
+    guard.flush();
+    r
+}
+
 /// `tusk backup-list [--json]`.
 pub fn list(json: bool) -> Result<(), CliError> {
     let cfg = Config::from_process_env()?;

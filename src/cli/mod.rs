@@ -149,6 +149,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore a base backup from S3 into DEST (missing or empty), as
+    /// WAL-G's backup-fetch; recovery is then up to PostgreSQL
+    /// (`restore_command = 'tusk wal-fetch %f %p'`).
+    BackupFetch {
+        /// The data directory to create (missing or empty).
+        dest: std::path::PathBuf,
+        /// A backup name from `backup-list`, or LATEST.
+        name: String,
+    },
 }
 
 impl Cli {
@@ -167,6 +176,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Some(Command::List) => cluster::list(),
         Some(Command::BackupPush) => backup::push(),
         Some(Command::BackupList { json }) => backup::list(json),
+        Some(Command::BackupFetch { dest, name }) => backup::fetch(dest, name),
         Some(Command::Switchover { candidate, scheduled }) => cluster::switchover(candidate, false, scheduled),
         Some(Command::Failover { candidate }) => cluster::switchover(Some(candidate), true, None),
         Some(Command::Healthcheck { endpoint, timeout }) => {

@@ -285,6 +285,18 @@ fn all_zero(b: &[u8]) -> bool {
     b.chunks(4096).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
+/// A streaming decoder of `input` (for objects too large to hold, such as
+/// base backup parts).
+pub fn decoder<'a, R: Read + 'a>(method: Compression, input: R) -> std::io::Result<Box<dyn Read + 'a>> {
+    Ok(match method {
+        Compression::None => Box::new(input),
+        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(input)),
+        // Concatenated frames (tusk's parallel zstd parts) decode as one stream.
+        Compression::Zstd => Box::new(zstd::stream::Decoder::new(input)?),
+        Compression::Brotli => Box::new(brotli::Decompressor::new(input, 64 << 10)),
+    })
+}
+
 /// Decompresses `data` (the object named `what`), refusing output beyond
 /// `limit` bytes.
 pub fn decompress(method: Compression, data: &[u8], limit: u64, what: &str) -> Result<Vec<u8>, CodecError> {
