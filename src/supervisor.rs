@@ -160,7 +160,11 @@ fn prepare_common(cfg: &Config, slot: &ArchiveSlot) -> Result<Prepared, NodeErro
     let archive = crate::archive::start(cfg, &run_as);
     let _ = slot.0.set(archive.handle.clone());
     run_as.env = postgres::child_env(&cfg.postgres, &archive.child_env);
-    Ok(Prepared { layout, run_as, inputs: files::ConfInputs { tls, archive: archive.commands } })
+    Ok(Prepared {
+        layout,
+        run_as,
+        inputs: files::ConfInputs { tls, archive: archive.commands, recovery: Default::default() },
+    })
 }
 
 /// Why the node could not be prepared; [`NodeError::exit_code`] logs it
@@ -171,6 +175,8 @@ enum NodeError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Postgres(PgError),
+    #[error("clone: {0}")]
+    Clone(#[from] crate::backup::BackupError),
 }
 
 impl From<PgError> for NodeError {
@@ -191,6 +197,10 @@ impl NodeError {
             }
             NodeError::Postgres(e) => {
                 tracing::error!("{e}");
+                EXIT_FAILURE
+            }
+            NodeError::Clone(e) => {
+                tracing::error!("clone failed: {e}; PGDATA was left empty, fix the cause and start again");
                 EXIT_FAILURE
             }
         }
@@ -217,7 +227,19 @@ impl Node {
     ) -> Result<Option<Node>, NodeError> {
         let Prepared { layout, run_as, inputs } = prepare_common(&cfg, archive)?;
         let passwords = passwords::resolve(&cfg, &run_as)?;
-        if layout.state == DataDirState::Fresh {
+        if layout.state == DataDirState::Fresh
+            && let Some(clone) = &cfg.clone
+        {
+            api.status.send_modify(|s| s.state = State::InitializingNewCluster);
+            notifier.status("bootstrapping: cloning");
+            let stop = async {
+                let req = wait_for_stop(signals).await;
+                tracing::info!(?req, "stop requested during the clone");
+            };
+            if !crate::backup::clone::bootstrap(&cfg, clone, &layout.binaries, &run_as, &inputs, stop).await? {
+                return Ok(None);
+            }
+        } else if layout.state == DataDirState::Fresh {
             api.status.send_modify(|s| s.state = State::InitializingNewCluster);
             notifier.status("bootstrapping: initdb");
             tracing::info!(data = %cfg.postgres.data.display(), version = layout.binaries.version, "fresh data directory: running initdb");

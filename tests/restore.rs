@@ -265,3 +265,117 @@ fn backup_fetch_restores_and_recovers() {
     assert!(!restore_root.join(".damaged.tusk-restore").exists(), "phase 5: no staging directory left");
     src.stop_cleanly(Duration::from_secs(60));
 }
+
+/// Every key under `prefix`.
+fn keys(garage: &Garage, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut url =
+            format!("{}/{}?list-type=2&prefix={}", garage.endpoint, garage.bucket, prefix.replace('/', "%2F"));
+        if let Some(t) = &token {
+            url.push_str(&format!(
+                "&continuation-token={}",
+                t.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
+            ));
+        }
+        let body = String::from_utf8_lossy(&garage.curl(&[&url]).stdout).into_owned();
+        out.extend(body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned));
+        token = body.split("<NextContinuationToken>").nth(1).and_then(|s| s.split('<').next()).map(str::to_owned);
+        if token.is_none() {
+            return out;
+        }
+    }
+}
+
+/// `CLONE_METHOD=CLONE_WITH_WALE` with `CLONE_TARGET_TIME` between two
+/// commits: the clone has the first and not the second, runs on a new
+/// timeline as its own primary, archives (and takes its first backup)
+/// under its own prefix, and never writes to its source's. A target time
+/// without a zone is refused with exit 78 naming the variable.
+#[test]
+fn clone_with_point_in_time_recovery() {
+    require_root();
+    let garage = shared_garage();
+    let src_prefix = unique_prefix("pitr-src");
+    let dir = test_dir("restore-pitr");
+    let mut src = storage_node(&dir.path().join("src"), garage, &src_prefix);
+    loaded_source(&mut src, 2);
+    src.psql("insert into marker (id, note) values (2, 'before the target')");
+    std::thread::sleep(Duration::from_millis(1500));
+    let target = src.psql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'");
+    std::thread::sleep(Duration::from_millis(1500));
+    src.psql("insert into marker (id, note) values (3, 'after the target')");
+    archive_now(&src);
+    src.stop_cleanly(Duration::from_secs(60));
+    let src_keys = keys(garage, &format!("{src_prefix}/"));
+
+    let clone_prefix = unique_prefix("pitr-clone");
+    let mut c = storage_node(&dir.path().join("clone"), garage, &clone_prefix);
+    c.set("SCOPE", "clone");
+    c.set("PATRONI_NAME", "clone-node");
+    c.set("CLONE_METHOD", "CLONE_WITH_WALE");
+    c.set("CLONE_SCOPE", "source");
+    c.set("CLONE_WALG_S3_PREFIX", &format!("s3://{}/{src_prefix}", garage.bucket));
+
+    // A target time without a zone: refused before anything happens.
+    c.set("CLONE_TARGET_TIME", target.trim_end_matches("+00"));
+    let (st, _, err) = c.run(&["config"]);
+    assert_eq!(st.code(), Some(78), "a target time without a zone: {err}");
+    assert!(err.contains("CLONE_TARGET_TIME"), "the message names the variable: {err}");
+
+    c.set("CLONE_TARGET_TIME", &target);
+    c.start();
+    c.wait_ready(1);
+    assert_eq!(c.psql("select pg_is_in_recovery()"), "f", "the clone is a primary");
+    assert_eq!(
+        c.psql("select string_agg(id::text, ',' order by id) from marker"),
+        "1,2",
+        "the clone has the commit before the target and not the one after"
+    );
+    let tl: u32 = c.psql("select timeline_id from pg_control_checkpoint()").parse().unwrap();
+    assert!(tl >= 2, "the clone runs on a new timeline ({tl})");
+    c.psql("insert into marker (id, note) values (10, 'written on the clone')");
+    // Its first backup and its WAL go to its own prefix.
+    c.wait_log("base backup complete", 1, Duration::from_secs(120));
+    archive_now(&c);
+    let own = keys(garage, &format!("{clone_prefix}/"));
+    assert!(own.iter().any(|k| k.ends_with("_backup_stop_sentinel.json")), "the clone's own backup: {own:#?}");
+    assert!(
+        own.iter().any(|k| k.contains("/wal_005/") && k.contains(&format!("{tl:08X}"))),
+        "the clone's WAL: {own:#?}"
+    );
+    assert_eq!(keys(garage, &format!("{src_prefix}/")), src_keys, "nothing written to the source's prefix");
+    c.stop_cleanly(Duration::from_secs(60));
+}
+
+/// `CLONE_METHOD=CLONE_WITH_BASEBACKUP` from a running source: the clone
+/// holds the source's data and runs as its own primary on a new timeline.
+#[test]
+fn clone_with_basebackup() {
+    require_root();
+    let dir = test_dir("restore-basebackup");
+    let mut src = Node::new(&dir.path().join("src"));
+    src.start();
+    src.wait_ready(1);
+    src.psql("create table marker (id int primary key)");
+    src.psql("insert into marker values (1), (2)");
+    let mut c = Node::new(&dir.path().join("clone"));
+    c.set("SCOPE", "clone");
+    c.set("CLONE_METHOD", "CLONE_WITH_BASEBACKUP");
+    c.set("CLONE_SCOPE", "source");
+    c.set("CLONE_HOST", "127.0.0.1");
+    c.set("CLONE_PORT", &src.pg_port.to_string());
+    c.set("CLONE_USER", "standby");
+    c.set("CLONE_PASSWORD", &src.stored_password("standby"));
+    c.start();
+    c.wait_ready(1);
+    assert_eq!(c.psql("select string_agg(id::text, ',' order by id) from marker"), "1,2", "the source's data");
+    assert_eq!(c.psql("select pg_is_in_recovery()"), "f", "the clone is a primary");
+    let tl: u32 = c.psql("select timeline_id from pg_control_checkpoint()").parse().unwrap();
+    assert!(tl >= 2, "the clone runs on a new timeline ({tl})");
+    c.psql("insert into marker values (3)");
+    assert_eq!(src.psql("select count(*) from marker"), "2", "the source is untouched");
+    c.stop_cleanly(Duration::from_secs(60));
+    src.stop_cleanly(Duration::from_secs(60));
+}

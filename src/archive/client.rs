@@ -62,11 +62,18 @@ pub fn wal_push(path: &str) -> i32 {
     }
 }
 
-pub fn wal_fetch(name: &str, dest: &str) -> i32 {
-    let env = crate::config::process_env();
+/// `source`: another cluster's archive, as a file of storage variables
+/// (a clone's recovery, `tusk wal-fetch --source FILE`): fetched here,
+/// never through the supervisor, whose archive is this cluster's own.
+pub fn wal_fetch(name: &str, dest: &str, source: Option<&std::path::Path>) -> i32 {
+    let mut env = crate::config::process_env();
+    if let (Some(src), Ok(e)) = (source, env.as_mut()) {
+        e.insert("TUSK_ARCHIVE_CONFIG".into(), src.display().to_string());
+    }
     let dest = absolute(dest);
     let req = Request::Fetch { name: name.to_owned(), dest: dest.clone() };
-    let resp = match ask(&req, &env) {
+    let asked = if source.is_some() { None } else { ask(&req, &env) };
+    let resp = match asked {
         Some(r) => r,
         None => match direct(&req, &env) {
             Ok(r) => r,

@@ -163,7 +163,7 @@ async fn parts(store: &ObjectStore, layout: &Layout, entry: &BackupEntry) -> Res
             expected: entry.sentinel.tusk_parts.get(file).cloned(),
         });
     }
-    for (file, _) in &entry.sentinel.tusk_parts {
+    for file in entry.sentinel.tusk_parts.keys() {
         if !out.iter().any(|p| &p.file == file) {
             return Err(BackupError::Internal(format!(
                 "backup {}: part {file} is missing from the bucket; the backup cannot be restored",

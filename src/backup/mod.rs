@@ -6,6 +6,7 @@
 //! sentinel does.
 
 pub mod checksum;
+pub mod clone;
 pub mod fetch;
 pub mod list;
 pub mod push;

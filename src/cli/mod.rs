@@ -140,7 +140,14 @@ pub enum Command {
     /// archive_command: archive one WAL file to S3 (WAL-G's layout) through the supervisor.
     WalPush { path: String },
     /// restore_command: fetch one WAL file from S3 into DEST (exit 1: not in the archive).
-    WalFetch { name: String, dest: String },
+    WalFetch {
+        name: String,
+        dest: String,
+        /// Fetch from another cluster's archive, described by this file of
+        /// storage variables (a clone's recovery), not through the supervisor.
+        #[arg(long)]
+        source: Option<std::path::PathBuf>,
+    },
     /// Take a base backup of the local primary to S3 (WAL-G's layout).
     BackupPush,
     /// List the completed base backups in S3, oldest first.
@@ -172,7 +179,9 @@ pub fn dispatch(cli: Cli) -> i32 {
     let result = match cli.command {
         None | Some(Command::Run) => return run_daemon(),
         Some(Command::WalPush { path }) => return crate::archive::client::wal_push(&path),
-        Some(Command::WalFetch { name, dest }) => return crate::archive::client::wal_fetch(&name, &dest),
+        Some(Command::WalFetch { name, dest, source }) => {
+            return crate::archive::client::wal_fetch(&name, &dest, source.as_deref());
+        }
         Some(Command::List) => cluster::list(),
         Some(Command::BackupPush) => backup::push(),
         Some(Command::BackupList { json }) => backup::list(json),

@@ -7,6 +7,7 @@
 
 mod api;
 pub mod backup;
+pub mod clone;
 pub mod cron;
 mod etcd;
 pub mod host;
@@ -67,6 +68,8 @@ pub struct Config {
     pub tusk: TuskConfig,
     /// WAL archive in S3; `None`: archiving is a no-op (`WAL_S3_BUCKET`, `WALG_S3_PREFIX`).
     pub storage: Option<StorageConfig>,
+    /// `CLONE_METHOD` and friends: bootstrap from another cluster instead of initdb.
+    pub clone: Option<clone::CloneConfig>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -340,6 +343,7 @@ impl Config {
             return Err(ConfigError::new("TUSK_SHUTDOWN_TIMEOUT", "must be between 2s and 3600s"));
         }
         let storage = storage::parse(env, &raw, &scope, version)?;
+        let clone = clone::parse(env, storage.as_ref(), version)?;
         let log_format = parse_log_format(raw.tusk_log_format.as_deref())?;
         let log_level = raw.tusk_log_level.clone().unwrap_or_else(|| "info".to_owned());
         tracing_subscriber::EnvFilter::try_new(&log_level)
@@ -368,6 +372,7 @@ impl Config {
             bootstrap_dcs,
             tusk: TuskConfig { shutdown_timeout, log_format, log_level, notify_socket: raw.notify_socket.clone() },
             storage,
+            clone,
         })
     }
 

@@ -135,7 +135,18 @@ impl Ha {
         self.publish_status();
         let pw = self.passwords(true).await?;
         let stop = std::future::pending::<()>();
-        process::initdb(&self.cfg, &self.bin, &self.run_as, stop).await?;
+        match &self.cfg.clone {
+            // The member that won `initialize` clones; the others then
+            // create replicas from it as after an initdb.
+            Some(clone) => {
+                crate::backup::clone::bootstrap(&self.cfg, clone, &self.bin, &self.run_as, &self.inputs, stop)
+                    .await
+                    .map_err(|e| HaError::Clone(e.to_string()))?;
+            }
+            None => {
+                process::initdb(&self.cfg, &self.bin, &self.run_as, stop).await?;
+            }
+        }
         files::write_all(&self.cfg, &self.inputs, &self.run_as, &Role::Primary)?;
         let mut pm = Postmaster::start(&self.cfg, &self.bin, &self.run_as)?;
         let client = tokio::select! {

@@ -24,6 +24,8 @@ pub enum HaError {
     LeaderTaken,
     #[error("the leader has no member key yet")]
     NoLeaderMember,
+    #[error("clone failed: {0}")]
+    Clone(String),
     #[error("pg_rewind failed: {0}")]
     Rewind(PgError),
 }

@@ -38,6 +38,9 @@ pub struct ArchiveCommands {
 pub struct ConfInputs {
     pub tls: TlsPaths,
     pub archive: Option<ArchiveCommands>,
+    /// Set last, over everything: a clone's one recovery run
+    /// (`restore_command` from its source, `recovery_target_*`).
+    pub recovery: BTreeMap<String, String>,
 }
 
 /// Spilo's bootstrap parameters (reference §1.4), before the derived ones
@@ -111,6 +114,9 @@ pub fn parameters(cfg: &Config, inputs: &ConfInputs, upstream: Option<&Upstream>
         if let Some(slot) = &up.slot {
             p.insert("primary_slot_name".into(), slot.clone());
         }
+    }
+    for (k, v) in &inputs.recovery {
+        p.insert(k.clone(), v.clone());
     }
     p
 }
@@ -240,7 +246,7 @@ mod tests {
 
     fn tls() -> ConfInputs {
         let tls = TlsPaths { cert: "/r/certs/server.crt".into(), key: "/r/certs/server.key".into(), ca: None };
-        ConfInputs { tls, archive: None }
+        ConfInputs { tls, archive: None, recovery: BTreeMap::new() }
     }
 
     #[test]

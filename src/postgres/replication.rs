@@ -120,7 +120,7 @@ fn restore_target_wal(cfg: &Config, bin: &Binaries) -> bool {
     cfg.storage.is_some() && bin.version >= 13
 }
 
-async fn run_tool(
+pub async fn run_tool(
     mut cmd: Command,
     cfg: &Config,
     run_as: &RunAs,
