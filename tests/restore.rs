@@ -7,6 +7,8 @@
 //! (`CLONE_METHOD=CLONE_WITH_WALE`), with point-in-time recovery. Run as
 //! root (postgres runs as postgres).
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/node.rs"]
 mod node;
 #[path = "support/ports.rs"]
@@ -378,4 +380,55 @@ fn clone_with_basebackup() {
     assert_eq!(src.psql("select count(*) from marker"), "2", "the source is untouched");
     c.stop_cleanly(Duration::from_secs(60));
     src.stop_cleanly(Duration::from_secs(60));
+}
+
+/// A new replica of an HA cluster with a base backup in the bucket is
+/// restored from S3 (then the archive, then streaming), not copied from
+/// the leader with pg_basebackup.
+#[test]
+fn replica_from_s3() {
+    require_root();
+    let garage = shared_garage();
+    let prefix = unique_prefix("replica-s3");
+    let etcd = testbed::shared_etcd();
+    let eps = etcd.endpoints.join(",");
+    let mut c = cluster::Cluster::new("replica-s3", etcd, 2, |_| eps.clone());
+    for n in &mut c.nodes {
+        for (k, v) in garage.env() {
+            if k.starts_with("AWS_") {
+                n.set(&k, &v);
+            }
+        }
+        n.set("WALG_S3_PREFIX", &format!("s3://{}/{prefix}", garage.bucket));
+        n.set("BACKUP_SCHEDULE", "0 0 1 1 *");
+    }
+    c.nodes[0].start();
+    let leader = c.wait_leader(Duration::from_secs(90), None);
+    assert_eq!(leader, "n1");
+    c.nodes[0].wait_log("base backup complete", 1, Duration::from_secs(120));
+    pgbench_init(&c.nodes[0], 5);
+    c.nodes[0].psql("create table marker (id int primary key, note text)");
+    let (st, out, err) = c.nodes[0].run(&["backup-push"]);
+    assert!(st.success(), "backup-push: {st}\n{out}\n{err}");
+    // Written after the backup: comes through the archive or the stream.
+    c.nodes[0].psql("insert into marker values (1, 'after the backup')");
+    archive_now(&c.nodes[0]);
+    c.nodes[0].psql("insert into marker values (2, 'after the archive')");
+
+    c.nodes[1].start();
+    c.wait_streaming("n2", Duration::from_secs(120));
+    let log = c.nodes[1].log_text();
+    assert!(log.contains("replica created from the base backup in S3"), "n2 did not restore from S3:\n{log}");
+    assert!(!log.contains("replica created with pg_basebackup"), "n2 also ran pg_basebackup:\n{log}");
+    wait_for("n2 to have both rows", Duration::from_secs(60), || {
+        (cluster::try_sql(&c.nodes[1], "select count(*) from marker").as_deref() == Some("2")).then_some(())
+    });
+    assert_eq!(
+        cluster::try_sql(&c.nodes[1], "select count(*) from pgbench_accounts").as_deref(),
+        Some("500000"),
+        "the replica holds the leader's data"
+    );
+    for n in &mut c.nodes {
+        n.stop_cleanly(Duration::from_secs(30));
+    }
 }

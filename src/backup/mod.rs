@@ -10,6 +10,7 @@ pub mod clone;
 pub mod fetch;
 pub mod list;
 pub mod push;
+pub mod replica;
 pub mod schedule;
 pub mod sentinel;
 mod tarball;

@@ -179,9 +179,42 @@ impl Ha {
         self.passwords(false).await?;
         self.state = State::CreatingReplica;
         self.publish(view).await;
-        replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await?;
+        if !self.replica_from_backup(view).await {
+            replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await?;
+        }
         self.clean_handover = true;
         Ok(self.start(Role::Replica(Some(up))).await?)
+    }
+
+    /// Spilo's `wal_e` replica method: this cluster's latest backup from
+    /// S3, when there is one and the WAL since it is within the thresholds;
+    /// the archive and then the leader bring it up to date. `false`: use
+    /// `pg_basebackup` (PGDATA left as it was).
+    async fn replica_from_backup(&self, view: &ClusterView) -> bool {
+        let Some(storage) = &self.cfg.storage else { return false };
+        let sysid = view.initialize.as_deref().and_then(|s| s.parse::<u64>().ok());
+        let t0 = std::time::Instant::now();
+        match crate::backup::replica::restore(&self.cfg, storage, sysid, view.optime, &self.run_as).await {
+            Ok(Ok(b)) => {
+                tracing::info!(
+                    backup = %b.name,
+                    mb = b.bytes >> 20,
+                    elapsed_ms = t0.elapsed().as_millis() as u64,
+                    "replica created from the base backup in S3; WAL from the archive, then streaming from the leader"
+                );
+                true
+            }
+            Ok(Err(skip)) => {
+                tracing::info!(reason = %skip, "replica from S3 not possible; cloning from the leader with pg_basebackup");
+                false
+            }
+            Err(e) => {
+                // backup-fetch removed what it wrote (it never restores
+                // over data), so pg_basebackup finds PGDATA as it was.
+                tracing::warn!(error = %e, "replica from S3 failed; cloning from the leader with pg_basebackup");
+                false
+            }
+        }
     }
 
     /// A former primary diverged from the new leader: pg_rewind it (a no-op
