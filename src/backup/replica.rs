@@ -39,13 +39,13 @@ impl std::fmt::Display for Skip {
 /// The backup to restore a replica from: the newest of this cluster
 /// (`sysid`), if the WAL since it (up to the leader's `leader_lsn`) is
 /// within the thresholds.
-pub fn choose<'a>(
-    backups: &'a [BackupEntry],
+pub fn choose(
+    backups: &[BackupEntry],
     sysid: Option<u64>,
     leader_lsn: Option<u64>,
     threshold_mb: u64,
     threshold_pct: u64,
-) -> Result<&'a BackupEntry, Skip> {
+) -> Result<&BackupEntry, Skip> {
     let b = backups
         .iter()
         .rev()
