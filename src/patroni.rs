@@ -95,6 +95,7 @@ spelled! {
         #[default]
         Uninitialized = "uninitialized",
         Demoted = "demoted",
+        StandbyLeader = "standby_leader",
     }
 }
 
@@ -175,9 +176,43 @@ pub struct DynamicConfig {
     pub pause: bool,
     #[serde(default)]
     pub postgresql: PostgresqlSection,
+    /// This cluster replicates another one; its leader is a standby leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_cluster: Option<StandbyCluster>,
     /// Everything else Patroni or users put there, kept as is.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `standby_cluster` (Patroni's keys): where the standby leader replicates
+/// from: a remote primary (`host`, `port`, `primary_slot_name`) and/or an
+/// archive (`restore_command`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StandbyCluster {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A number or a string, as Patroni accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_slot_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_command: Option<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl StandbyCluster {
+    /// `host:port` of the remote primary, if there is one (port 5432 by default).
+    pub fn address(&self) -> Option<String> {
+        let host = self.host.as_deref().filter(|h| !h.is_empty())?;
+        let port = match &self.port {
+            Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(5432),
+            Some(serde_json::Value::String(s)) => s.trim().parse().unwrap_or(5432),
+            _ => 5432,
+        };
+        Some(format!("{host}:{port}"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +259,7 @@ impl Default for DynamicConfig {
             maximum_lag_on_failover: default_max_lag(),
             pause: false,
             postgresql: PostgresqlSection::default(),
+            standby_cluster: None,
             other: BTreeMap::new(),
         }
     }

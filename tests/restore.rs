@@ -432,3 +432,130 @@ fn replica_from_s3() {
         n.stop_cleanly(Duration::from_secs(30));
     }
 }
+
+fn http(method: &str, port: u16, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = cmd.arg(format!("http://127.0.0.1:{port}{path}")).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The standby cluster's nodes use the source's role passwords (its
+/// roles are the source's: the copy is read-only).
+fn standby_cluster(name: &str, src: &Node, n: usize) -> cluster::Cluster {
+    let etcd = testbed::shared_etcd();
+    let eps = etcd.endpoints.join(",");
+    let mut c = cluster::Cluster::new(name, etcd, n, |_| eps.clone());
+    for node in &mut c.nodes {
+        node.set("PGPASSWORD_SUPERUSER", &src.stored_password("postgres"));
+        node.set("PGPASSWORD_STANDBY", &src.stored_password("standby"));
+        node.set("PGPASSWORD_ADMIN", &src.stored_password("admin"));
+    }
+    c
+}
+
+fn wait_standby_leader(c: &cluster::Cluster, name: &str) {
+    let port = c.api_port(name);
+    wait_for(&format!("{name} as standby leader"), Duration::from_secs(120), || {
+        (c.leader_key().as_deref() == Some(name) && http("GET", port, "/standby-leader", None).0 == 200).then_some(())
+    });
+}
+
+/// A standby cluster streaming from another cluster's primary
+/// (`STANDBY_HOST`): its leader holds the leader key as a standby
+/// (`/standby-leader` 200, `/primary` and `/replica` 503, role
+/// `standby_leader`), its replica cascades from it, and removing
+/// `standby_cluster` with `PATCH /config` promotes it.
+#[test]
+fn standby_cluster_streams_then_promotes() {
+    require_root();
+    let dir = test_dir("standby-stream");
+    let mut src = Node::new(&dir.path().join("src"));
+    src.start();
+    src.wait_ready(1);
+    src.psql("create table marker (id int primary key)");
+    src.psql("insert into marker values (1)");
+
+    let mut c = standby_cluster("standby-stream", &src, 2);
+    for n in &mut c.nodes {
+        n.set("STANDBY_HOST", "127.0.0.1");
+        n.set("STANDBY_PORT", &src.pg_port.to_string());
+    }
+    c.nodes[0].start();
+    wait_standby_leader(&c, "n1");
+    let p1 = c.api_port("n1");
+    assert_eq!(http("GET", p1, "/primary", None).0, 503, "phase 1: a standby leader is not a primary");
+    assert_eq!(http("GET", p1, "/replica", None).0, 503, "phase 1: nor a replica for load balancing");
+    assert_eq!(http("GET", p1, "/leader", None).0, 200, "phase 1: it holds the leader key");
+    let member = c.etcd.etcdctl(&["get", "--print-value-only", &format!("/service/{}/members/n1", c.scope)]);
+    assert!(String::from_utf8_lossy(&member.stdout).contains(r#""role":"standby_leader""#), "phase 1: member key");
+    assert_eq!(cluster::try_sql(&c.nodes[0], "select pg_is_in_recovery()").as_deref(), Some("t"));
+    wait_for("phase 1: the source's rows on n1", Duration::from_secs(30), || {
+        (cluster::try_sql(&c.nodes[0], "select count(*) from marker").as_deref() == Some("1")).then_some(())
+    });
+
+    // Phase 2: a replica cascades from the standby leader.
+    c.nodes[1].start();
+    c.wait_streaming("n2", Duration::from_secs(120));
+    let sender = cluster::try_sql(&c.nodes[1], "select sender_port from pg_stat_wal_receiver");
+    assert_eq!(sender, Some(c.nodes[0].pg_port.to_string()), "phase 2: n2 streams from the standby leader");
+    src.psql("insert into marker values (2)");
+    wait_for("phase 2: the source's new row on n2", Duration::from_secs(30), || {
+        (cluster::try_sql(&c.nodes[1], "select count(*) from marker").as_deref() == Some("2")).then_some(())
+    });
+
+    // Phase 3: PATCH /config removes standby_cluster: n1 promotes, n2 follows it.
+    let (code, body) = http("PATCH", p1, "/config", Some(r#"{"standby_cluster":null}"#));
+    assert_eq!(code, 200, "phase 3: PATCH /config: {body}");
+    let leader = c.wait_leader(Duration::from_secs(60), None);
+    assert_eq!(leader, "n1", "phase 3: the standby leader promoted");
+    // The API follows postgres by up to one HA round.
+    wait_for("phase 3: /primary 200 on the promoted leader", Duration::from_secs(30), || {
+        (http("GET", p1, "/primary", None).0 == 200).then_some(())
+    });
+    c.nodes[0].psql("insert into marker values (3)");
+    wait_for("phase 3: n2 follows the promoted leader", Duration::from_secs(60), || {
+        (cluster::try_sql(&c.nodes[1], "select count(*) from marker").as_deref() == Some("3")).then_some(())
+    });
+    assert_eq!(src.psql("select count(*) from marker"), "2", "phase 3: the source is untouched");
+    for n in &mut c.nodes {
+        n.stop_cleanly(Duration::from_secs(30));
+    }
+    src.stop_cleanly(Duration::from_secs(30));
+}
+
+/// A standby cluster from another cluster's archive only (`STANDBY_SCOPE`
+/// and `STANDBY_WALG_S3_PREFIX`): bootstrapped from its latest backup,
+/// then following the WAL the source archives.
+#[test]
+fn standby_cluster_from_the_archive() {
+    require_root();
+    let garage = shared_garage();
+    let prefix = unique_prefix("standby-archive");
+    let dir = test_dir("standby-archive");
+    let mut src = storage_node(&dir.path().join("src"), garage, &prefix);
+    loaded_source(&mut src, 1);
+    let mut c = standby_cluster("standby-archive", &src, 1);
+    for (k, v) in garage.env() {
+        if k.starts_with("AWS_") {
+            c.nodes[0].set(&k, &v);
+        }
+    }
+    c.nodes[0].set("STANDBY_SCOPE", "source");
+    c.nodes[0].set("STANDBY_WALG_S3_PREFIX", &format!("s3://{}/{prefix}", garage.bucket));
+    c.nodes[0].start();
+    wait_standby_leader(&c, "n1");
+    assert!(c.nodes[0].log_text().contains("copied from the source's base backup"), "{}", c.nodes[0].log_text());
+    src.psql("insert into marker (id, note) values (2, 'archived later')");
+    archive_now(&src);
+    wait_for("the archived row on the standby leader", Duration::from_secs(60), || {
+        (cluster::try_sql(&c.nodes[0], "select count(*) from marker").as_deref() == Some("2")).then_some(())
+    });
+    c.nodes[0].stop_cleanly(Duration::from_secs(30));
+    src.stop_cleanly(Duration::from_secs(30));
+}

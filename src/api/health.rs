@@ -126,8 +126,9 @@ pub fn health_status(c: &Check, s: &NodeStatus, now: Instant) -> StatusCode {
     let path = if c.path == "/" { "/primary" } else { c.path.as_str() };
     let leader = s.leader || (s.facts.standalone && s.running());
     let primary = leader && s.role == Role::Primary;
-    // tusk runs no standby clusters: no node is ever a standby leader.
-    let standby_leader = false;
+    // The leader of a standby cluster runs as a standby (Patroni's role
+    // `standby_leader`): `/primary` and `/replica` answer 503 there.
+    let standby_leader = s.leader && s.role == Role::StandbyLeader;
     let replica = replica_ok(c, s);
     if path.contains("liveness") {
         return code(liveness(s, now));
@@ -145,6 +146,7 @@ pub fn health_status(c: &Check, s: &NodeStatus, now: Instant) -> StatusCode {
             None => true,
         };
         let ready = primary
+            || (standby_leader && s.running())
             || (s.running()
                 && s.role == Role::Replica
                 && s.replication_state == Some(ReplicationState::Streaming)

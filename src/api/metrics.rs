@@ -54,7 +54,11 @@ pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
         "Current location of the primary's WAL (bytes).",
         s.xlog.location.unwrap_or(0) as f64,
     );
-    gauge("patroni_standby_leader", "Value is 1 if this node is the standby leader, 0 otherwise.", 0.0);
+    gauge(
+        "patroni_standby_leader",
+        "Value is 1 if this node is the standby leader, 0 otherwise.",
+        b(running && s.role == Role::StandbyLeader && s.is_leader()),
+    );
     gauge("patroni_replica", "Value is 1 if this node is a replica, 0 otherwise.", b(replica));
     gauge("patroni_sync_standby", "Value is 1 if this node is a sync standby, 0 otherwise.", 0.0);
     gauge(

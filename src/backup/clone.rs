@@ -123,18 +123,30 @@ async fn restore(
         concurrency: source.download_concurrency,
     };
     fetch::fetch(&store, &layout, &opts, &Arc::new(Progress::default()), &Arc::new(Cancel::default())).await?;
-    // The source's storage for `wal-fetch --source`, postgres's and 0600 (it holds keys).
-    let file = cfg.postgres.root.join(format!("tusk-clone-{}.env", clone.scope));
+    let restore_command = source_restore_command(cfg, &format!("clone-{}", clone.scope), source, run_as)?;
+    Ok(BTreeMap::from([("restore_command".to_owned(), restore_command)]))
+}
+
+/// Writes another cluster's storage settings to `PGROOT/tusk-<name>.env`
+/// (postgres's, 0600: it holds keys) and returns the `restore_command`
+/// that reads that archive: `tusk wal-fetch --source FILE`. Used by clones
+/// and by a standby cluster's leader.
+pub fn source_restore_command(
+    cfg: &Config,
+    name: &str,
+    source: &StorageConfig,
+    run_as: &RunAs,
+) -> Result<String, BackupError> {
+    let file = cfg.postgres.root.join(format!("tusk-{name}.env"));
     let text = crate::config::storage::fallback_file(source, &cfg.postgres.data);
     atomic::write_atomic(&file, text.as_bytes(), 0o600, run_as).map_err(|e| BackupError::Internal(e.to_string()))?;
     let exe =
         std::env::current_exe().map_err(|e| BackupError::Internal(format!("cannot find tusk's own path: {e}")))?;
-    let restore_command = format!(
+    Ok(format!(
         "{} wal-fetch --source {} \"%f\" \"%p\"",
         shell_quote(&exe.display().to_string()),
         shell_quote(&file.display().to_string())
-    );
-    Ok(BTreeMap::from([("restore_command".to_owned(), restore_command)]))
+    ))
 }
 
 /// The backup to start from: the newest, or with a target time the newest

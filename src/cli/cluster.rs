@@ -58,7 +58,12 @@ pub fn render_list(scope: &str, snap: &Snapshot) -> String {
         rows.push([
             name.clone(),
             m.pg_address().unwrap_or("").to_owned(),
-            if leader { "Leader" } else { "Replica" }.to_owned(),
+            match (leader, v.config.standby_cluster.is_some()) {
+                (true, true) => "Standby Leader",
+                (true, false) => "Leader",
+                _ => "Replica",
+            }
+            .to_owned(),
             m.state.to_string(),
             m.timeline.map(|t| t.to_string()).unwrap_or_default(),
             lag,

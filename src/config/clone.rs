@@ -21,6 +21,21 @@ use super::secret::Secret;
 use super::storage::StorageConfig;
 use super::{ConfigError, validate_name};
 
+/// Spilo's standby cluster variables: this cluster replicates another
+/// one, streaming from `STANDBY_HOST` and/or reading `STANDBY_SCOPE`'s
+/// archive (every storage variable with the `STANDBY_` prefix). They
+/// become `standby_cluster` in the bootstrap DCS configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct StandbyConfig {
+    pub host: Option<String>,
+    pub port: u16,
+    pub primary_slot_name: Option<String>,
+    /// `STANDBY_SCOPE`: the source cluster's name (archive source).
+    pub scope: Option<String>,
+    /// The source's archive (`STANDBY_WALG_S3_PREFIX`, ...).
+    pub storage: Option<Box<StorageConfig>>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CloneConfig {
     /// `CLONE_SCOPE`: the source cluster's name.
@@ -147,6 +162,56 @@ pub(super) fn parse(
     Ok(Some(CloneConfig { scope, source, target: RecoveryTarget { time, instant, timeline, inclusive, pause } }))
 }
 
+/// The standby section; `None` without `STANDBY_HOST` and `STANDBY_SCOPE`.
+pub(super) fn parse_standby(
+    env: &BTreeMap<String, String>,
+    own: Option<&StorageConfig>,
+    own_version: u32,
+) -> Result<Option<StandbyConfig>, ConfigError> {
+    let get = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let host = get("STANDBY_HOST").map(str::to_owned);
+    let scope = get("STANDBY_SCOPE").map(str::to_owned);
+    if host.is_none() && scope.is_none() {
+        for k in ["STANDBY_PORT", "STANDBY_PRIMARY_SLOT_NAME", "STANDBY_WALG_S3_PREFIX", "STANDBY_WAL_S3_BUCKET"] {
+            if get(k).is_some() {
+                return Err(ConfigError::new(
+                    "STANDBY_HOST",
+                    format!("{k} is set but neither STANDBY_HOST nor STANDBY_SCOPE"),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let port = match get("STANDBY_PORT") {
+        None => 5432,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| ConfigError::new("STANDBY_PORT", format!("{p:?} is not a TCP port")))?,
+    };
+    let primary_slot_name = get("STANDBY_PRIMARY_SLOT_NAME").map(str::to_owned);
+    if let Some(slot) = &primary_slot_name
+        && !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(ConfigError::new("STANDBY_PRIMARY_SLOT_NAME", format!("{slot:?} is not a replication slot name")));
+    }
+    let storage = match &scope {
+        None => None,
+        Some(s) => {
+            validate_name("STANDBY_SCOPE", s)?;
+            let has_storage = env.keys().any(|k| {
+                k.strip_prefix("STANDBY_").is_some_and(|k| super::storage::is_storage_var(k) && !k.starts_with("AWS_"))
+            });
+            match (has_storage, &host) {
+                (false, Some(_)) => None,
+                _ => Some(Box::new(prefixed_storage("STANDBY_", &[], env, s, own, own_version)?)),
+            }
+        }
+    };
+    Ok(Some(StandbyConfig { host, port, primary_slot_name, scope, storage }))
+}
+
 /// The source's storage: the `CLONE_`-prefixed storage variables, parsed
 /// as the node's own are, for the source's scope. Errors name the
 /// `CLONE_` variable.
@@ -156,11 +221,23 @@ fn storage(
     own: Option<&StorageConfig>,
     own_version: u32,
 ) -> Result<StorageConfig, ConfigError> {
+    prefixed_storage("CLONE_", &OWN, env, scope, own, own_version)
+}
+
+/// Another cluster's storage from the variables with `prefix`.
+fn prefixed_storage(
+    prefix: &str,
+    skip: &[&str],
+    env: &BTreeMap<String, String>,
+    scope: &str,
+    own: Option<&StorageConfig>,
+    own_version: u32,
+) -> Result<StorageConfig, ConfigError> {
     let mut map: BTreeMap<String, String> = env
         .iter()
         .filter_map(|(k, v)| {
-            let k = k.strip_prefix("CLONE_")?;
-            (!OWN.contains(&format!("CLONE_{k}").as_str())).then(|| (k.to_owned(), v.clone()))
+            let short = k.strip_prefix(prefix)?;
+            (!skip.contains(&k.as_str())).then(|| (short.to_owned(), v.clone()))
         })
         .filter(|(k, _)| super::storage::is_storage_var(k))
         .collect();
@@ -172,20 +249,20 @@ fn storage(
     }
     map.insert("SCOPE".into(), scope.to_owned());
     map.entry("PGVERSION".into()).or_insert_with(|| own_version.to_string());
-    let rename = |e: ConfigError| ConfigError::new(format!("CLONE_{}", e.var), e.message);
+    let rename = |e: ConfigError| ConfigError::new(format!("{prefix}{}", e.var), e.message);
     let storage = super::storage_from_map(&map).map_err(rename)?.ok_or_else(|| {
         ConfigError::new(
-            "CLONE_WAL_S3_BUCKET",
-            "CLONE_METHOD=CLONE_WITH_WALE needs the source's storage: CLONE_WAL_S3_BUCKET or CLONE_WALG_S3_PREFIX",
+            format!("{prefix}WAL_S3_BUCKET"),
+            format!("the source's storage is needed: {prefix}WAL_S3_BUCKET or {prefix}WALG_S3_PREFIX"),
         )
     })?;
     if let Some(own) = own
         && own.url == storage.url
     {
         return Err(ConfigError::new(
-            "CLONE_WALG_S3_PREFIX",
+            format!("{prefix}WALG_S3_PREFIX"),
             format!(
-                "the clone's source {} is this cluster's own archive: a clone must archive elsewhere \
+                "the source {} is this cluster's own archive: this cluster must archive elsewhere \
                  (give it its own SCOPE, WAL_S3_BUCKET or WALG_S3_PREFIX)",
                 storage.url
             ),

@@ -70,6 +70,8 @@ pub struct Config {
     pub storage: Option<StorageConfig>,
     /// `CLONE_METHOD` and friends: bootstrap from another cluster instead of initdb.
     pub clone: Option<clone::CloneConfig>,
+    /// `STANDBY_HOST` / `STANDBY_SCOPE`: a standby cluster of another one.
+    pub standby: Option<clone::StandbyConfig>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -344,6 +346,24 @@ impl Config {
         }
         let storage = storage::parse(env, &raw, &scope, version)?;
         let clone = clone::parse(env, storage.as_ref(), version)?;
+        let standby = clone::parse_standby(env, storage.as_ref(), version)?;
+        let mut bootstrap_dcs = bootstrap_dcs;
+        if let Some(sb) = &standby {
+            if etcd.is_none() {
+                let var = if sb.host.is_some() { "STANDBY_HOST" } else { "STANDBY_SCOPE" };
+                return Err(ConfigError::new(var, "a standby cluster needs HA mode (ETCD3_HOSTS)"));
+            }
+            if clone.is_some() {
+                return Err(ConfigError::new("CLONE_METHOD", "a standby cluster (STANDBY_*) cannot also be a clone"));
+            }
+            bootstrap_dcs.standby_cluster = Some(crate::patroni::StandbyCluster {
+                host: sb.host.clone(),
+                port: sb.host.as_ref().map(|_| serde_json::json!(sb.port)),
+                primary_slot_name: sb.primary_slot_name.clone(),
+                restore_command: None,
+                other: Default::default(),
+            });
+        }
         let log_format = parse_log_format(raw.tusk_log_format.as_deref())?;
         let log_level = raw.tusk_log_level.clone().unwrap_or_else(|| "info".to_owned());
         tracing_subscriber::EnvFilter::try_new(&log_level)
@@ -373,6 +393,7 @@ impl Config {
             tusk: TuskConfig { shutdown_timeout, log_format, log_level, notify_socket: raw.notify_socket.clone() },
             storage,
             clone,
+            standby,
         })
     }
 

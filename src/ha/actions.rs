@@ -11,7 +11,7 @@ use super::error::HaError;
 use super::run::Ha;
 use crate::exit::EXIT_FAILURE;
 use crate::patroni::{Failover, HistoryLine, Role as MemberRole, State, Status};
-use crate::postgres::files::{self, Role};
+use crate::postgres::files::{self, ConfInputs, Role};
 use crate::postgres::process::{self, Postmaster};
 use crate::postgres::replication::{self, Upstream};
 use crate::postgres::stop::{self, Mode};
@@ -91,6 +91,30 @@ impl Ha {
                 }
             }
             Action::KeepLeading => self.keep_leading(view).await,
+            Action::StartStandbyLeader => {
+                let (up, inputs) = self.standby_source(view);
+                let source = up.as_ref().map(|u| u.address.clone()).unwrap_or_else(|| "the archive".into());
+                tracing::info!(source, "starting as the standby leader");
+                if let Err(e) = self.start_with(Role::Replica(up), &inputs).await {
+                    tracing::error!("cannot start postgres as the standby leader: {e}");
+                }
+            }
+            Action::LeadStandby => {
+                self.keep_leading(view).await;
+                let (up, inputs) = self.standby_source(view);
+                if up != self.upstream {
+                    let source = up.as_ref().map(|u| u.address.clone()).unwrap_or_else(|| "the archive".into());
+                    tracing::info!(source, "standby leader: replicating from the standby cluster's source");
+                    if let Err(e) = files::write_all(&self.cfg, &inputs, &self.run_as, &Role::Replica(up.clone())) {
+                        tracing::error!("cannot point postgres at the standby cluster's source: {e}");
+                    } else {
+                        self.upstream = up;
+                        if let Some(pm) = &self.pm {
+                            pm.signal(Signal::SIGHUP);
+                        }
+                    }
+                }
+            }
             Action::Promote => self.promote(view).await,
             Action::AskPeers => {}
             Action::AcquireLeader => match self.acquire_leader().await {
@@ -134,6 +158,9 @@ impl Ha {
         self.state = State::InitializingNewCluster;
         self.publish_status();
         let pw = self.passwords(true).await?;
+        if self.cfg.standby.is_some() {
+            return self.bootstrap_standby().await;
+        }
         let stop = std::future::pending::<()>();
         match &self.cfg.clone {
             // The member that won `initialize` clones; the others then
@@ -171,6 +198,55 @@ impl Ha {
         self.sysid = Some(sysid.clone());
         self.state = State::Running;
         tracing::info!(sysid, "cluster bootstrapped; this member leads");
+        Ok(())
+    }
+
+    /// Bootstraps a standby cluster: a copy of the remote source (its
+    /// archive's latest backup when `STANDBY_SCOPE` names one, else
+    /// `pg_basebackup` from `STANDBY_HOST`), started as a standby of that
+    /// source; this member becomes the standby leader. Nothing is written
+    /// to the copy (no roles: it is read-only until promoted).
+    async fn bootstrap_standby(&mut self) -> Result<(), HaError> {
+        let view = ClusterView { config: self.cfg.bootstrap_dcs.clone(), ..Default::default() };
+        let (up, inputs) = self.standby_source(&view);
+        let archive = self.cfg.standby.as_ref().and_then(|s| s.storage.as_deref());
+        let mut copied = false;
+        if let Some(storage) = archive {
+            match crate::backup::replica::restore(&self.cfg, storage, None, None, &self.run_as).await {
+                Ok(Ok(b)) => {
+                    tracing::info!(backup = %b.name, "standby cluster: copied from the source's base backup");
+                    copied = true;
+                }
+                Ok(Err(skip)) => tracing::warn!(reason = %skip, "standby cluster: no backup in the source's archive"),
+                Err(e) => tracing::warn!(error = %e, "standby cluster: restore from the source's archive failed"),
+            }
+        }
+        if !copied {
+            let Some(up) = &up else {
+                return Err(HaError::Clone(
+                    "no base backup in the source's archive and no STANDBY_HOST to copy from".into(),
+                ));
+            };
+            replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await?;
+            tracing::info!(source = %up.address, "standby cluster: copied from the remote primary with pg_basebackup");
+        }
+        self.start_with(Role::Replica(up), &inputs).await?;
+        let pm = self.pm.as_mut().expect("just started");
+        let client = tokio::select! {
+            c = sql::wait_ready(&self.cfg) => c?,
+            st = pm.wait() => return Err(HaError::ExitedDuringBootstrap(st)),
+        };
+        let sysid = replication::system_identifier(&client).await?;
+        self.client = Some(client);
+        self.sysid = Some(sysid.clone());
+        self.state = State::Running;
+        self.publish(&view).await;
+        if !self.dcs.acquire_leader(&self.cfg.name, self.lease.id).await? {
+            return Err(HaError::LeaderTaken);
+        }
+        self.dcs.set_initialize(&sysid).await?;
+        self.dcs.init_config(&self.cfg.bootstrap_dcs).await?;
+        tracing::info!(sysid, "standby cluster bootstrapped; this member is the standby leader");
         Ok(())
     }
 
@@ -247,15 +323,54 @@ impl Ha {
         Ok(true)
     }
 
+    /// Where a standby cluster's leader replicates from (`standby_cluster`
+    /// of the DCS configuration, else of the bootstrap one), and the
+    /// settings for it: `restore_command` from `standby_cluster`, else
+    /// through the source's archive from the `STANDBY_*` storage variables.
+    pub(super) fn standby_source(&self, view: &ClusterView) -> (Option<Upstream>, ConfInputs) {
+        let sc = view
+            .config
+            .standby_cluster
+            .clone()
+            .or_else(|| self.cfg.bootstrap_dcs.standby_cluster.clone())
+            .unwrap_or_default();
+        let up = sc.address().map(|address| Upstream { address, slot: sc.primary_slot_name.clone() });
+        let mut inputs = self.inputs.clone();
+        let archive = self.cfg.standby.as_ref().and_then(|s| Some((s.scope.as_deref()?, s.storage.as_deref()?)));
+        let restore = match (sc.restore_command.clone(), archive) {
+            (Some(c), _) => Some(c),
+            (None, Some((scope, storage))) => {
+                let name = format!("standby-{scope}");
+                match crate::backup::clone::source_restore_command(&self.cfg, &name, storage, &self.run_as) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot set up reading the standby source's archive");
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(c) = restore {
+            inputs.recovery.insert("restore_command".into(), c);
+        }
+        (up, inputs)
+    }
+
     /// Writes the files for the role and starts the postmaster (readiness
     /// is observed by later rounds).
     pub(super) async fn start(&mut self, role: Role) -> Result<(), crate::postgres::PgError> {
+        let inputs = self.inputs.clone();
+        self.start_with(role, &inputs).await
+    }
+
+    pub(super) async fn start_with(&mut self, role: Role, inputs: &ConfInputs) -> Result<(), crate::postgres::PgError> {
         if self.passwords.is_none() {
             // Needed for primary_conninfo's passfile.
             let _ = self.passwords(false).await;
         }
         process::clear_stale_pid_file(&self.cfg.postgres.data)?;
-        files::write_all(&self.cfg, &self.inputs, &self.run_as, &role)?;
+        files::write_all(&self.cfg, inputs, &self.run_as, &role)?;
         self.pm = Some(Postmaster::start(&self.cfg, &self.bin, &self.run_as)?);
         self.upstream = match role {
             Role::Replica(up) => up,

@@ -79,6 +79,11 @@ pub enum Action {
     KeepLeading,
     /// I hold the key but run as a replica: promote.
     Promote,
+    /// I hold the key of a standby cluster and postgres is stopped: start
+    /// it as a standby of the remote source (the standby leader).
+    StartStandbyLeader,
+    /// I lead a standby cluster: renew, publish, replicate from the source.
+    LeadStandby,
     /// The leader key is gone: ask the peers before racing.
     AskPeers,
     /// I am the healthiest: race for the leader key.
@@ -97,6 +102,7 @@ pub enum Action {
 /// Decides the next action.
 pub fn decide(view: &ClusterView, me: &Local) -> Action {
     let leader_is_me = view.leader.as_deref() == Some(me.name.as_str());
+    let standby_cluster = view.config.standby_cluster.is_some();
 
     // Safety first: a primary without a live claim demotes, whatever else is true.
     if let Postgres::Primary { .. } = me.postgres {
@@ -141,10 +147,13 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
 
     match (&view.leader, me.postgres) {
         // I lead.
+        (Some(_), Postgres::Stopped) if leader_is_me && standby_cluster => Action::StartStandbyLeader,
         (Some(_), Postgres::Stopped) if leader_is_me => Action::StartPrimary,
         (Some(_), Postgres::Starting) if leader_is_me => Action::Idle("postgres is starting"),
         (Some(_), Postgres::Replica { .. }) if leader_is_me => {
-            if me.lease_alive {
+            if standby_cluster {
+                Action::LeadStandby
+            } else if me.lease_alive {
                 Action::Promote
             } else {
                 Action::Idle("holding the leader key on an unconfirmed lease; not promoting")
@@ -278,6 +287,11 @@ mod tests {
             optime: Some(1000),
             ..Default::default()
         }
+    }
+
+    fn standby_view(leader: Option<&str>) -> ClusterView {
+        let sc = crate::patroni::StandbyCluster { host: Some("10.0.0.9".into()), ..Default::default() };
+        ClusterView { config: DynamicConfig { standby_cluster: Some(sc), ..Default::default() }, ..view(leader) }
     }
 
     fn me(postgres: Postgres) -> Local {
@@ -456,6 +470,31 @@ mod tests {
                 },
                 with_peers(me(replica(1000)), vec![peer("b", false, 1000)]),
                 Action::AcquireLeader,
+            ),
+            // standby cluster
+            (
+                "standby cluster: the leader starts as standby leader",
+                standby_view(Some("a")),
+                me(Postgres::Stopped),
+                Action::StartStandbyLeader,
+            ),
+            (
+                "standby cluster: the leader stays a standby, never promotes",
+                standby_view(Some("a")),
+                me(replica(1000)),
+                Action::LeadStandby,
+            ),
+            (
+                "standby cluster: replicas cascade from the standby leader",
+                standby_view(Some("b")),
+                me(replica(1000)),
+                Action::Follow("b".into()),
+            ),
+            (
+                "standby_cluster removed: the standby leader promotes",
+                view(Some("a")),
+                me(replica(1000)),
+                Action::Promote,
             ),
             // maintenance mode
             (

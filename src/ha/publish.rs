@@ -91,10 +91,14 @@ impl Ha {
             self.state = State::Running;
         }
         let has_data = self.sysid.is_some() || self.cfg.postgres.data.join("PG_VERSION").exists();
+        let mut role = member_role(pos.as_ref(), has_data);
+        if leader && role == MemberRole::Replica && pos.is_some() && view.config.standby_cluster.is_some() {
+            role = MemberRole::StandbyLeader;
+        }
         let member = member_value(
             &self.cfg,
             self.state.clone(),
-            member_role(pos.as_ref(), has_data),
+            role,
             pos.as_ref(),
             pending_restart,
             view.config.pause,

@@ -346,6 +346,11 @@ impl Ha {
         // (the lease was granted with their ttl; their loop_wait renews it).
         self.config =
             if snap.config_revision.is_some() { snap.view.config.clone() } else { self.cfg.bootstrap_dcs.clone() };
+        if snap.config_revision.is_none() {
+            // The decision too: a standby cluster's data adopted before its
+            // `config` exists must not be promoted for want of `standby_cluster`.
+            snap.view.config = self.config.clone();
+        }
         // A new ttl in `config` applies without a restart: a lease with the new
         // TTL, the member key re-put, the leader key moved (conditionally).
         let ttl = Duration::from_secs(self.config.normalized().ttl);
