@@ -101,10 +101,17 @@ fn archiver(node: &Node) -> (u64, u64, String) {
     (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_owned())
 }
 
+/// Waits until segment `last` is archived: `pg_stat_archiver` names it or
+/// a later segment, or its `.done` marker exists (a base backup's
+/// `.backup` file, archived after it, can be the last archived name), or
+/// it has already been removed from `pg_wal` (only archived segments are).
 fn wait_archived(node: &Node, last: &str) {
     wait_for(&format!("{last} archived"), Duration::from_secs(90), || {
         let (_, _, l) = archiver(node);
-        (!l.is_empty() && l.as_str() >= last).then_some(())
+        let wal = node.data().join("pg_wal");
+        let done = wal.join(format!("archive_status/{last}.done")).exists()
+            || (!wal.join(last).exists() && !wal.join(format!("archive_status/{last}.ready")).exists());
+        (done || (!l.is_empty() && l.as_str() >= last)).then_some(())
     });
 }
 
