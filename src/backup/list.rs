@@ -119,7 +119,7 @@ pub fn table(backups: &[BackupEntry]) -> String {
     out
 }
 
-fn human(n: i64) -> String {
+pub(crate) fn human(n: i64) -> String {
     let n = n.max(0) as f64;
     match n {
         n if n >= (1u64 << 30) as f64 => format!("{:.1} GiB", n / (1u64 << 30) as f64),

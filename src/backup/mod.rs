@@ -7,6 +7,7 @@
 
 pub mod checksum;
 pub mod clone;
+pub mod delete;
 pub mod fetch;
 pub mod list;
 pub mod push;

@@ -14,6 +14,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use super::delete::{self, Target};
 use super::push::{self, Pushed};
 use super::{BackupError, Cancel, NodeLock, Progress};
 use crate::config::Config;
@@ -53,6 +54,8 @@ pub struct Status {
     pub next: Option<OffsetDateTime>,
     pub succeeded: u64,
     pub failed: u64,
+    /// Backups deleted by the retention rule since start.
+    pub deleted: u64,
 }
 
 /// The scheduler's shared status (cheap to clone).
@@ -112,6 +115,12 @@ impl Backups {
                 r.progress.uploaded.load(Relaxed),
             );
         }
+        w.metric(
+            "tusk_backup_deleted_total",
+            Kind::Counter,
+            "Base backups deleted by the retention rule (BACKUP_NUM_TO_RETAIN).",
+            st.deleted,
+        );
         w.metric("tusk_backup_succeeded_total", Kind::Counter, "Base backups this node completed.", st.succeeded);
         w.metric(
             "tusk_backup_failed_total",
@@ -262,6 +271,9 @@ async fn take(cfg: &Config, backups: &Backups, allowed: &mut watch::Receiver<boo
                 s.last = Some(done.clone());
                 s.succeeded += 1;
             });
+            if *allowed.borrow() {
+                retain(cfg, backups).await;
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, "base backup failed; no sentinel was written, the next backup is unaffected");
@@ -271,5 +283,35 @@ async fn take(cfg: &Config, backups: &Backups, allowed: &mut watch::Receiver<boo
                 s.last_failure = Some(Failure { time: OffsetDateTime::now_utc(), error: e.to_string() });
             });
         }
+    }
+}
+
+/// Spilo's retention rule after a backup (`delete::spilo_target`): a
+/// failure is logged and retried after the next backup.
+async fn retain(cfg: &Config, backups: &Backups) {
+    let Some(storage) = &cfg.storage else { return };
+    let n = storage.backup.num_to_retain;
+    let r = async {
+        let store = ObjectStore::new(storage).await?;
+        let layout = Layout::new(&storage.root);
+        let all = super::list::list(&store, &layout).await?;
+        let Some(before) = delete::spilo_target(&all, n, OffsetDateTime::now_utc()) else {
+            return Ok(None);
+        };
+        let plan = delete::prepare(&store, &layout, &Target::Before(before)).await?;
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        tracing::info!(plan = %plan.summary(), "retention (BACKUP_NUM_TO_RETAIN={n}): deleting");
+        delete::execute(&store, &plan).await?;
+        Ok::<_, BackupError>(Some(plan))
+    };
+    match r.await {
+        Ok(Some(plan)) => {
+            tracing::info!(backups = plan.backups.len(), wal_files = plan.wal_files, "retention done");
+            backups.update(|s| s.deleted += plan.backups.len() as u64);
+        }
+        Ok(None) => tracing::debug!("retention: nothing to delete"),
+        Err(e) => tracing::warn!(error = %e, "retention failed; it runs again after the next backup"),
     }
 }

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 pub const DATE_FMT: &str = "%Y-%m-%dT%H:%M:%S.%fZ";
 
 /// `<name>_backup_stop_sentinel.json` (`BackupSentinelDtoV2`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Sentinel {
     #[serde(rename = "LSN", default)]
     pub lsn: Option<u64>,

@@ -1,6 +1,6 @@
 //! Base backup commands, as WAL-G's behave: `backup-push` (run here,
 //! against the local primary; the supervisor's scheduler runs the same
-//! code), `backup-list`.
+//! code), `backup-list`, `backup-fetch`, `delete`.
 
 use std::sync::Arc;
 
@@ -109,4 +109,37 @@ pub fn list(json: bool) -> Result<(), CliError> {
         }
         Ok(())
     })
+}
+
+/// `tusk delete retain N|before NAME|TIME [--confirm] [--json]`: prints
+/// the plan; deletes it only with `--confirm`.
+pub fn delete(args: &[String], confirm: bool, json: bool) -> Result<(), CliError> {
+    let target = backup::delete::Target::parse(args).map_err(CliError::Usage)?;
+    let cfg = Config::from_process_env()?;
+    let storage = storage(&cfg)?.clone();
+    let guard = logging::init(cfg.tusk.log_format, &cfg.tusk.log_level, false);
+    let r = runtime()?.block_on(async move {
+        let store = ObjectStore::new(&storage).await.map_err(|e| CliError::Backup(e.into()))?;
+        let layout = Layout::new(&storage.root);
+        let plan = backup::delete::prepare(&store, &layout, &target).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&plan).expect("Plan serializes"));
+        }
+        if plan.is_empty() {
+            eprintln!("nothing to delete in {}", storage.url);
+            return Ok(());
+        }
+        if !confirm {
+            eprintln!("would delete {}", plan.summary());
+            eprintln!("this was a dry run: add --confirm to delete");
+            return Ok(());
+        }
+        eprintln!("deleting {}", plan.summary());
+        backup::delete::execute(&store, &plan).await?;
+        tracing::info!(backups = ?plan.backups, wal_files = plan.wal_files, objects = plan.objects, "deleted");
+        eprintln!("deleted {} objects", plan.objects);
+        Ok(())
+    });
+    guard.flush();
+    r
 }

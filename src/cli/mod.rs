@@ -34,6 +34,9 @@ pub enum CliError {
     /// The cluster or the node refused, or did not do what was asked (exit 1).
     #[error("{0}")]
     Refused(String),
+    /// Bad arguments that clap cannot check (exit 2, as clap's own).
+    #[error("{0}")]
+    Usage(String),
     /// `tusk healthcheck`: reported on stdout, for the health-check log (exit 1).
     #[error("{0}")]
     Unhealthy(String),
@@ -43,6 +46,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Config(_) | CliError::ApiSetup(_) => EXIT_CONFIG,
+            CliError::Usage(_) => 2,
             CliError::Runtime(_)
             | CliError::Dcs(_)
             | CliError::Api(_)
@@ -165,6 +169,22 @@ pub enum Command {
         /// A backup name from `backup-list`, or LATEST.
         name: String,
     },
+    /// Delete old base backups and the WAL only they need, as WAL-G's
+    /// delete: `retain N` keeps the N newest backups, `before NAME|TIME`
+    /// keeps that backup (or those finished from that time) and newer ones.
+    /// Permanent backups, the WAL they need and history files stay. A dry
+    /// run unless --confirm.
+    Delete {
+        /// retain [FULL|FIND_FULL] N | before [FIND_FULL] NAME|TIME
+        #[arg(required = true, num_args = 1..=3, value_name = "MODE")]
+        args: Vec<String>,
+        /// Delete (without it, only print what would be deleted).
+        #[arg(long)]
+        confirm: bool,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
@@ -186,6 +206,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Some(Command::BackupPush) => backup::push(),
         Some(Command::BackupList { json }) => backup::list(json),
         Some(Command::BackupFetch { dest, name }) => backup::fetch(dest, name),
+        Some(Command::Delete { args, confirm, json }) => backup::delete(&args, confirm, json),
         Some(Command::Switchover { candidate, scheduled }) => cluster::switchover(candidate, false, scheduled),
         Some(Command::Failover { candidate }) => cluster::switchover(Some(candidate), true, None),
         Some(Command::Healthcheck { endpoint, timeout }) => {
