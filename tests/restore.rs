@@ -401,9 +401,8 @@ fn retention_keeps_the_newest_and_their_wal() {
             // Inside the kept window: after backup 3, before row 30.
             src.psql("insert into marker (id, note) values (20, 'after backup 3')");
             std::thread::sleep(Duration::from_millis(1500));
-            target = src.psql(
-                "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
-            );
+            target =
+                src.psql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'");
             std::thread::sleep(Duration::from_millis(1500));
             src.psql("insert into marker (id, note) values (30, 'after the target')");
             archive_now(&src);

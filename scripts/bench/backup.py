@@ -67,46 +67,8 @@ def main():
     s3, rpc, tls = ports, ports + 1, ports + 2
     procs, running = [], []
     try:
-        gdir = os.path.join(base, "garage")
-        env = dict(os.environ, TESTBED_WATCH_PID=str(os.getpid()),
-                   PATH=os.environ["PATH"] + ":" + os.path.expanduser("~/.cargo/bin"))
-        A.run(os.path.join(A.ROOT, "scripts/testbed/garage.sh"), "start", gdir, str(s3), str(rpc), "bench", env=env)
-        genv = dict(line.split("=", 1) for line in open(os.path.join(gdir, "env")).read().split())
-        ca, cakey, cert, key, csr, ext, pem = (os.path.join(base, n) for n in (
-            "ca.crt", "ca.key", "s3.crt", "s3.key", "s3.csr", "s3.ext", "s3.pem"))
-        A.run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench-ca",
-              "-keyout", cakey, "-out", ca)
-        A.run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key,
-              "-out", csr)
-        with open(ext, "w") as f:
-            f.write("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
-        A.run("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", cakey, "-CAcreateserial", "-days", "2",
-              "-extfile", ext, "-out", cert)
-        with open(pem, "w") as f:
-            f.write(open(cert).read() + open(key).read())
-        os.chmod(ca, 0o644)
-        hcfg = os.path.join(base, "haproxy.cfg")
-        with open(hcfg, "w") as f:
-            f.write(f"""global
-  maxconn 512
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-frontend s3tls
-  bind 127.0.0.1:{tls} ssl crt {pem}
-  default_backend garage
-backend garage
-  server g 127.0.0.1:{s3}
-""")
-        procs.append(subprocess.Popen(["haproxy", "-db", "-f", hcfg], stdout=subprocess.DEVNULL,
-                                      stderr=open(os.path.join(base, "haproxy.log"), "w")))
-        time.sleep(0.5)
-        s3env = {"AWS_ACCESS_KEY_ID": genv["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": genv["AWS_SECRET_ACCESS_KEY"],
-                 "AWS_REGION": "garage", "AWS_ENDPOINT": f"https://localhost:{tls}", "AWS_S3_FORCE_PATH_STYLE": "true",
-                 "WALG_S3_CA_CERT_FILE": ca, "WALG_S3_PREFIX": f"s3://bench/tusk-{os.getpid()}",
-                 "BACKUP_SCHEDULE": "0 0 1 1 *"}
+        genv, s3env = A.s3_front(base, ports, procs)
+        s3env["BACKUP_SCHEDULE"] = "0 0 1 1 *"
         results = {}
         for i, name in enumerate(args.systems.split(",")):
             port = ports + 20 + i * 5

@@ -232,6 +232,34 @@ impl Dir {
         Ok(())
     }
 
+    /// Creates the empty file `name` (mode 0600), only if nothing is there:
+    /// `Ok(false)` when it exists (someone else holds the claim).
+    pub fn create_new(&self, name: &OsStr) -> Result<bool, BeneathError> {
+        match openat(Some(&self.fd), name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600) {
+            Ok(fd) => {
+                self.fchown(&fd, name)?;
+                Ok(true)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(self.io(name)(e)),
+        }
+    }
+
+    /// How long ago `name` (not followed if a link) was last modified;
+    /// `None` when it does not exist.
+    pub fn age(&self, name: &OsStr) -> Option<std::time::Duration> {
+        let c = cstr(name).ok()?;
+        // SAFETY: an all-zero stat is a valid value to be overwritten.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: c is valid, the fd is open, st is a valid out pointer.
+        if unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } < 0 {
+            return None;
+        }
+        let mtime = std::time::UNIX_EPOCH
+            + std::time::Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec.clamp(0, 999_999_999) as u32);
+        Some(std::time::SystemTime::now().duration_since(mtime).unwrap_or_default())
+    }
+
     /// `renameat(self/from, to/to_name)`.
     pub fn rename_to(&self, from: &OsStr, to: &Dir, to_name: &OsStr) -> Result<(), BeneathError> {
         let a = cstr(from).map_err(self.io(from))?;

@@ -69,12 +69,16 @@ pub fn wal_fetch(name: &str, dest: &str, source: Option<&std::path::Path>) -> i3
     let mut env = crate::config::process_env();
     if let (Some(src), Ok(e)) = (source, env.as_mut()) {
         e.insert("TUSK_ARCHIVE_CONFIG".into(), src.display().to_string());
+        // Inherited by the prefetcher this fetch may start.
+        // SAFETY: single-threaded here; no runtime or thread exists yet.
+        unsafe { std::env::set_var("TUSK_ARCHIVE_CONFIG", src) };
     }
     let dest = absolute(dest);
     let req = Request::Fetch { name: name.to_owned(), dest: dest.clone() };
     let asked = if source.is_some() { None } else { ask(&req, &env) };
     let resp = match asked {
         Some(r) => r,
+        None if fast_hit(name, &dest, &env) => return 0,
         None => match direct(&req, &env) {
             Ok(r) => r,
             Err(e @ DirectError::Config(_)) => {
@@ -132,21 +136,53 @@ fn ask(req: &Request, env: &Env) -> Option<Response> {
 
 /// Runs the request in this process; warnings go to stderr (postgres's log).
 fn direct(req: &Request, own_env: &Env) -> Result<Response, DirectError> {
-    let _log = crate::logging::init(crate::config::LogFormat::Text, "warn", false);
+    let _log = direct_log();
+    let owned = req.clone();
+    let r = with_direct_archiver(own_env, async move |archiver| match owned {
+        Request::Push { path } => match archiver.push(&path).await {
+            Ok(_) => Response { answer: Answer::Ok, message: String::new() },
+            Err(e) => Response { answer: Answer::Error, message: e.to_string() },
+        },
+        Request::Fetch { name, dest } => super::server::fetch_with_policy(&archiver, &name, &dest).await,
+    })?;
+    Ok(match r {
+        Some(Ok(resp)) => resp,
+        Some(Err(message)) => Response { answer: Answer::Error, message },
+        None => match req {
+            // As archive_command = /bin/true without storage.
+            Request::Push { .. } => Response { answer: Answer::Ok, message: "no WAL storage configured".into() },
+            Request::Fetch { .. } => Response {
+                answer: Answer::Error,
+                message: "no WAL storage configured (WAL_S3_BUCKET, WALG_S3_PREFIX)".into(),
+            },
+        },
+    })
+}
+
+/// `tusk wal-prefetch NAME...` (started by `wal-fetch` in direct mode,
+/// detached): downloads those segments into the prefetch directory.
+/// Always exits 0: a prefetch that fails only means a later fetch
+/// downloads the file itself.
+pub fn wal_prefetch(names: &[String]) -> i32 {
+    let env = crate::config::process_env();
+    let _log = direct_log();
+    let names = names.to_vec();
+    let t0 = std::time::Instant::now();
+    let r = with_direct_archiver(&env, async move |archiver| archiver.prefetch_claimed(&names).await);
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, result = ?r, "prefetcher done");
+    0
+}
+
+/// Builds this process's own archiver (direct mode: no supervisor) from
+/// the storage settings and runs `f` with it on a one-thread runtime.
+/// `Ok(None)`: no storage is configured; `Ok(Some(Err))`: it could not be
+/// set up.
+fn with_direct_archiver<T>(
+    own_env: &Env,
+    f: impl AsyncFnOnce(Arc<super::engine::Archiver>) -> T,
+) -> Result<Option<Result<T, String>>, DirectError> {
     let env = fallback_env(own_env)?;
-    let storage = match crate::config::storage_from_map(&env)? {
-        Some(s) => s,
-        None => {
-            return Ok(match req {
-                // As archive_command = /bin/true without storage.
-                Request::Push { .. } => Response { answer: Answer::Ok, message: "no WAL storage configured".into() },
-                Request::Fetch { .. } => Response {
-                    answer: Answer::Error,
-                    message: "no WAL storage configured (WAL_S3_BUCKET, WALG_S3_PREFIX)".into(),
-                },
-            });
-        }
-    };
+    let Some(storage) = crate::config::storage_from_map(&env)? else { return Ok(None) };
     // The SDK's default credential chain reads the process environment
     // (ECS, web identity, profile): give it the supervisor's variables.
     for (k, v) in &env {
@@ -155,30 +191,40 @@ fn direct(req: &Request, own_env: &Env) -> Result<Response, DirectError> {
             unsafe { std::env::set_var(k, v) };
         }
     }
-    let pgdata = env
-        .get("PGDATA")
-        .map(PathBuf::from)
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_else(|| PathBuf::from("."));
+    let pgdata = pgdata_of(&env);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => return Ok(Response { answer: Answer::Error, message: format!("cannot build a runtime: {e}") }),
+        Err(e) => return Ok(Some(Err(format!("cannot build a runtime: {e}")))),
     };
-    Ok(rt.block_on(async move {
-        let store = match crate::storage::wal::WalStore::new(&storage).await {
-            Ok(s) => s,
-            Err(e) => return Response { answer: Answer::Error, message: e.to_string() },
-        };
+    Ok(Some(rt.block_on(async move {
+        let store = crate::storage::wal::WalStore::new(&storage).await.map_err(|e| e.to_string())?;
         let handle = ArchiveHandle::new(true, Some(storage.url.clone()), pgdata.clone());
         let archiver = Arc::new(super::engine::Archiver::new(store, storage, pgdata, None, handle, false));
-        match req.clone() {
-            Request::Push { path } => match archiver.push(&path).await {
-                Ok(_) => Response { answer: Answer::Ok, message: String::new() },
-                Err(e) => Response { answer: Answer::Error, message: e.to_string() },
-            },
-            Request::Fetch { name, dest } => super::server::fetch_with_policy(&archiver, &name, &dest).await,
-        }
-    }))
+        Ok(f(archiver).await)
+    })))
+}
+
+/// Direct mode's log, on stderr (PostgreSQL's log): warnings, or
+/// `TUSK_LOG_LEVEL` when set.
+fn direct_log() -> crate::logging::LogGuard {
+    let (format, level) = crate::logging::from_env_best_effort();
+    let level = if std::env::var_os("TUSK_LOG_LEVEL").is_some() { level } else { "warn".to_owned() };
+    crate::logging::init(format, &level, false)
+}
+
+/// Direct mode: `PGDATA`, else the working directory (postgres runs
+/// `restore_command` in the data directory).
+fn pgdata_of(env: &BTreeMap<String, String>) -> PathBuf {
+    env.get("PGDATA").map(PathBuf::from).or_else(|| std::env::current_dir().ok()).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Direct mode: a segment a prefetcher already stored is delivered with
+/// no runtime and no S3 client (recovery waits on every call).
+fn fast_hit(name: &str, dest: &std::path::Path, own_env: &Env) -> bool {
+    let _log = direct_log();
+    let Ok(env) = fallback_env(own_env) else { return false };
+    let Ok(Some(storage)) = crate::config::storage_from_map(&env) else { return false };
+    super::prefetch::direct_hit(&pgdata_of(&env), name, dest, storage.download_concurrency)
 }
 
 /// The supervisor's storage settings if it left them, else this process's environment.

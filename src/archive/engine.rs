@@ -183,10 +183,7 @@ impl Archiver {
 
     /// The cluster's system identifier (first 8 bytes of `global/pg_control`).
     pub(super) fn sysid(&self) -> Result<u64, ArchiveError> {
-        let path = self.pgdata.join("global/pg_control");
-        let mut b = [0u8; 8];
-        std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut b)).map_err(io(&path))?;
-        Ok(u64::from_le_bytes(b))
+        super::prefetch::read_sysid(&self.pgdata)
     }
 
     /// MiB of the memory budget for one file of `size` bytes (raw + compressed).

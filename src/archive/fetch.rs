@@ -2,7 +2,7 @@
 //! temporary file + rename) and the prefetch of the next segments along the
 //! timeline history.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
 use super::beneath;
-use super::engine::{ArchiveError, Archiver, Fetched, PREFETCH_DIR, io};
+use super::engine::{ArchiveError, Archiver, Fetched, io};
+
+use super::prefetch::{self, Prefetch};
 use crate::postgres::wal::{self, DEFAULT_SEGMENT_SIZE, Kind, SegmentName};
 
 impl Archiver {
@@ -38,21 +40,28 @@ impl Archiver {
         kind: Kind,
         dest: &Path,
     ) -> Result<Fetched, ArchiveError> {
-        let prefetch = self.background
-            && matches!(kind, Kind::Segment(_))
-            && dest.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("RECOVERY"));
+        let prefetch = matches!(kind, Kind::Segment(_)) && prefetch::is_recovery_dest(dest);
         if prefetch && let Kind::Segment(seg) = kind {
-            // A prefetch of this very segment may be running: wait for it.
-            let pending = self.prefetching.lock().expect("no panics while held").get(name).cloned();
+            // A prefetch of this very segment may be running (here, or in a
+            // prefetcher process in direct mode): wait for it.
             let t0 = std::time::Instant::now();
-            if let Some(mut rx) = pending {
-                while !*rx.borrow_and_update() {
-                    if rx.changed().await.is_err() {
-                        break;
+            if self.background {
+                let pending = self.prefetching.lock().expect("no panics while held").get(name).cloned();
+                if let Some(mut rx) = pending {
+                    while !*rx.borrow_and_update() {
+                        if rx.changed().await.is_err() {
+                            break;
+                        }
                     }
                 }
+            } else {
+                let deadline = std::time::Instant::now() + prefetch::CLAIM_STALE;
+                while self.prefetch().claimed(name) && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
             }
-            if self.take_prefetched(name, seg, dest)? {
+            if let Some(seg_size) = self.prefetch().take(name, seg, dest)? {
+                self.seg_size.store(seg_size, Ordering::Relaxed);
                 tracing::debug!(wal = %name, waited_ms = t0.elapsed().as_millis() as u64, "delivered from prefetch");
                 self.handle.update(|s| s.prefetch_hits += 1);
                 self.prefetch_after(seg);
@@ -62,6 +71,11 @@ impl Archiver {
         let found = self.store.find(name).await?;
         let Some(first) = found.first() else {
             tracing::debug!(wal = %name, "not in the archive (no object under any extension)");
+            if prefetch && !self.background {
+                // The end of the archive: nothing after it was prefetched
+                // either; leave no copies behind in a promoted cluster.
+                self.prefetch().clear();
+            }
             return Ok(Fetched::NotFound);
         };
         let raw = match self.download(name, first).await? {
@@ -148,48 +162,25 @@ impl Archiver {
         Ok(())
     }
 
-    /// `pg_wal/.tusk-prefetch`, opened beneath PGDATA (created when `create`).
-    fn prefetch_dirfd(&self, create: bool) -> Result<beneath::Dir, ArchiveError> {
-        let pg_wal = beneath::Dir::open(&self.pgdata, &["pg_wal"], self.owner)?;
-        let name = std::ffi::OsStr::new(PREFETCH_DIR);
-        Ok(if create { pg_wal.subdir_create(name)? } else { pg_wal.subdir(name)? })
+    fn prefetch(&self) -> Prefetch<'_> {
+        Prefetch { pgdata: &self.pgdata, owner: self.owner }
     }
 
-    /// Moves a complete, valid prefetched copy of `name` to `dest` (both
-    /// resolved beneath PGDATA through directory descriptors).
-    pub(super) fn take_prefetched(&self, name: &str, seg: SegmentName, dest: &Path) -> Result<bool, ArchiveError> {
-        let Ok(dir) = self.prefetch_dirfd(false) else { return Ok(false) };
-        let fname = std::ffi::OsStr::new(name);
-        let Ok(mut f) = dir.open_file(fname) else { return Ok(false) };
-        let mut head = vec![0u8; wal::LONG_HEADER_LEN];
-        let valid = f.read_exact(&mut head).is_ok()
-            && f.metadata().is_ok_and(|m| {
-                wal::parse_long_header(&head).is_ok_and(|h| {
-                    m.len() == h.seg_size as u64
-                        && h.pageaddr == seg.start_lsn(h.seg_size as u64)
-                        && self.sysid().is_ok_and(|s| s == h.sysid)
-                })
-            });
-        drop(f);
-        if !valid {
-            tracing::warn!(wal = %name, "discarding an invalid prefetched file");
-            let _ = dir.unlink(fname);
-            return Ok(false);
-        }
-        let (to, to_name) = beneath::Dir::parent_of(&self.pgdata, dest, self.owner)?;
-        dir.rename_to(fname, &to, &to_name)?;
-        Ok(true)
-    }
-
-    /// Downloads the next `WALG_DOWNLOAD_CONCURRENCY` segments after `seg`
-    /// into the prefetch directory, on the timelines the known history
-    /// files give; removes older prefetched files.
+    /// Starts downloading the next `WALG_DOWNLOAD_CONCURRENCY` segments
+    /// after `seg` (on the timelines the known history files give) into
+    /// the prefetch directory: tasks of this process under the supervisor;
+    /// in direct mode (one process per `restore_command`) a detached
+    /// `tusk wal-prefetch` process that outlives this one.
     pub(super) fn prefetch_after(self: &Arc<Self>, seg: SegmentName) {
+        if !self.background
+            && let Some((tli, h)) = prefetch::local_history(&self.pgdata)
+        {
+            self.histories.lock().expect("no panics while held").entry(tli).or_insert(h);
+        }
         let seg_size = match self.seg_size.load(Ordering::Relaxed) {
             0 => DEFAULT_SEGMENT_SIZE,
             s => s,
         };
-        let segno = seg.segno(seg_size);
         let (target, history) = {
             let h = self.histories.lock().expect("no panics while held");
             match h.last_key_value() {
@@ -197,26 +188,13 @@ impl Archiver {
                 _ => (seg.tli, Vec::new()),
             }
         };
-        let dir = self.prefetch_dir();
-        if let Ok(fd) = self.prefetch_dirfd(false) {
-            for name in fd.names().unwrap_or_default() {
-                let older = name.to_str().and_then(SegmentName::parse).is_some_and(|s| s.segno(seg_size) <= segno);
-                if older {
-                    let _ = fd.unlink(&name);
-                }
-            }
+        let window = self.cfg.download_concurrency;
+        let wanted = self.prefetch().candidates(seg, seg_size, window, !self.background, (target, &history));
+        if !self.background {
+            prefetch::refill(&wanted, window);
+            return;
         }
-        for i in 1..=self.cfg.download_concurrency as u64 {
-            let next_segno = segno + i;
-            let tli = wal::timeline_of_segment(target, &history, next_segno, seg_size);
-            if tli < seg.tli {
-                continue;
-            }
-            let next = SegmentName::from_segno(tli, next_segno, seg_size);
-            let name = next.to_string();
-            if dir.join(&name).exists() {
-                continue;
-            }
+        for (name, next) in wanted {
             let (tx, rx) = watch::channel(false);
             {
                 let mut p = self.prefetching.lock().expect("no panics while held");
@@ -236,7 +214,8 @@ impl Archiver {
                     .expect("semaphore never closed");
                 let t0 = std::time::Instant::now();
                 match me.prefetch_one(&name, next).await {
-                    Ok(()) => tracing::debug!(wal = %name, ms = t0.elapsed().as_millis() as u64, "prefetched"),
+                    Ok(true) => tracing::debug!(wal = %name, ms = t0.elapsed().as_millis() as u64, "prefetched"),
+                    Ok(false) => tracing::debug!(wal = %name, "prefetch: not in the archive"),
                     Err(e) => tracing::debug!(wal = %name, "prefetch: {e}"),
                 }
                 me.prefetching.lock().expect("no panics while held").remove(&name);
@@ -245,19 +224,52 @@ impl Archiver {
         }
     }
 
-    pub(super) async fn prefetch_one(self: &Arc<Self>, name: &str, seg: SegmentName) -> Result<(), ArchiveError> {
+    /// The prefetcher process (`tusk wal-prefetch NAME...`): downloads each
+    /// segment nobody else has claimed, in parallel, into the prefetch
+    /// directory, then removes its claim; returns how many it stored.
+    pub async fn prefetch_claimed(self: &Arc<Self>, names: &[String]) -> Result<usize, ArchiveError> {
+        let p = self.prefetch();
+        let dir = p.dir(true)?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for name in names {
+            let Some(seg) = SegmentName::parse(name) else { continue };
+            if !p.claim(&dir, name)? {
+                continue;
+            }
+            let me = self.clone();
+            let name = name.clone();
+            tasks.spawn(async move {
+                let _slot = me.downloads.clone().acquire_owned().await.expect("semaphore never closed");
+                let r = me.prefetch_one(&name, seg).await;
+                me.prefetch().release(&name, matches!(r, Ok(false)));
+                if let Err(e) = &r {
+                    tracing::debug!(wal = %name, "prefetch: {e}");
+                }
+                r
+            });
+        }
+        let mut stored = 0;
+        while let Some(r) = tasks.join_next().await {
+            if matches!(r, Ok(Ok(true))) {
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Downloads, verifies and stores one segment; false when the archive
+    /// does not hold it.
+    pub(super) async fn prefetch_one(self: &Arc<Self>, name: &str, seg: SegmentName) -> Result<bool, ArchiveError> {
         let found = self.store.find(name).await?;
-        let Some(first) = found.first() else { return Ok(()) };
-        let Some(raw) = self.download(name, first).await? else { return Ok(()) };
+        let Some(first) = found.first() else { return Ok(false) };
+        let Some(raw) = self.download(name, first).await? else { return Ok(false) };
         self.verify(name, Kind::Segment(seg), &raw)?;
         let me = self.clone();
         let name = name.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
-            // Through a temporary file and a rename: never a partial file under the name.
-            Ok(me.prefetch_dirfd(true)?.write_new(std::ffi::OsStr::new(&name), &raw)?)
-        })
-        .await
-        .map_err(|e| ArchiveError::Invalid(format!("prefetch write panicked: {e}")))?
+        tokio::task::spawn_blocking(move || me.prefetch().store(&name, &raw))
+            .await
+            .map_err(|e| ArchiveError::Invalid(format!("prefetch write panicked: {e}")))??;
+        Ok(true)
     }
 
     /// Removes the prefetch directory (at start: nothing in it is trusted).

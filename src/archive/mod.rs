@@ -18,6 +18,7 @@ pub mod beneath;
 pub mod client;
 pub mod engine;
 mod fetch;
+pub mod prefetch;
 pub mod server;
 
 use std::path::{Path, PathBuf};

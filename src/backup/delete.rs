@@ -367,7 +367,12 @@ mod tests {
         ObjectInfo { key, size: 10, modified: 0 }
     }
 
-    fn objects(l: &Layout, backups: &[BackupEntry], extra_base: &[&str], wal: &[&str]) -> (Vec<ObjectInfo>, Vec<ObjectInfo>) {
+    fn objects(
+        l: &Layout,
+        backups: &[BackupEntry],
+        extra_base: &[&str],
+        wal: &[&str],
+    ) -> (Vec<ObjectInfo>, Vec<ObjectInfo>) {
         let mut base = Vec::new();
         for b in backups {
             base.push(obj(l.sentinel_key(&b.name)));
@@ -501,7 +506,9 @@ mod tests {
     fn spilo_rule() {
         let day = 24 * 60;
         let now = at(100 * day);
-        let bs = |ages: &[i64]| ages.iter().enumerate().map(|(i, a)| backup(i as u32 + 2, 1, 100 * day - a)).collect::<Vec<_>>();
+        let bs = |ages: &[i64]| {
+            ages.iter().enumerate().map(|(i, a)| backup(i as u32 + 2, 1, 100 * day - a)).collect::<Vec<_>>()
+        };
         // Five daily backups, n = 2: the newest of those two days or older
         // stays (age 2 days) and the older ones go.
         let b = bs(&[4 * day, 3 * day, 2 * day, day, 10]);

@@ -152,6 +152,10 @@ pub enum Command {
         #[arg(long)]
         source: Option<std::path::PathBuf>,
     },
+    /// Started by wal-fetch without a supervisor: downloads the next
+    /// segments into the prefetch directory.
+    #[command(hide = true)]
+    WalPrefetch { names: Vec<String> },
     /// Take a base backup of the local primary to S3 (WAL-G's layout).
     BackupPush,
     /// List the completed base backups in S3, oldest first.
@@ -202,6 +206,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Some(Command::WalFetch { name, dest, source }) => {
             return crate::archive::client::wal_fetch(&name, &dest, source.as_deref());
         }
+        Some(Command::WalPrefetch { names }) => return crate::archive::client::wal_prefetch(&names),
         Some(Command::List) => cluster::list(),
         Some(Command::BackupPush) => backup::push(),
         Some(Command::BackupList { json }) => backup::list(json),

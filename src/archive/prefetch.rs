@@ -1,0 +1,279 @@
+//! The prefetch directory `pg_wal/.tusk-prefetch`: segments downloaded
+//! ahead of `restore_command`, by the supervisor's archiver (tasks of its
+//! process) or, with no supervisor, by detached `tusk wal-prefetch`
+//! processes, as WAL-G forks its prefetcher. Everything here is resolved
+//! beneath PGDATA through directory descriptors ([`beneath`]).
+//!
+//! Direct mode coordinates its processes through the directory alone: a
+//! prefetcher claims a segment with an exclusive `<segment>.claim` file
+//! before downloading it and removes the claim after the rename; a
+//! `wal-fetch` that finds a fresh claim waits for the file. A claim older
+//! than [`CLAIM_STALE`] is abandoned. The hit path ([`direct_hit`]) needs
+//! no runtime and no S3 client: a few system calls, so that recovery never
+//! waits on process start-up work.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use super::beneath;
+use super::engine::{ArchiveError, PREFETCH_DIR, io};
+use crate::postgres::wal::{self, HistoryEntry, Kind, SegmentName};
+
+/// `<segment>.claim`: a prefetcher process downloads that segment.
+const CLAIM_SUFFIX: &str = ".claim";
+/// A claim older than this is abandoned (its prefetcher died).
+pub(super) const CLAIM_STALE: Duration = Duration::from_secs(60);
+/// `<segment>.missing`: a prefetcher found no such segment in the archive
+/// (past its end); no prefetcher asks again for this long.
+const MISSING_SUFFIX: &str = ".missing";
+const MISSING_FRESH: Duration = Duration::from_secs(5);
+
+/// The cluster's system identifier (first 8 bytes of `global/pg_control`).
+pub(super) fn read_sysid(pgdata: &Path) -> Result<u64, ArchiveError> {
+    let path = pgdata.join("global/pg_control");
+    let mut b = [0u8; 8];
+    std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut b)).map_err(io(&path))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Whether `dest` is recovery's own target (`RECOVERYXLOG`): only then
+/// is a segment delivered from, and followed by, prefetch (pg_rewind and
+/// manual calls name other files).
+pub(super) fn is_recovery_dest(dest: &Path) -> bool {
+    dest.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("RECOVERY"))
+}
+
+/// The prefetch directory of one data directory.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Prefetch<'a> {
+    pub pgdata: &'a Path,
+    /// uid/gid of what is created (the supervisor, as root).
+    pub owner: Option<(u32, u32)>,
+}
+
+fn claim_name(name: &str) -> OsString {
+    OsString::from(format!("{name}{CLAIM_SUFFIX}"))
+}
+
+fn missing_name(name: &str) -> OsString {
+    OsString::from(format!("{name}{MISSING_SUFFIX}"))
+}
+
+impl Prefetch<'_> {
+    /// `pg_wal/.tusk-prefetch` (created when `create`).
+    pub fn dir(&self, create: bool) -> Result<beneath::Dir, ArchiveError> {
+        let pg_wal = beneath::Dir::open(self.pgdata, &["pg_wal"], self.owner)?;
+        let name = OsStr::new(PREFETCH_DIR);
+        Ok(if create { pg_wal.subdir_create(name)? } else { pg_wal.subdir(name)? })
+    }
+
+    /// Moves a complete, valid prefetched copy of `name` to `dest`; the
+    /// segment size when it did. A copy whose header does not match (size,
+    /// address, system identifier) is removed.
+    pub fn take(&self, name: &str, seg: SegmentName, dest: &Path) -> Result<Option<u64>, ArchiveError> {
+        let Ok(dir) = self.dir(false) else { return Ok(None) };
+        let fname = OsStr::new(name);
+        let Ok(mut f) = dir.open_file(fname) else { return Ok(None) };
+        let mut head = [0u8; wal::LONG_HEADER_LEN];
+        let valid = if f.read_exact(&mut head).is_ok()
+            && let Ok(h) = wal::parse_long_header(&head)
+            && f.metadata().is_ok_and(|m| m.len() == h.seg_size as u64)
+            && h.pageaddr == seg.start_lsn(h.seg_size as u64)
+            && read_sysid(self.pgdata).is_ok_and(|s| s == h.sysid)
+        {
+            Some(h.seg_size as u64)
+        } else {
+            None
+        };
+        drop(f);
+        let Some(seg_size) = valid else {
+            tracing::warn!(wal = %name, "discarding an invalid prefetched file");
+            let _ = dir.unlink(fname);
+            return Ok(None);
+        };
+        let (to, to_name) = beneath::Dir::parent_of(self.pgdata, dest, self.owner)?;
+        dir.rename_to(fname, &to, &to_name)?;
+        Ok(Some(seg_size))
+    }
+
+    /// Whether a prefetcher process holds a fresh claim on `name` and has
+    /// not stored it yet.
+    pub fn claimed(&self, name: &str) -> bool {
+        let Ok(dir) = self.dir(false) else { return false };
+        dir.age(&claim_name(name)).is_some_and(|a| a <= CLAIM_STALE) && dir.age(OsStr::new(name)).is_none()
+    }
+
+    /// The next `window` segments after `seg` (following `history` towards
+    /// timeline `target`) that are neither stored nor, with `claims`,
+    /// claimed; removes stored files and stale claims of `seg` and older.
+    pub fn candidates(
+        &self,
+        seg: SegmentName,
+        seg_size: u64,
+        window: usize,
+        claims: bool,
+        (target, history): (u32, &[HistoryEntry]),
+    ) -> Vec<(String, SegmentName)> {
+        let segno = seg.segno(seg_size);
+        let fd = self.dir(false).ok();
+        if let Some(fd) = &fd {
+            for name in fd.names().unwrap_or_default() {
+                let Some(n) = name.to_str() else { continue };
+                let (stem, claim) = match n.strip_suffix(CLAIM_SUFFIX) {
+                    Some(stem) => (stem, true),
+                    None => (n.strip_suffix(MISSING_SUFFIX).unwrap_or(n), false),
+                };
+                let older = SegmentName::parse(stem).is_some_and(|s| s.segno(seg_size) <= segno);
+                if older && (!claim || fd.age(&name).is_some_and(|a| a > CLAIM_STALE)) {
+                    let _ = fd.unlink(&name);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for i in 1..=window as u64 {
+            let next_segno = segno + i;
+            let tli = wal::timeline_of_segment(target, history, next_segno, seg_size);
+            if tli < seg.tli {
+                continue;
+            }
+            let next = SegmentName::from_segno(tli, next_segno, seg_size);
+            let name = next.to_string();
+            let present = fd.as_ref().is_some_and(|fd| {
+                fd.age(OsStr::new(&name)).is_some()
+                    || (claims
+                        && (fd.age(&claim_name(&name)).is_some_and(|a| a <= CLAIM_STALE)
+                            || fd.age(&missing_name(&name)).is_some_and(|a| a <= MISSING_FRESH)))
+            });
+            if !present {
+                out.push((name, next));
+            }
+        }
+        out
+    }
+
+    /// Claims `name` for this process (taking over a stale claim); false
+    /// when it is stored already or another process holds a fresh claim.
+    pub fn claim(&self, dir: &beneath::Dir, name: &str) -> Result<bool, ArchiveError> {
+        if dir.age(OsStr::new(name)).is_some() {
+            return Ok(false);
+        }
+        let claim = claim_name(name);
+        if dir.create_new(&claim)? {
+            return Ok(true);
+        }
+        if dir.age(&claim).is_none_or(|a| a <= CLAIM_STALE) {
+            return Ok(false);
+        }
+        // Left by a prefetcher that died: take it over.
+        let _ = dir.unlink(&claim);
+        Ok(dir.create_new(&claim)?)
+    }
+
+    /// Ends this process's claim on `name`; `missing`: the archive has no
+    /// such segment (remembered for a few seconds).
+    pub fn release(&self, name: &str, missing: bool) {
+        if let Ok(d) = self.dir(false) {
+            if missing {
+                let _ = d.create_new(&missing_name(name));
+            } else {
+                let _ = d.unlink(&missing_name(name));
+            }
+            let _ = d.unlink(&claim_name(name));
+        }
+    }
+
+    /// Removes every stored file and stale claim, then the directory if
+    /// nothing else is left (a running prefetcher keeps its claims).
+    pub fn clear(&self) {
+        let Ok(dir) = self.dir(false) else { return };
+        for name in dir.names().unwrap_or_default() {
+            let fresh_claim = name.to_str().is_some_and(|n| n.ends_with(CLAIM_SUFFIX))
+                && dir.age(&name).is_some_and(|a| a <= CLAIM_STALE);
+            if !fresh_claim {
+                let _ = dir.unlink(&name);
+            }
+        }
+        let _ = std::fs::remove_dir(self.pgdata.join("pg_wal").join(PREFETCH_DIR));
+    }
+
+    /// Stores a verified segment: a temporary file, then a rename (never
+    /// a partial file under the name).
+    pub fn store(&self, name: &str, raw: &[u8]) -> Result<(), ArchiveError> {
+        Ok(self.dir(true)?.write_new(OsStr::new(name), raw)?)
+    }
+}
+
+/// The newest history file PostgreSQL has restored into `pg_wal`
+/// (recovery keeps its target timeline's there): direct mode's view of the
+/// timelines ahead.
+pub(super) fn local_history(pgdata: &Path) -> Option<(u32, Vec<HistoryEntry>)> {
+    let entries = std::fs::read_dir(pgdata.join("pg_wal")).ok()?;
+    let (tli, name) = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| match wal::classify(&n) {
+            Some(Kind::History(tli)) => Some((tli, n)),
+            _ => None,
+        })
+        .max()?;
+    let text = std::fs::read_to_string(pgdata.join("pg_wal").join(name)).ok()?;
+    Some((tli, wal::parse_history(&text).ok()?))
+}
+
+/// Starts `tusk wal-prefetch NAME...` detached: its own process group,
+/// stderr shared (PostgreSQL's log; `system()` waits only for this
+/// process), reaped by whoever is PID 1 once this process exits.
+pub(super) fn spawn_prefetcher(wanted: &[(String, SegmentName)]) {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!("prefetch: cannot find this executable: {e}");
+            return;
+        }
+    };
+    let r = std::process::Command::new(exe)
+        .arg("wal-prefetch")
+        .args(wanted.iter().map(|(n, _)| n))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
+    match r {
+        Ok(child) => tracing::debug!(pid = child.id(), first = %wanted[0].0, n = wanted.len(), "prefetcher started"),
+        Err(e) => tracing::debug!("prefetch: cannot start tusk wal-prefetch: {e}"),
+    }
+}
+
+/// Direct mode's refill rule: a process (and a TLS connection) per batch,
+/// not per segment: a prefetcher starts once half the window is missing.
+pub(super) fn refill(wanted: &[(String, SegmentName)], window: usize) {
+    if !wanted.is_empty() && wanted.len() >= (window / 2).max(1) {
+        spawn_prefetcher(wanted);
+    }
+}
+
+/// Direct mode's hit path, before any runtime or S3 client exists: waits
+/// for a claimed segment, delivers a stored one to `dest`, and keeps the
+/// window full. False: the caller fetches it itself.
+pub fn direct_hit(pgdata: &Path, name: &str, dest: &Path, window: usize) -> bool {
+    let Some(Kind::Segment(seg)) = wal::classify(name) else { return false };
+    if !is_recovery_dest(dest) {
+        return false;
+    }
+    let p = Prefetch { pgdata, owner: None };
+    let deadline = std::time::Instant::now() + CLAIM_STALE;
+    while p.claimed(name) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let t0 = std::time::Instant::now();
+    let Ok(Some(seg_size)) = p.take(name, seg, dest) else { return false };
+    tracing::debug!(wal = %name, us = t0.elapsed().as_micros() as u64, "delivered from prefetch");
+    let (target, history) = match local_history(pgdata) {
+        Some((t, h)) if t > seg.tli => (t, h),
+        _ => (seg.tli, Vec::new()),
+    };
+    refill(&p.candidates(seg, seg_size, window, true, (target, &history)), window);
+    true
+}
