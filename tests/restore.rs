@@ -130,6 +130,8 @@ impl PlainPostgres {
         cmd.arg(format!("PATH={}", std::env::var("PATH").unwrap_or_default()));
         // No supervisor answers here: wal-fetch runs the archiver itself.
         cmd.arg(format!("TUSK_SOCKET_DIR={}", sock.display()));
+        // Its prefetch decisions in the log (plain.log), for the tests.
+        cmd.arg("TUSK_LOG_LEVEL=tusk=debug");
         for (k, v) in &source.env {
             if k.starts_with("AWS_") || k.starts_with("WALG_") {
                 cmd.arg(format!("{k}={v}"));
@@ -153,6 +155,10 @@ impl PlainPostgres {
             .expect("psql");
         assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.parent().unwrap().join("plain.log")).unwrap_or_default()
     }
 
     fn wait_promoted(&self) {
@@ -269,6 +275,79 @@ fn backup_fetch_restores_and_recovers() {
     assert!(!damaged.exists(), "phase 5: no data directory left");
     assert!(!restore_root.join(".damaged.tusk-restore").exists(), "phase 5: no staging directory left");
     src.stop_cleanly(Duration::from_secs(60));
+}
+
+/// `wal-fetch` with no supervisor prefetches, as WAL-G does: detached
+/// `tusk wal-prefetch` processes store the next segments in
+/// `pg_wal/.tusk-prefetch` and recovery takes most segments from there; a
+/// prefetched file that fails validation (another segment's content under
+/// the name) is discarded and the segment fetched from S3, so recovery
+/// still ends with every row; at the end of the archive no copy is left.
+#[test]
+fn direct_wal_fetch_prefetches_and_validates() {
+    require_root();
+    let garage = shared_garage();
+    let prefix = unique_prefix("prefetch");
+    let dir = test_dir("restore-prefetch");
+    let mut src = storage_node(dir.path(), garage, &prefix);
+    let name = loaded_source(&mut src, 1);
+    // Twelve segments of WAL after the backup, each with a row.
+    for i in 0..12 {
+        src.psql(&format!("insert into marker (id, note) values ({}, repeat('x', 1000))", 100 + i));
+        src.psql("select pg_switch_wal()");
+    }
+    archive_now(&src);
+    let start = name.trim_start_matches("base_").to_owned();
+    let seg = |n: u32| format!("{}{:08X}", &start[..16], u32::from_str_radix(&start[16..], 16).unwrap() + n);
+    // Another segment's real content, to plant under the name of start+3.
+    let foreign = std::fs::read(src.data().join("pg_wal").join(seg(2))).expect("the source keeps its WAL");
+    let digest = src.psql("select md5(string_agg(m::text, '|' order by id)) from marker m");
+    src.stop_cleanly(Duration::from_secs(60));
+
+    let restore_root = dir.path().join("restored");
+    std::fs::create_dir_all(&restore_root).unwrap();
+    chown_postgres(&restore_root);
+    let dest = restore_root.join("data");
+    let (st, out, err) = src.run(&["backup-fetch", dest.to_str().unwrap(), &name]);
+    assert!(st.success(), "backup-fetch: {st}\n{out}\n{err}");
+    let pre = dest.join("pg_wal/.tusk-prefetch");
+    std::fs::create_dir_all(&pre).unwrap();
+    std::fs::write(pre.join(seg(3)), &foreign).unwrap();
+    for p in [&pre, &pre.join(seg(3))] {
+        chown_postgres(p);
+    }
+
+    let pg = PlainPostgres::start(&dest, &src, &[]);
+    pg.wait_promoted();
+    assert_eq!(
+        pg.psql("select md5(string_agg(m::text, '|' order by id)) from marker m"),
+        digest,
+        "every row recovered"
+    );
+    let log = pg.log();
+    let hits = log.matches("delivered from prefetch").count();
+    assert!(hits >= 8, "most segments came from prefetch ({hits}):\n{log}");
+    assert!(log.contains("prefetcher started"), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("discarding an invalid prefetched file") && l.contains(&seg(3))),
+        "the planted file was refused:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("restored log file \"{}\" from archive", seg(3))),
+        "and the segment fetched from S3 instead:\n{log}"
+    );
+    // The end of the archive cleared the directory (claims of a prefetcher
+    // still running aside).
+    let left = || -> Vec<String> {
+        std::fs::read_dir(&pre)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while left().iter().any(|n| !n.ends_with(".claim")) {
+        assert!(Instant::now() < deadline, "prefetched copies left: {:?}\n{}", left(), pg.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Every key under `prefix`.

@@ -117,6 +117,9 @@ def main():
             else:
                 sysm = A.PgBackRest(base, port, ports + 2, (genv["AWS_ACCESS_KEY_ID"], genv["AWS_SECRET_ACCESS_KEY"]))
             running.append(sysm)
+            # Every segment stays in pg_wal too: the `cp` floor reads them.
+            sysm.pg.sql("alter system set wal_keep_size = '16GB'")
+            sysm.pg.sql("select pg_reload_conf()")
             sysm.pg.sql("select pg_switch_wal()")
             A.wait(lambda: A.ready(sysm.data) == 0, 120, "initial archiving")
             copy = os.path.join(base, f"{name}-copy")

@@ -241,7 +241,7 @@ impl Archiver {
             tasks.spawn(async move {
                 let _slot = me.downloads.clone().acquire_owned().await.expect("semaphore never closed");
                 let r = me.prefetch_one(&name, seg).await;
-                me.prefetch().release(&name, matches!(r, Ok(false)));
+                me.prefetch().release(&name);
                 if let Err(e) = &r {
                     tracing::debug!(wal = %name, "prefetch: {e}");
                 }

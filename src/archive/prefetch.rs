@@ -25,10 +25,6 @@ use crate::postgres::wal::{self, HistoryEntry, Kind, SegmentName};
 const CLAIM_SUFFIX: &str = ".claim";
 /// A claim older than this is abandoned (its prefetcher died).
 pub(super) const CLAIM_STALE: Duration = Duration::from_secs(60);
-/// `<segment>.missing`: a prefetcher found no such segment in the archive
-/// (past its end); no prefetcher asks again for this long.
-const MISSING_SUFFIX: &str = ".missing";
-const MISSING_FRESH: Duration = Duration::from_secs(5);
 
 /// The cluster's system identifier (first 8 bytes of `global/pg_control`).
 pub(super) fn read_sysid(pgdata: &Path) -> Result<u64, ArchiveError> {
@@ -55,10 +51,6 @@ pub(super) struct Prefetch<'a> {
 
 fn claim_name(name: &str) -> OsString {
     OsString::from(format!("{name}{CLAIM_SUFFIX}"))
-}
-
-fn missing_name(name: &str) -> OsString {
-    OsString::from(format!("{name}{MISSING_SUFFIX}"))
 }
 
 impl Prefetch<'_> {
@@ -123,7 +115,7 @@ impl Prefetch<'_> {
                 let Some(n) = name.to_str() else { continue };
                 let (stem, claim) = match n.strip_suffix(CLAIM_SUFFIX) {
                     Some(stem) => (stem, true),
-                    None => (n.strip_suffix(MISSING_SUFFIX).unwrap_or(n), false),
+                    None => (n, false),
                 };
                 let older = SegmentName::parse(stem).is_some_and(|s| s.segno(seg_size) <= segno);
                 if older && (!claim || fd.age(&name).is_some_and(|a| a > CLAIM_STALE)) {
@@ -142,9 +134,7 @@ impl Prefetch<'_> {
             let name = next.to_string();
             let present = fd.as_ref().is_some_and(|fd| {
                 fd.age(OsStr::new(&name)).is_some()
-                    || (claims
-                        && (fd.age(&claim_name(&name)).is_some_and(|a| a <= CLAIM_STALE)
-                            || fd.age(&missing_name(&name)).is_some_and(|a| a <= MISSING_FRESH)))
+                    || (claims && fd.age(&claim_name(&name)).is_some_and(|a| a <= CLAIM_STALE))
             });
             if !present {
                 out.push((name, next));
@@ -171,15 +161,9 @@ impl Prefetch<'_> {
         Ok(dir.create_new(&claim)?)
     }
 
-    /// Ends this process's claim on `name`; `missing`: the archive has no
-    /// such segment (remembered for a few seconds).
-    pub fn release(&self, name: &str, missing: bool) {
+    /// Ends this process's claim on `name`.
+    pub fn release(&self, name: &str) {
         if let Ok(d) = self.dir(false) {
-            if missing {
-                let _ = d.create_new(&missing_name(name));
-            } else {
-                let _ = d.unlink(&missing_name(name));
-            }
             let _ = d.unlink(&claim_name(name));
         }
     }
