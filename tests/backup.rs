@@ -330,3 +330,113 @@ fn schedule_follows_the_leader() {
         n.stop_cleanly(Duration::from_secs(30));
     }
 }
+
+/// A TCP forwarder to garage that the test can cut: every open connection
+/// is shut down and new ones are refused, as when garage stops.
+struct CutProxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CutProxy {
+    fn start(target: u16) -> CutProxy {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let (c2, k2) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                {
+                    let mut k = k2.lock().unwrap();
+                    k.push(client.try_clone().unwrap());
+                    k.push(server.try_clone().unwrap());
+                }
+                for (mut a, mut b) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a, &mut b);
+                        let _ = b.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        CutProxy { port, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// S3 gone in the middle of a backup (every connection to garage reset,
+/// new ones refused): the backup fails with an S3 error, writes no
+/// sentinel, and once S3 is back the next backup succeeds.
+#[test]
+fn s3_outage_mid_backup_leaves_no_sentinel() {
+    require_root();
+    let garage = shared_garage();
+    let prefix = unique_prefix("outage");
+    let dir = test_dir("backup-outage");
+    let proxy = CutProxy::start(garage.s3_port);
+    let mut n = storage_node(dir.path(), garage, &prefix);
+    n.set("AWS_ENDPOINT", &format!("http://127.0.0.1:{}", proxy.port));
+    n.set("BACKUP_SCHEDULE", "0 0 1 1 *");
+    // About 6 s to read the data: the cut lands while parts go up.
+    n.set("WALG_DISK_RATE_LIMIT", "50000000");
+    n.start();
+    n.wait_ready(1);
+    wait_for("the first backup", Duration::from_secs(120), || {
+        get_json(&n, "/patroni")["archive"]["backup"]["last"].get("name").map(|_| ())
+    });
+    pgbench_init(&n, 20);
+    let sentinels = |g: &Garage| {
+        list_keys(g, &format!("{prefix}/basebackups_005/"))
+            .into_iter()
+            .filter(|k| k.ends_with("_backup_stop_sentinel.json"))
+            .count()
+    };
+    assert_eq!(sentinels(garage), 1);
+    let child = {
+        let mut c = Command::new(node::tusk_bin());
+        c.arg("backup-push")
+            .env_clear()
+            .envs(&n.env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    // Once parts are going up, S3 disappears.
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.cut();
+    let t0 = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a backup without S3 must fail: {err}");
+    assert!(err.contains("S3"), "the error says S3: {err}");
+    assert!(!err.contains("wal_005"), "it failed uploading parts, not at the end: {err}");
+    eprintln!("the backup failed {:?} after the cut: {}", t0.elapsed(), err.lines().last().unwrap_or(""));
+    proxy.restore();
+    assert_eq!(sentinels(garage), 1, "no sentinel for the failed backup");
+    let (st, _, err) = n.run(&["backup-list", "--json"]);
+    assert!(st.success(), "{err}");
+    // S3 is back: the next backup succeeds.
+    let (st, out, err) = n.run(&["backup-push"]);
+    assert!(st.success(), "{out}\n{err}");
+    assert_eq!(sentinels(garage), 2);
+    n.stop_cleanly(Duration::from_secs(30));
+}
