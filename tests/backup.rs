@@ -204,6 +204,33 @@ fn first_backup_after_bootstrap() {
     n.stop_cleanly(Duration::from_secs(20));
 }
 
+/// Completed backups (sentinels) under `prefix`.
+fn sentinel_count(g: &Garage, prefix: &str) -> usize {
+    list_keys(g, &format!("{prefix}/basebackups_005/"))
+        .into_iter()
+        .filter(|k| k.ends_with("_backup_stop_sentinel.json"))
+        .count()
+}
+
+/// `tusk backup-push` in the node's environment, output captured.
+fn spawn_backup_push(n: &Node) -> std::process::Child {
+    Command::new(node::tusk_bin())
+        .arg("backup-push")
+        .env_clear()
+        .envs(&n.env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The automatic first backup of a new node is done.
+fn wait_first_backup(n: &Node) {
+    wait_for("the first backup", Duration::from_secs(120), || {
+        get_json(n, "/patroni")["archive"]["backup"]["last"].get("name").map(|_| ())
+    });
+}
+
 /// SIGTERM during `backup-push` leaves no sentinel and says why; the next
 /// backup succeeds.
 #[test]
@@ -219,26 +246,11 @@ fn interrupted_backup_leaves_no_sentinel() {
     n.start();
     n.wait_ready(1);
     // Wait for the automatic first backup, so the bucket has one.
-    wait_for("the first backup", Duration::from_secs(120), || {
-        get_json(&n, "/patroni")["archive"]["backup"]["last"].get("name").map(|_| ())
-    });
+    wait_first_backup(&n);
     pgbench_init(&n, 20);
-    let sentinels = |g: &Garage| {
-        list_keys(g, &format!("{prefix}/basebackups_005/"))
-            .into_iter()
-            .filter(|k| k.ends_with("_backup_stop_sentinel.json"))
-            .count()
-    };
+    let sentinels = |g: &Garage| sentinel_count(g, &prefix);
     assert_eq!(sentinels(garage), 1);
-    let mut child = {
-        let mut c = Command::new(node::tusk_bin());
-        c.arg("backup-push")
-            .env_clear()
-            .envs(&n.env)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        c.spawn().unwrap()
-    };
+    let mut child = spawn_backup_push(&n);
     // Until it has read something, then SIGTERM.
     std::thread::sleep(Duration::from_millis(700));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -400,26 +412,11 @@ fn s3_outage_mid_backup_leaves_no_sentinel() {
     n.set("WALG_DISK_RATE_LIMIT", "50000000");
     n.start();
     n.wait_ready(1);
-    wait_for("the first backup", Duration::from_secs(120), || {
-        get_json(&n, "/patroni")["archive"]["backup"]["last"].get("name").map(|_| ())
-    });
+    wait_first_backup(&n);
     pgbench_init(&n, 20);
-    let sentinels = |g: &Garage| {
-        list_keys(g, &format!("{prefix}/basebackups_005/"))
-            .into_iter()
-            .filter(|k| k.ends_with("_backup_stop_sentinel.json"))
-            .count()
-    };
+    let sentinels = |g: &Garage| sentinel_count(g, &prefix);
     assert_eq!(sentinels(garage), 1);
-    let child = {
-        let mut c = Command::new(node::tusk_bin());
-        c.arg("backup-push")
-            .env_clear()
-            .envs(&n.env)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        c.spawn().unwrap()
-    };
+    let child = spawn_backup_push(&n);
     // Once parts are going up, S3 disappears.
     std::thread::sleep(Duration::from_millis(1500));
     proxy.cut();

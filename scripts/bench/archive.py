@@ -453,6 +453,26 @@ backend garage
     return genv, s3env
 
 
+def make_system(name, base, port, ports, genv, s3env):
+    """The system under test on PostgreSQL port `port`: a tusk node or a
+    PostgreSQL archiving with pgBackRest (both to the TLS front at ports+2)."""
+    if name == "tusk":
+        return Tusk(base, port, s3env)
+    return PgBackRest(base, port, ports + 2, (genv["AWS_ACCESS_KEY_ID"], genv["AWS_SECRET_ACCESS_KEY"]))
+
+
+def teardown(base, running, procs):
+    """Stops the systems, the TLS front and garage."""
+    for sysm in running:
+        try:
+            sysm.stop()
+        except Exception:
+            pass
+    for p in procs:
+        p.terminate()
+    run(os.path.join(ROOT, "scripts/testbed/garage.sh"), "stop", os.path.join(base, "garage"), check=False)
+
+
 def free_port_block():
     import socket
     for base in range(5000, 9800, 50):
@@ -485,7 +505,6 @@ def main():
     base = tempfile.mkdtemp(prefix="tusk-bench-archive-", dir="/tmp")
     os.chmod(base, 0o755)
     ports = free_port_block()
-    s3, rpc, tls = ports, ports + 1, ports + 2
     procs = []
     try:
         genv, s3env = s3_front(base, ports, procs)
@@ -494,8 +513,7 @@ def main():
         for i, name in enumerate(args.systems.split(",")):
             port = ports + 20 + i * 5
             print(f"== {name}", flush=True)
-            sysm = Tusk(base, port, s3env) if name == "tusk" else PgBackRest(
-                base, port, tls, (genv["AWS_ACCESS_KEY_ID"], genv["AWS_SECRET_ACCESS_KEY"]))
+            sysm = make_system(name, base, port, ports, genv, s3env)
             running.append(sysm)
             copy = os.path.join(base, f"{name}-copy")
             copy_data = os.path.join(copy, "home/pgdata/pgroot/data") if name == "tusk" else os.path.join(copy, "data")
@@ -548,14 +566,7 @@ def main():
             row("restore (seg/s)", t["restore"]["seg_per_s"], p["restore"]["seg_per_s"])
             print("(ratio > 1: tusk better)")
     finally:
-        for sysm in locals().get("running", []):
-            try:
-                sysm.stop()
-            except Exception:
-                pass
-        for p in procs:
-            p.terminate()
-        run(os.path.join(ROOT, "scripts/testbed/garage.sh"), "stop", os.path.join(base, "garage"), check=False)
+        teardown(base, locals().get("running", []), procs)
         for d in ("pgbackrest-copy", "pgbr"):
             dd = os.path.join(base, d, "data")
             if os.path.exists(os.path.join(dd, "postmaster.pid")):

@@ -64,7 +64,6 @@ def main():
     base = tempfile.mkdtemp(prefix="tusk-bench-backup-", dir="/tmp")
     os.chmod(base, 0o755)
     ports = A.free_port_block()
-    s3, rpc, tls = ports, ports + 1, ports + 2
     procs, running = [], []
     try:
         genv, s3env = A.s3_front(base, ports, procs)
@@ -73,10 +72,7 @@ def main():
         for i, name in enumerate(args.systems.split(",")):
             port = ports + 20 + i * 5
             print(f"== {name}", flush=True)
-            if name == "tusk":
-                sysm = A.Tusk(base, port, s3env)
-            else:
-                sysm = A.PgBackRest(base, port, tls, (genv["AWS_ACCESS_KEY_ID"], genv["AWS_SECRET_ACCESS_KEY"]))
+            sysm = A.make_system(name, base, port, ports, genv, s3env)
             running.append(sysm)
             sysm.pgbench(args.scale)
             sysm.pg.sql("create table marker as select g as id, md5(g::text) as v from generate_series(1, 1000) g")
@@ -162,14 +158,7 @@ def main():
                 row("restore: total (s)", t["restore"]["total_s"], p["restore"]["total_s"])
             print("(ratio > 1: tusk better)")
     finally:
-        for sysm in running:
-            try:
-                sysm.stop()
-            except Exception:
-                pass
-        for p in procs:
-            p.terminate()
-        A.run(os.path.join(A.ROOT, "scripts/testbed/garage.sh"), "stop", os.path.join(base, "garage"), check=False)
+        A.teardown(base, running, procs)
         for d in ("pgbackrest-restore/data", "pgbr/data"):
             dd = os.path.join(base, d)
             if os.path.exists(os.path.join(dd, "postmaster.pid")):

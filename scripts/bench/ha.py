@@ -379,7 +379,7 @@ def main():
     finally:
         stop_etcd()
     print(f"\nfault -> first write, min / median / max (s), {a.runs} runs each; same machine, same etcd, PostgreSQL 15")
-    print(f"| ttl/loop/retry | system | graceful SIGTERM | switchover | switchover write gap | demoted streams again | crash of leader | bootstrap -> 3 streaming | agent RSS (MB) | idle CPU (% core) |")
+    print("| ttl/loop/retry | system | graceful SIGTERM | switchover | switchover write gap | demoted streams again | crash of leader | bootstrap -> 3 streaming | agent RSS (MB) | idle CPU (% core) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for s, system, r in rows:
         rss = "/".join(f"{x / 1024:.1f}" for x in r.get("rss_kb", []))

@@ -112,10 +112,7 @@ def main():
         for i, name in enumerate(args.systems.split(",")):
             port = ports + 20 + i * 5
             print(f"== {name}: source", flush=True)
-            if name == "tusk":
-                sysm = A.Tusk(base, port, s3env)
-            else:
-                sysm = A.PgBackRest(base, port, ports + 2, (genv["AWS_ACCESS_KEY_ID"], genv["AWS_SECRET_ACCESS_KEY"]))
+            sysm = A.make_system(name, base, port, ports, genv, s3env)
             running.append(sysm)
             # Every segment stays in pg_wal too: the `cp` floor reads them.
             sysm.pg.sql("alter system set wal_keep_size = '16GB'")
@@ -194,14 +191,7 @@ def main():
                 print(f"{k:34} {v['seconds']:>9} {v['segments']:>9} {v['cpu_s']:>7} {ratio:>14.2f}x")
             print("(ratio > 1: faster than pgBackRest's archive-get)")
     finally:
-        for sysm in running:
-            try:
-                sysm.stop()
-            except Exception:
-                pass
-        for p in procs:
-            p.terminate()
-        A.run(os.path.join(A.ROOT, "scripts/testbed/garage.sh"), "stop", os.path.join(base, "garage"), check=False)
+        A.teardown(base, running, procs)
         if args.keep:
             print(f"kept {base}")
         else:
