@@ -593,6 +593,10 @@ fn replica_from_s3() {
         }
         n.set("WALG_S3_PREFIX", &format!("s3://{}/{prefix}", garage.bucket));
         n.set("BACKUP_SCHEDULE", "0 0 1 1 *");
+        // The WAL since the backup is counted in LSN terms, as Spilo does:
+        // the two segment switches below alone make about 32 MB, a third of
+        // this small database, which would be over Spilo's default 30%.
+        n.set("WALE_BACKUP_THRESHOLD_PERCENTAGE", "80");
     }
     c.nodes[0].start();
     let leader = c.wait_leader(Duration::from_secs(90), None);

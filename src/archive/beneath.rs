@@ -232,12 +232,14 @@ impl Dir {
         Ok(())
     }
 
-    /// Creates the empty file `name` (mode 0600), only if nothing is there:
-    /// `Ok(false)` when it exists (someone else holds the claim).
-    pub fn create_new(&self, name: &OsStr) -> Result<bool, BeneathError> {
+    /// Creates the file `name` (mode 0600) holding `content`, only if
+    /// nothing is there: `Ok(false)` when it exists (someone else holds the
+    /// claim).
+    pub fn create_new(&self, name: &OsStr, content: &[u8]) -> Result<bool, BeneathError> {
         match openat(Some(&self.fd), name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600) {
             Ok(fd) => {
                 self.fchown(&fd, name)?;
+                File::from(fd).write_all(content).map_err(self.io(name))?;
                 Ok(true)
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),

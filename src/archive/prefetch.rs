@@ -6,9 +6,9 @@
 //!
 //! Direct mode coordinates its processes through the directory alone: a
 //! prefetcher claims a segment with an exclusive `<segment>.claim` file
-//! before downloading it and removes the claim after the rename; a
-//! `wal-fetch` that finds a fresh claim waits for the file. A claim older
-//! than [`CLAIM_STALE`] is abandoned. The hit path ([`direct_hit`]) needs
+//! (holding its pid) before downloading it and removes the claim after the
+//! rename; a `wal-fetch` that finds a claim waits for the file. A claim
+//! whose process is gone, or older than [`CLAIM_STALE`], is abandoned. The hit path ([`direct_hit`]) needs
 //! no runtime and no S3 client: a few system calls, so that recovery never
 //! waits on process start-up work.
 
@@ -90,11 +90,11 @@ impl Prefetch<'_> {
         Ok(Some(seg_size))
     }
 
-    /// Whether a prefetcher process holds a fresh claim on `name` and has
-    /// not stored it yet.
+    /// Whether a live prefetcher process holds a fresh claim on `name` and
+    /// has not stored it yet.
     pub fn claimed(&self, name: &str) -> bool {
         let Ok(dir) = self.dir(false) else { return false };
-        dir.age(&claim_name(name)).is_some_and(|a| a <= CLAIM_STALE) && dir.age(OsStr::new(name)).is_none()
+        held(&dir, &claim_name(name)) && dir.age(OsStr::new(name)).is_none()
     }
 
     /// The next `window` segments after `seg` (following `history` towards
@@ -118,7 +118,7 @@ impl Prefetch<'_> {
                     None => (n, false),
                 };
                 let older = SegmentName::parse(stem).is_some_and(|s| s.segno(seg_size) <= segno);
-                if older && (!claim || fd.age(&name).is_some_and(|a| a > CLAIM_STALE)) {
+                if older && (!claim || !held(fd, &name)) {
                     let _ = fd.unlink(&name);
                 }
             }
@@ -132,10 +132,9 @@ impl Prefetch<'_> {
             }
             let next = SegmentName::from_segno(tli, next_segno, seg_size);
             let name = next.to_string();
-            let present = fd.as_ref().is_some_and(|fd| {
-                fd.age(OsStr::new(&name)).is_some()
-                    || (claims && fd.age(&claim_name(&name)).is_some_and(|a| a <= CLAIM_STALE))
-            });
+            let present = fd
+                .as_ref()
+                .is_some_and(|fd| fd.age(OsStr::new(&name)).is_some() || (claims && held(fd, &claim_name(&name))));
             if !present {
                 out.push((name, next));
             }
@@ -150,15 +149,16 @@ impl Prefetch<'_> {
             return Ok(false);
         }
         let claim = claim_name(name);
-        if dir.create_new(&claim)? {
+        let pid = std::process::id().to_string();
+        if dir.create_new(&claim, pid.as_bytes())? {
             return Ok(true);
         }
-        if dir.age(&claim).is_none_or(|a| a <= CLAIM_STALE) {
+        if held(dir, &claim) {
             return Ok(false);
         }
         // Left by a prefetcher that died: take it over.
         let _ = dir.unlink(&claim);
-        Ok(dir.create_new(&claim)?)
+        Ok(dir.create_new(&claim, pid.as_bytes())?)
     }
 
     /// Ends this process's claim on `name`.
@@ -173,9 +173,8 @@ impl Prefetch<'_> {
     pub fn clear(&self) {
         let Ok(dir) = self.dir(false) else { return };
         for name in dir.names().unwrap_or_default() {
-            let fresh_claim = name.to_str().is_some_and(|n| n.ends_with(CLAIM_SUFFIX))
-                && dir.age(&name).is_some_and(|a| a <= CLAIM_STALE);
-            if !fresh_claim {
+            let held_claim = name.to_str().is_some_and(|n| n.ends_with(CLAIM_SUFFIX)) && held(&dir, &name);
+            if !held_claim {
                 let _ = dir.unlink(&name);
             }
         }
@@ -186,6 +185,25 @@ impl Prefetch<'_> {
     /// a partial file under the name).
     pub fn store(&self, name: &str, raw: &[u8]) -> Result<(), ArchiveError> {
         Ok(self.dir(true)?.write_new(OsStr::new(name), raw)?)
+    }
+}
+
+/// Whether the claim `claim` is held: younger than [`CLAIM_STALE`] and
+/// its process (the pid it holds) alive. A claim being written (no pid
+/// yet) counts as held.
+fn held(dir: &beneath::Dir, claim: &OsStr) -> bool {
+    if dir.age(claim).is_none_or(|a| a > CLAIM_STALE) {
+        return false;
+    }
+    let mut text = String::new();
+    let Ok(mut f) = dir.open_file(claim) else { return false };
+    let _ = f.read_to_string(&mut text);
+    match text.trim().parse::<i32>() {
+        // ESRCH: gone. EPERM (another user's process) still counts as alive.
+        Ok(pid) if pid > 0 => {
+            !matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+        }
+        _ => true,
     }
 }
 
@@ -260,4 +278,39 @@ pub fn direct_hit(pgdata: &Path, name: &str, dest: &Path, window: usize) -> bool
     };
     refill(&p.candidates(seg, seg_size, window, true, (target, &history)), window);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_of_dead_processes_are_not_waited_on() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(tmp.path().join("pg_wal").join(PREFETCH_DIR)).expect("mkdir");
+        let p = Prefetch { pgdata: tmp.path(), owner: None };
+        let dir = p.dir(false).expect("opens");
+        let seg = "000000010000000000000005";
+        assert!(!p.claimed(seg), "no claim");
+        assert!(p.claim(&dir, seg).expect("claims"), "free: claimed");
+        assert!(p.claimed(seg), "held by this live process");
+        assert!(!p.claim(&dir, seg).expect("claims"), "held: not claimed twice");
+        p.release(seg);
+        assert!(!p.claimed(seg), "released");
+        // A claim left by a process that has exited: not held, taken over.
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let dead = child.id();
+        child.wait().expect("wait");
+        assert!(dir.create_new(&claim_name(seg), dead.to_string().as_bytes()).expect("create"));
+        assert!(!p.claimed(seg), "the claim of exited pid {dead} is not waited on");
+        assert!(p.claim(&dir, seg).expect("claims"), "and is taken over");
+        p.release(seg);
+        // Stored: not claimable, and the window skips it.
+        p.store(seg, b"x").expect("stores");
+        assert!(!p.claim(&dir, seg).expect("claims"));
+        let s4 = SegmentName::parse("000000010000000000000004").expect("name");
+        let c = p.candidates(s4, 16 << 20, 3, true, (1, &[]));
+        let names: Vec<&str> = c.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["000000010000000000000006", "000000010000000000000007"]);
+    }
 }
