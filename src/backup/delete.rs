@@ -146,7 +146,9 @@ pub fn plan(
     target: &Target,
 ) -> Result<Plan, BackupError> {
     let mut t = match target {
-        Target::Retain(n) => backups.len().saturating_sub(*n),
+        // No more backups than asked for: nothing goes, not even WAL.
+        Target::Retain(n) if backups.len() <= *n => return Ok(Plan::default()),
+        Target::Retain(n) => backups.len() - n,
         Target::Before(name) => backups.iter().position(|b| &b.name == name).ok_or_else(|| {
             BackupError::NotFound(format!("backup {name} does not exist (or has no sentinel: it never completed)"))
         })?,
@@ -426,11 +428,14 @@ mod tests {
         );
         assert_eq!(p.objects, 2 * 3 + 1 + 6);
         assert_eq!(p.bytes, 10 * p.objects as u64);
-        // Retaining as many as there are, or more, deletes nothing.
+        // Retaining as many as there are, or more, deletes nothing at all.
         for n in [4, 9] {
             let p = plan(&l, &bs, &HashSet::new(), &base, &wal, &Target::Retain(n)).expect("plans");
-            assert!(p.backups.is_empty() && p.wal_files == 1 && p.leftovers.len() == 1, "{n}: {p:?}");
+            assert!(p.is_empty(), "{n}: {p:?}");
         }
+        // Before the oldest: no backup goes, the WAL and leftovers before it do.
+        let p = plan(&l, &bs, &HashSet::new(), &base, &wal, &Target::Before(bs[0].name.clone())).expect("plans");
+        assert!(p.backups.is_empty() && p.wal_files == 1 && p.leftovers.len() == 1, "{p:?}");
     }
 
     #[test]
