@@ -4,6 +4,12 @@ use clap::Parser;
 
 fn main() {
     let cli = tusk::cli::Cli::parse();
+    if cli.is_daemon() {
+        // A stop that arrives before the supervisor's handlers exist must
+        // wait for them, not kill the process by the default action: held
+        // pending here, delivered when `signals::Signals::register` unblocks.
+        tusk::signals::block_handled();
+    }
     // Checked before any runtime or thread exists: init mode blocks signals
     // for the whole process.
     let code = if cli.is_daemon() && nix::unistd::getpid().as_raw() == 1 {

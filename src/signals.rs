@@ -22,6 +22,21 @@ pub struct Signals {
     streams: Vec<(tokio::signal::unix::Signal, Signal)>,
 }
 
+/// The signals [`Signals`] handles.
+fn handled() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
+        set.add(sig);
+    }
+    set
+}
+
+/// Holds the handled signals pending (called first thing in `main`, before
+/// any thread exists) until [`Signals::register`] installs the handlers.
+pub fn block_handled() {
+    let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&handled()), None);
+}
+
 impl Signals {
     pub fn register() -> std::io::Result<Signals> {
         let kinds = [
@@ -36,6 +51,10 @@ impl Signals {
         for (kind, sig) in kinds {
             streams.push((signal(kind)?, sig));
         }
+        // Handlers exist: what `block_handled` held is delivered now, and
+        // the children this thread spawns start with them unblocked.
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK, Some(&handled()), None)
+            .map_err(std::io::Error::from)?;
         Ok(Signals { streams })
     }
 

@@ -13,7 +13,6 @@ use tokio::sync::watch;
 
 use super::beneath;
 use super::engine::{ArchiveError, Archiver, Fetched, io};
-
 use super::prefetch::{self, Prefetch};
 use crate::postgres::wal::{self, DEFAULT_SEGMENT_SIZE, Kind, SegmentName};
 
@@ -42,22 +41,16 @@ impl Archiver {
     ) -> Result<Fetched, ArchiveError> {
         let prefetch = matches!(kind, Kind::Segment(_)) && prefetch::is_recovery_dest(dest);
         if prefetch && let Kind::Segment(seg) = kind {
-            // A prefetch of this very segment may be running (here, or in a
-            // prefetcher process in direct mode): wait for it.
+            // A prefetch of this very segment may be running here: wait for
+            // it. (In direct mode `prefetch::direct_hit` already waited for
+            // a prefetcher process's claim before this process set up S3.)
             let t0 = std::time::Instant::now();
-            if self.background {
-                let pending = self.prefetching.lock().expect("no panics while held").get(name).cloned();
-                if let Some(mut rx) = pending {
-                    while !*rx.borrow_and_update() {
-                        if rx.changed().await.is_err() {
-                            break;
-                        }
+            let pending = self.prefetching.lock().expect("no panics while held").get(name).cloned();
+            if let Some(mut rx) = pending {
+                while !*rx.borrow_and_update() {
+                    if rx.changed().await.is_err() {
+                        break;
                     }
-                }
-            } else {
-                let deadline = std::time::Instant::now() + prefetch::CLAIM_STALE;
-                while self.prefetch().claimed(name) && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 }
             }
             if let Some(seg_size) = self.prefetch().take(name, seg, dest)? {

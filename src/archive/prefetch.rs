@@ -8,9 +8,9 @@
 //! prefetcher claims a segment with an exclusive `<segment>.claim` file
 //! (holding its pid) before downloading it and removes the claim after the
 //! rename; a `wal-fetch` that finds a claim waits for the file. A claim
-//! whose process is gone, or older than [`CLAIM_STALE`], is abandoned. The hit path ([`direct_hit`]) needs
-//! no runtime and no S3 client: a few system calls, so that recovery never
-//! waits on process start-up work.
+//! whose process is gone, or older than [`CLAIM_STALE`], is abandoned.
+//! The hit path ([`direct_hit`]) needs no runtime and no S3 client: a few
+//! system calls, so that recovery never waits on process start-up work.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
@@ -24,7 +24,7 @@ use crate::postgres::wal::{self, HistoryEntry, Kind, SegmentName};
 /// `<segment>.claim`: a prefetcher process downloads that segment.
 const CLAIM_SUFFIX: &str = ".claim";
 /// A claim older than this is abandoned (its prefetcher died).
-pub(super) const CLAIM_STALE: Duration = Duration::from_secs(60);
+const CLAIM_STALE: Duration = Duration::from_secs(60);
 
 /// The cluster's system identifier (first 8 bytes of `global/pg_control`).
 pub(super) fn read_sysid(pgdata: &Path) -> Result<u64, ArchiveError> {

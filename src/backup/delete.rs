@@ -282,13 +282,18 @@ pub fn plan(
     Ok(plan)
 }
 
-/// Lists the bucket and plans (reading `metadata.json` of each backup
-/// that would go, for WAL-G's permanent flag).
-pub async fn prepare(store: &ObjectStore, layout: &Layout, target: &Target) -> Result<Plan, BackupError> {
-    let backups = super::list::list(store, layout).await?;
+/// Lists the bucket's objects and plans for `backups` (`list::list`),
+/// reading `metadata.json` of each backup that would go, for WAL-G's
+/// permanent flag.
+pub async fn prepare(
+    store: &ObjectStore,
+    layout: &Layout,
+    backups: &[BackupEntry],
+    target: &Target,
+) -> Result<Plan, BackupError> {
     let base = store.list(&layout.basebackups_prefix()).await?;
     let wal = store.list(&layout.wal_prefix()).await?;
-    let first = plan(layout, &backups, &HashSet::new(), &base, &wal, target)?;
+    let first = plan(layout, backups, &HashSet::new(), &base, &wal, target)?;
     let mut permanent = HashSet::new();
     for name in &first.backups {
         let Some((bytes, _)) = store.get(&layout.metadata_key(name)).await? else { continue };
@@ -300,7 +305,7 @@ pub async fn prepare(store: &ObjectStore, layout: &Layout, target: &Target) -> R
             permanent.insert(name.clone());
         }
     }
-    if permanent.is_empty() { Ok(first) } else { plan(layout, &backups, &permanent, &base, &wal, target) }
+    if permanent.is_empty() { Ok(first) } else { plan(layout, backups, &permanent, &base, &wal, target) }
 }
 
 /// Deletes what `plan` names: the sentinels first (the backups stop being

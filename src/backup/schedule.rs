@@ -298,7 +298,7 @@ async fn retain(cfg: &Config, backups: &Backups) {
         let Some(before) = delete::spilo_target(&all, n, OffsetDateTime::now_utc()) else {
             return Ok(None);
         };
-        let plan = delete::prepare(&store, &layout, &Target::Before(before)).await?;
+        let plan = delete::prepare(&store, &layout, &all, &Target::Before(before)).await?;
         if plan.is_empty() {
             return Ok(None);
         }

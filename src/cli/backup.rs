@@ -121,7 +121,8 @@ pub fn delete(args: &[String], confirm: bool, json: bool) -> Result<(), CliError
     let r = runtime()?.block_on(async move {
         let store = ObjectStore::new(&storage).await.map_err(|e| CliError::Backup(e.into()))?;
         let layout = Layout::new(&storage.root);
-        let plan = backup::delete::prepare(&store, &layout, &target).await?;
+        let backups = backup::list::list(&store, &layout).await?;
+        let plan = backup::delete::prepare(&store, &layout, &backups, &target).await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&plan).expect("Plan serializes"));
         }
