@@ -168,7 +168,16 @@ fn assert_no_fencing(c: &Cluster, phase: &str) {
 /// After the freezes: the same leader, still primary, every replica
 /// streaming, every acknowledged row there.
 fn assert_intact(c: &Cluster, leader: &str, acked: usize, phase: &str) {
-    assert_eq!(leader_key(c, &[]).as_deref(), Some(leader), "{phase}: the leader key moved\n{}", logs(c));
+    // A member just thawed may take a few seconds to answer reads again
+    // (its raft log catches up first): an unanswered read is retried, only
+    // an answer naming another leader (or none for 20 s) fails.
+    let t0 = Instant::now();
+    let mut seen = leader_key(c, &[]);
+    while seen.is_none() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(500));
+        seen = leader_key(c, &[]);
+    }
+    assert_eq!(seen.as_deref(), Some(leader), "{phase}: the leader key moved\n{}", logs(c));
     let li = c.index(leader);
     assert_eq!(try_sql(&c.nodes[li], "SELECT pg_is_in_recovery()").as_deref(), Some("f"), "{phase}: not primary");
     for r in c.names().into_iter().filter(|n| n != leader) {
