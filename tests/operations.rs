@@ -3,7 +3,9 @@
 //! (and a leader crash while paused, which must not fail over), `failover`,
 //! `restart` (now and scheduled) and `cancel-restart`, `reinit --force`;
 //! the REST API's `POST /failover` and `PUT /config` (and the 409 of a
-//! concurrent configuration write).
+//! concurrent configuration write); the lease (a ttl changed at runtime, a
+//! leader key on an old lease, a revoked lease); and the 503 of a full
+//! operation queue.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -368,4 +370,138 @@ fn scheduled_switchover_is_cancelled() {
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(c.leader_key().as_deref(), Some(leader.as_str()), "cancelled: the leader changed");
     assert_eq!(try_sql(c.node(&leader), "SELECT pg_is_in_recovery()").as_deref(), Some("f"));
+}
+
+/// The lease of a key under the cluster's scope (None when the key is absent
+/// or on no lease).
+fn key_lease(c: &Cluster, key: &str) -> Option<i64> {
+    let out = c.etcd.etcdctl(&["get", "-w", "json", &format!("/service/{}/{key}", c.scope)]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["kvs"][0]["lease"].as_i64().filter(|l| *l != 0)
+}
+
+/// The TTL a lease was granted with (None when it is gone).
+fn granted_ttl(c: &Cluster, lease: i64) -> Option<i64> {
+    let out = c.etcd.etcdctl(&["lease", "timetolive", &format!("{lease:x}"), "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    // etcdctl reports a gone lease as ttl -1.
+    (v["ttl"].as_i64()? > 0).then(|| v["grantedTTL"].as_i64().or(v["granted-ttl"].as_i64())).flatten()
+}
+
+/// Both keys of `name` on one lease: that lease.
+fn shared_lease(c: &Cluster, name: &str) -> Option<i64> {
+    let (l, m) = (key_lease(c, "leader")?, key_lease(c, &format!("members/{name}"))?);
+    (c.leader_key().as_deref() == Some(name) && l == m).then_some(l)
+}
+
+/// The lease under the keys: a ttl changed in `config` moves the member and
+/// leader keys to a lease of the new TTL; a leader key with this node's name
+/// found on a lease that is not its own (an old one) is moved to its own, so
+/// that the old lease's end cannot take it; a lease revoked under the node
+/// is granted anew and the leader key retaken, all without a demotion or a
+/// restart of PostgreSQL.
+#[test]
+fn lease_follows_ttl_changes_old_leases_and_revocation() {
+    require_root();
+    let mut c = cluster("lease", 1);
+    c.start_settled(Duration::from_secs(120));
+    let started = postmaster_start(&c, "n1");
+    let first = wait_for("both keys on one lease", Duration::from_secs(30), || shared_lease(&c, "n1"));
+    assert_eq!(granted_ttl(&c, first), Some(TTL as i64), "the bootstrap ttl");
+
+    // ttl changed at runtime.
+    let new_ttl = TTL as i64 + 7;
+    let (code, text) = api(&c, "n1", "PATCH", "/config", Some(&format!(r#"{{"ttl":{new_ttl}}}"#)));
+    assert_eq!(code, 200, "PATCH /config ttl: {text}");
+    let second = wait_for("the keys on a lease of the new ttl", Duration::from_secs(60), || {
+        shared_lease(&c, "n1").filter(|l| *l != first && granted_ttl(&c, *l) == Some(new_ttl))
+    });
+
+    // A leader key with our name on another lease (as left by an earlier run).
+    let out = c.etcd.etcdctl(&["lease", "grant", "600"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let old = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|h| i64::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| panic!("lease grant: {text}"));
+    let out = c.etcd.etcdctl(&["put", &format!("--lease={old:x}"), &format!("/service/{}/leader", c.scope), "n1"]);
+    assert!(out.status.success(), "planting the leader key: {}", String::from_utf8_lossy(&out.stderr));
+    // The put wakes the node (a watch event): it may have moved the key
+    // back before anything here could look, so its log says it did.
+    wait_for("the leader key moved back to the node's lease", Duration::from_secs(60), || {
+        shared_lease(&c, "n1").filter(|l| *l == second)
+    });
+    c.nodes[0].wait_log("leader key moved to the new lease", 1, Duration::from_secs(10));
+    let out = c.etcd.etcdctl(&["lease", "revoke", &format!("{old:x}")]);
+    assert!(out.status.success(), "revoking the old lease: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.leader_key().as_deref(), Some("n1"), "the old lease's end took the leader key");
+
+    // The node's own lease revoked: a new one, both keys back.
+    let out = c.etcd.etcdctl(&["lease", "revoke", &format!("{second:x}")]);
+    assert!(out.status.success(), "revoking the node's lease: {}", String::from_utf8_lossy(&out.stderr));
+    let third = wait_for("the keys back on a new lease", Duration::from_secs(60), || {
+        shared_lease(&c, "n1").filter(|l| *l != second)
+    });
+    assert_eq!(granted_ttl(&c, third), Some(new_ttl), "the new lease has the configured ttl");
+    assert_eq!(try_sql(&c.nodes[0], "SELECT pg_is_in_recovery()").as_deref(), Some("f"), "demoted");
+    assert_eq!(postmaster_start(&c, "n1"), started, "PostgreSQL was restarted");
+    c.nodes[0].stop_cleanly(Duration::from_secs(60));
+}
+
+/// Operations queue for the HA loop, at most `COMMAND_QUEUE` (16) of them:
+/// while the loop is held up (its etcd frozen for a few seconds), more
+/// requests are answered 503 "too many operations pending" at once rather
+/// than piling up, a request that waits for its answer (`POST /restart`)
+/// included; once etcd answers again the queue drains, the node still
+/// leads, and a new request is accepted.
+#[test]
+fn a_full_operation_queue_answers_503_at_once() {
+    require_root();
+    let dir = node::test_dir("opsqueue-etcd");
+    let etcd: &'static testbed::Etcd = Box::leak(Box::new(testbed::Etcd::start_single(dir.path())));
+    let eps = etcd.endpoints.join(",");
+    let mut c = Cluster::new("opsqueue", etcd, 1, |_| eps.clone());
+    // A long ttl: the freeze below must not come near fencing.
+    c.nodes[0].set("TUSK_BOOTSTRAP_DCS", r#"{"ttl":30,"loop_wait":2,"retry_timeout":10}"#);
+    c.start_settled(Duration::from_secs(120));
+    let pid = etcd.pid(0).expect("etcd pid");
+    testbed::signal(pid, "STOP");
+    // The loop is now held in an etcd call (its next iteration is at most
+    // loop_wait away).
+    std::thread::sleep(Duration::from_secs(3));
+    let mut codes = Vec::new();
+    for _ in 0..24 {
+        let t0 = Instant::now();
+        let (code, text) = api(&c, "n1", "POST", "/reload", None);
+        assert!(t0.elapsed() < Duration::from_secs(5), "POST /reload waited {:?}", t0.elapsed());
+        if code == 503 {
+            assert!(text.contains("too many operations pending"), "503 says why: {text}");
+        } else {
+            assert_eq!(code, 202, "POST /reload: {text}");
+        }
+        codes.push(code);
+    }
+    let t0 = Instant::now();
+    let (restart_code, restart_text) = api(&c, "n1", "POST", "/restart", Some("{}"));
+    let restart_took = t0.elapsed();
+    testbed::signal(pid, "CONT");
+    let accepted = codes.iter().filter(|c| **c == 202).count();
+    eprintln!("while the loop was held: {accepted} accepted, {} refused", codes.len() - accepted);
+    assert!(accepted <= 17, "more requests queued than the queue holds: {codes:?}");
+    assert!(codes.ends_with(&[503; 7]), "a full queue refuses at once: {codes:?}");
+    assert_eq!(restart_code, 503, "POST /restart on a full queue: {restart_text}");
+    assert!(restart_text.contains("too many operations pending"), "503 says why: {restart_text}");
+    assert!(restart_took < Duration::from_secs(5), "POST /restart waited {restart_took:?} on a full queue");
+
+    // Drained: accepted again, still the leader, not fenced.
+    wait_for("a reload accepted again", Duration::from_secs(90), || {
+        (api(&c, "n1", "POST", "/reload", None).0 == 202).then_some(())
+    });
+    wait_for("the leader key", Duration::from_secs(60), || (c.leader_key().as_deref() == Some("n1")).then_some(()));
+    assert_eq!(try_sql(&c.nodes[0], "SELECT pg_is_in_recovery()").as_deref(), Some("f"), "demoted");
+    let log = c.nodes[0].log_text();
+    assert!(!log.contains("fencing"), "the freeze fenced the primary:\n{log}");
+    c.nodes[0].stop_cleanly(Duration::from_secs(60));
+    etcd.stop();
 }
