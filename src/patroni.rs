@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 /// below 2.1.0 as legacy, so this must stay at or above it.
 pub const PATRONI_COMPAT_VERSION: &str = "3.0.2";
 
-/// Enums with Patroni's spelling: serialized as that exact string; any
-/// other string (a newer Patroni's) is kept as `Other`.
+/// Enums with Patroni's spelling: serialized as that exact string; read
+/// also under the aliases after `|` (another Patroni version's spelling of
+/// the same thing); any other string (a newer Patroni's) is kept as `Other`.
 macro_rules! spelled {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal $(| $alias:literal)*,)* }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(from = "String", into = "String")]
@@ -39,7 +40,7 @@ macro_rules! spelled {
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
                 match s {
-                    $($text => $name::$variant,)*
+                    $($text $(| $alias)* => $name::$variant,)*
                     other => $name::Other(other.to_owned()),
                 }
             }
@@ -84,13 +85,18 @@ spelled! {
         CreatingReplica = "creating replica",
         RunningPgRewind = "running pg_rewind",
         InitializingNewCluster = "initializing new cluster",
+        /// pg_rewind failed and the data directory was kept
+        /// (`remove_data_directory_on_rewind_failure` is false): the member
+        /// stays stopped until a reinit.
+        RewindFailed = "rewind failed",
     }
 }
 
 spelled! {
-    /// A member's role (3.x readers also accept `master`, kept as `Other`).
+    /// A member's role (older Patroni, 3.0.2 among them, writes `master`: read
+    /// as primary).
     Role {
-        Primary = "primary",
+        Primary = "primary" | "master",
         Replica = "replica",
         #[default]
         Uninitialized = "uninitialized",
@@ -225,6 +231,21 @@ pub struct PostgresqlSection {
     pub parameters: BTreeMap<String, serde_json::Value>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl PostgresqlSection {
+    /// Patroni's `remove_data_directory_on_rewind_failure` (default false):
+    /// a failed pg_rewind removes the data directory and clones again,
+    /// rather than keeping the diverged data for the operator.
+    pub fn remove_data_directory_on_rewind_failure(&self) -> bool {
+        match self.other.get("remove_data_directory_on_rewind_failure") {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => {
+                matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Default for PostgresqlSection {
@@ -374,7 +395,8 @@ mod tests {
         assert_eq!(State::from("running pg_rewind"), State::RunningPgRewind);
         assert_eq!(State::from("streaming"), State::Other("streaming".into()));
         assert_eq!(Role::from("primary"), Role::Primary);
-        assert_eq!(Role::from("master"), Role::Other("master".into()));
+        assert_eq!(Role::from("master"), Role::Primary);
+        assert_eq!(String::from(Role::from("master")), "primary");
         assert_eq!(serde_json::to_string(&Role::Uninitialized).unwrap(), r#""uninitialized""#);
     }
 

@@ -1,8 +1,9 @@
 //! What HA mode does with an existing data directory, against the real
 //! binary, real PostgreSQL and a real etcd with mutual TLS: it adopts data
 //! when the scope is empty, refuses data of another cluster (and leaves it
-//! untouched), and removes PGDATA after a failed clone and (today) after a
-//! failed pg_rewind, then clones again from the leader.
+//! untouched), and removes PGDATA after a failed clone; after a failed
+//! pg_rewind it keeps the data until a reinit (Patroni's default) or, with
+//! `remove_data_directory_on_rewind_failure`, removes it and clones again.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -187,15 +188,16 @@ fn failed_clone_removes_the_partial_pgdata_and_clones_again() {
     c.nodes[0].stop_cleanly(Duration::from_secs(60));
 }
 
-/// TODAY'S POLICY (issue 15 changes it to keep the data; flip this test
-/// then): a former primary whose pg_rewind fails has its PGDATA removed and
-/// is cloned again from the new leader. The former primary is made to
-/// diverge (written on its old timeline after the failover) and pg_rewind
-/// to fail (a directory in its PGDATA that the postgres user cannot read).
-#[test]
-fn failed_rewind_removes_pgdata_today() {
-    require_root();
-    let mut c = cluster("rewindfail", 2);
+/// A 2-node cluster (with `dcs` as bootstrap settings) whose primary is
+/// killed, made to diverge (written on its old timeline after the failover)
+/// and to make pg_rewind fail (a directory in its PGDATA that the postgres
+/// user cannot read), then started again. Returns the cluster, the old and
+/// the new leader's names and the blocker directory.
+fn diverged_former_primary(name: &str, dcs: &str) -> (Cluster, String, String, std::path::PathBuf) {
+    let mut c = cluster(name, 2);
+    for n in &mut c.nodes {
+        n.set("TUSK_BOOTSTRAP_DCS", dcs);
+    }
     let old = c.start_settled(Duration::from_secs(120));
     let oi = c.index(&old);
     psql_ok(&c.nodes[oi], "CREATE TABLE t (v text); INSERT INTO t VALUES ('shared')");
@@ -251,10 +253,80 @@ fn failed_rewind_removes_pgdata_today() {
 
     c.nodes[oi].start();
     c.nodes[oi].wait_log("pg_rewind failed", 1, Duration::from_secs(120));
+    (c, old, new, blocker)
+}
+
+/// `GET /patroni` of a member, as JSON.
+fn patroni(c: &Cluster, name: &str) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{}/patroni", c.api_port(name)))
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Patroni's default (`remove_data_directory_on_rewind_failure` false): a
+/// former primary whose pg_rewind fails keeps its data directory, diverged
+/// rows and all, and stays stopped, saying so in `/patroni`, its member key
+/// (`tusk list`) and its log; `tusk reinit` then rebuilds it from the leader.
+#[test]
+fn failed_rewind_keeps_the_data_until_reinit() {
+    require_root();
+    let (mut c, old, new, blocker) = diverged_former_primary("rewindkeep", cluster::DCS);
+    let oi = c.index(&old);
+    c.nodes[oi].wait_log("keeping the data directory", 1, Duration::from_secs(30));
+    wait_for("state 'rewind failed' in /patroni", Duration::from_secs(30), || {
+        (patroni(&c, &old)["state"] == "rewind failed").then_some(())
+    });
+    // Several loops later: still stopped, the data untouched, no second try.
+    std::thread::sleep(Duration::from_secs(8));
+    let n = &c.nodes[oi];
+    assert!(blocker.exists(), "the data directory was removed after a failed pg_rewind");
+    assert!(n.data().join("PG_VERSION").exists(), "the data directory was emptied");
+    assert_eq!(try_sql(n, "SELECT 1"), None, "postgres was started on the diverged data");
+    let log = n.log_text();
+    assert_eq!(log.matches("pg_rewind from the new leader").count(), 1, "pg_rewind was retried on kept data:\n{log}");
+    assert!(!log.contains("replica created with pg_basebackup"), "re-cloned without a reinit:\n{log}");
+    let cli = |args: &[&str]| {
+        let out = Command::new(node::tusk_bin()).args(args).env_clear().envs(&n.env).output().expect("tusk");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, list) = cli(&["list"]);
+    assert!(ok, "tusk list: {list}");
+    let row = list.lines().find(|l| l.contains(&format!(" {old} "))).unwrap_or_else(|| panic!("{old} in:\n{list}"));
+    assert!(row.contains("rewind failed"), "tusk list shows the state: {row}");
+
+    // The operator rebuilds it.
+    let (ok, text) = cli(&["reinit", "--force"]);
+    assert!(ok, "tusk reinit: {text}");
+    c.nodes[oi].wait_log("replica created with pg_basebackup", 1, Duration::from_secs(180));
+    c.wait_streaming(&old, Duration::from_secs(180));
+    assert!(!blocker.exists(), "reinit kept the old data directory");
+    assert_eq!(psql_ok(&c.nodes[oi], "SELECT count(*) FILTER (WHERE v = 'diverged'), count(*) FROM t"), "0|1");
+    assert_eq!(patroni(&c, &old)["state"], "running");
+    c.nodes[oi].stop_cleanly(Duration::from_secs(60));
+    let ni = c.index(&new);
+    c.nodes[ni].stop_cleanly(Duration::from_secs(60));
+}
+
+/// `remove_data_directory_on_rewind_failure: true` (in the DCS
+/// configuration's `postgresql`, as Patroni users set it): the former
+/// primary's PGDATA is removed and cloned again from the new leader.
+#[test]
+fn failed_rewind_removes_pgdata_when_configured() {
+    require_root();
+    let dcs =
+        r#"{"ttl":10,"loop_wait":2,"retry_timeout":3,"postgresql":{"remove_data_directory_on_rewind_failure":true}}"#;
+    let (mut c, old, new, blocker) = diverged_former_primary("rewindremove", dcs);
+    let oi = c.index(&old);
     c.nodes[oi].wait_log("rebuilding this replica from the leader", 1, Duration::from_secs(30));
     c.wait_streaming(&old, Duration::from_secs(180));
     let n = &c.nodes[oi];
-    assert!(!blocker.exists(), "today PGDATA is removed after a failed pg_rewind (the blocker survived)");
+    assert!(!blocker.exists(), "PGDATA survived a failed pg_rewind with remove_data_directory_on_rewind_failure");
     assert_eq!(psql_ok(n, "SELECT count(*) FILTER (WHERE v = 'diverged'), count(*) FROM t"), "0|1", "re-cloned data");
     assert!(n.log_text().contains("replica created with pg_basebackup"), "re-cloned");
     c.nodes[oi].stop_cleanly(Duration::from_secs(60));

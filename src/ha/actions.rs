@@ -78,10 +78,27 @@ impl Ha {
                     match self.rewind_if_needed(view, l, up).await {
                         Ok(true) => {}
                         Ok(false) => return None,
-                        Err(e) => {
-                            tracing::error!("{e}; rebuilding this replica from the leader");
+                        Err(e) if self.config.postgresql.remove_data_directory_on_rewind_failure() => {
+                            tracing::error!(
+                                "{e}; removing the data directory (remove_data_directory_on_rewind_failure) \
+                                 and rebuilding this replica from the leader"
+                            );
                             let _ = std::fs::remove_dir_all(&self.cfg.postgres.data);
                             self.sysid = None;
+                            return None;
+                        }
+                        Err(e) => {
+                            // Patroni's default: the diverged data may hold
+                            // the only copy of transactions that never
+                            // replicated; the operator decides.
+                            tracing::error!(
+                                data = %self.cfg.postgres.data.display(),
+                                "{e}; keeping the data directory (remove_data_directory_on_rewind_failure is false): \
+                                 this member stays stopped until it is reinitialized \
+                                 (tusk reinit, or POST /reinitialize)"
+                            );
+                            self.rewind_failed = true;
+                            self.state = State::RewindFailed;
                             return None;
                         }
                     }

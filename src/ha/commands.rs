@@ -151,6 +151,7 @@ impl Ha {
         }
         self.sysid = None;
         self.clean_handover = false;
+        self.rewind_failed = false;
         self.state = State::Stopped;
         self.publish_status();
         Reply::new(StatusCode::OK, "reinitialize started")

@@ -9,7 +9,9 @@
 //!   a primary or ahead of it, it is within `maximum_lag_on_failover` of the
 //!   last known leader position, it is not tagged `nofailover`, and a
 //!   requested failover candidate (if any) is itself;
-//! - a data directory of another cluster (system identifier) never joins.
+//! - a data directory of another cluster (system identifier) never joins;
+//! - data that pg_rewind failed on (and that was kept) is never started:
+//!   it waits for an operator's reinit.
 
 pub use crate::dcs::ClusterView;
 use crate::patroni::Failover;
@@ -51,6 +53,10 @@ pub struct Local {
     pub data: DataDir,
     pub postgres: Postgres,
     pub nofailover: bool,
+    /// pg_rewind failed on this data directory and it was kept
+    /// (`remove_data_directory_on_rewind_failure` false): it may hold the
+    /// only copy of transactions that never replicated.
+    pub rewind_failed: bool,
     /// The lease this node's keys live on is known alive: a keepalive
     /// succeeded less than the lease TTL (minus a margin) ago, on the
     /// executor's monotonic clock.
@@ -99,6 +105,10 @@ pub enum Action {
     RejectSwitchover(&'static str),
 }
 
+/// Why a member whose pg_rewind failed stays stopped.
+pub const REWIND_FAILED: &str =
+    "pg_rewind failed and the data directory is kept: reinitialize this member (tusk reinit) to rebuild it";
+
 /// Decides the next action.
 pub fn decide(view: &ClusterView, me: &Local) -> Action {
     let leader_is_me = view.leader.as_deref() == Some(me.name.as_str());
@@ -143,6 +153,11 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
         }
         (DataDir::Cluster { .. }, None) if view.leader.is_none() => return Action::AdoptData,
         _ => {}
+    }
+
+    // Diverged data kept after a failed pg_rewind: left stopped for the operator.
+    if me.rewind_failed && me.postgres == Postgres::Stopped && !leader_is_me {
+        return Action::Idle(REWIND_FAILED);
     }
 
     match (&view.leader, me.postgres) {
@@ -300,6 +315,7 @@ mod tests {
             data: DataDir::Cluster { sysid: SYSID.into() },
             postgres,
             nofailover: false,
+            rewind_failed: false,
             lease_alive: true,
             peers: None,
         }
@@ -375,6 +391,25 @@ mod tests {
                 Action::RefuseForeignData { ours: "1".into(), cluster: SYSID.into() },
             ),
             ("existing data, no cluster: adopt", no_cluster, me(Postgres::Stopped), Action::AdoptData),
+            // a failed pg_rewind whose data was kept
+            (
+                "rewind failed, another leader: stay stopped",
+                view(Some("b")),
+                Local { rewind_failed: true, ..me(Postgres::Stopped) },
+                Action::Idle(REWIND_FAILED),
+            ),
+            (
+                "rewind failed, no leader: stay stopped (no race on diverged data)",
+                view(None),
+                Local { rewind_failed: true, ..me(Postgres::Stopped) },
+                Action::Idle(REWIND_FAILED),
+            ),
+            (
+                "rewind failed, reinit removed the data: clone",
+                view(Some("b")),
+                Local { rewind_failed: true, ..empty(me(Postgres::Stopped)) },
+                Action::CloneFrom("b".into()),
+            ),
             // leading
             ("leader, primary: keep", view(Some("a")), me(primary()), Action::KeepLeading),
             ("leader, stopped: start primary", view(Some("a")), me(Postgres::Stopped), Action::StartPrimary),

@@ -73,6 +73,7 @@ impl Ha {
             data: data_state,
             postgres,
             nofailover: false,
+            rewind_failed: self.rewind_failed,
             lease_alive: self.lease_alive(),
             peers: None,
         }

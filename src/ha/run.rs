@@ -62,6 +62,8 @@ pub struct Ha {
     pub(super) state: State,
     /// The last shutdown was a clean hand-over: no rewind needed to follow.
     pub(super) clean_handover: bool,
+    /// pg_rewind failed and the data was kept: stay stopped until a reinit.
+    pub(super) rewind_failed: bool,
     pub(super) status: watch::Sender<NodeStatus>,
     pub(super) wake: Arc<Notify>,
     pub(super) last_idle: &'static str,
@@ -165,6 +167,7 @@ pub(crate) async fn run(
         sysid: None,
         state: State::Starting,
         clean_handover: false,
+        rewind_failed: false,
         status: api.status.clone(),
         wake: wake.clone(),
         last_idle: "",
