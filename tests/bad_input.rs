@@ -100,6 +100,28 @@ fn garbage_values() {
     assert!(!dir.path().join("home/pgdata").exists());
 }
 
+/// HA mode over an etcd that authenticates nobody (plain http, no client
+/// certificate, no user) would share generated passwords there: without
+/// the superuser's and the replication role's passwords tusk refuses to
+/// start, naming the variable. With them it starts, and Spilo's etcd v2
+/// variables beside ETCD3_* are ignored with a warning.
+#[test]
+fn open_etcd_needs_the_passwords() {
+    require_root();
+    let dir = test_dir("openetcd");
+    let mut n = Node::new(dir.path());
+    n.set("SCOPE", "open").set("ETCD3_HOSTS", "127.0.0.1:9");
+    assert_refused(&mut n, "PGPASSWORD_SUPERUSER", "does not authenticate its clients");
+    n.set("PGPASSWORD_SUPERUSER", "su-pw");
+    assert_refused(&mut n, "PGPASSWORD_STANDBY", "does not authenticate its clients");
+    n.set("PATRONI_REPLICATION_PASSWORD", "rep-pw").set("ETCD_HOST", "127.0.0.1:2379");
+    n.start();
+    n.wait_log("ETCD_HOST is ignored", 1, Duration::from_secs(30));
+    n.stop_cleanly(Duration::from_secs(30));
+    let log = n.log_text();
+    assert!(!log.contains("su-pw") && !log.contains("rep-pw"), "a password in the log:\n{log}");
+}
+
 #[test]
 fn config_prints_json_without_secrets() {
     let dir = test_dir("config");

@@ -255,6 +255,9 @@ fn run_daemon() -> i32 {
     };
     let guard = logging::init(cfg.tusk.log_format, &cfg.tusk.log_level, true);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), pid = std::process::id(), "tusk starting");
+    for w in &cfg.warnings {
+        tracing::warn!("configuration: {w}");
+    }
     // One thread: the supervisor's work is I/O-bound, and a small footprint
     // matters in a sidecar-free container.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -48,6 +48,14 @@ pub struct EtcdConfig {
     pub password: Option<Secret>,
 }
 
+impl EtcdConfig {
+    /// This member proves who it is to etcd (a client certificate or a
+    /// user): the etcd is meant to refuse strangers, so it may hold secrets.
+    pub fn authenticates_clients(&self) -> bool {
+        self.cert.is_some() || self.username.is_some()
+    }
+}
+
 fn pick(raw_a: &Option<String>, a: &str, raw_b: &Option<String>, b: &str) -> Result<Option<String>, ConfigError> {
     alias(a, raw_a, b, raw_b)
 }

@@ -72,6 +72,9 @@ pub struct Config {
     pub clone: Option<clone::CloneConfig>,
     /// `STANDBY_HOST` / `STANDBY_SCOPE`: a standby cluster of another one.
     pub standby: Option<clone::StandbyConfig>,
+    /// What was read but ignored, for the start-up log (never a secret).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,7 +113,15 @@ pub struct Credentials {
 pub struct Role {
     pub name: String,
     pub password: Option<Secret>,
+    /// libpq `sslmode` of tusk's connections as this role to another member
+    /// (replication and clones; pg_rewind as the superuser):
+    /// `PATRONI_REPLICATION_SSLMODE` / `PATRONI_SUPERUSER_SSLMODE`,
+    /// default `require`.
+    pub sslmode: String,
 }
+
+/// libpq's `sslmode` values.
+const SSLMODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
 
 /// TLS for PostgreSQL's own listener.
 #[derive(Debug, Clone, Serialize)]
@@ -304,9 +315,9 @@ impl Config {
         }
 
         let credentials = Credentials {
-            superuser: role(env, "PGUSER_SUPERUSER", &raw.pguser_superuser, "postgres", "PGPASSWORD_SUPERUSER")?,
-            replication: role(env, "PGUSER_STANDBY", &raw.pguser_standby, "standby", "PGPASSWORD_STANDBY")?,
-            admin: role(env, "PGUSER_ADMIN", &raw.pguser_admin, "admin", "PGPASSWORD_ADMIN")?,
+            superuser: role(env, ("PGUSER_SUPERUSER", "PGPASSWORD_SUPERUSER"), "postgres", Some("PATRONI_SUPERUSER"))?,
+            replication: role(env, ("PGUSER_STANDBY", "PGPASSWORD_STANDBY"), "standby", Some("PATRONI_REPLICATION"))?,
+            admin: role(env, ("PGUSER_ADMIN", "PGPASSWORD_ADMIN"), "admin", None)?,
         };
         let names = [&credentials.superuser.name, &credentials.replication.name, &credentials.admin.name];
         if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
@@ -318,7 +329,17 @@ impl Config {
 
         let tls = pg_tls(&raw)?;
         let etcd = etcd::parse(&raw)?;
-        if raw.etcd_host.is_some() || raw.etcd_hosts.is_some() || raw.etcd_url.is_some() {
+        let mut warnings = Vec::new();
+        if etcd.is_some() {
+            // Spilo prefers ETCD3_* too: env files often carry both.
+            for (var, v) in
+                [("ETCD_HOST", &raw.etcd_host), ("ETCD_HOSTS", &raw.etcd_hosts), ("ETCD_URL", &raw.etcd_url)]
+            {
+                if v.is_some() {
+                    warnings.push(format!("{var} is ignored: the etcd v3 settings (ETCD3_*) are used"));
+                }
+            }
+        } else if raw.etcd_host.is_some() || raw.etcd_hosts.is_some() || raw.etcd_url.is_some() {
             let var = if raw.etcd_host.is_some() {
                 "ETCD_HOST"
             } else if raw.etcd_hosts.is_some() {
@@ -330,6 +351,25 @@ impl Config {
                 var,
                 "the etcd v2 API is not supported; use ETCD3_HOSTS (etcd v3, as Patroni's etcd3 section)",
             ));
+        }
+
+        // Generated passwords may be shared only through an etcd that
+        // authenticates its clients; over an open one they must be given.
+        if let Some(e) = &etcd
+            && !e.authenticates_clients()
+        {
+            let required =
+                [("PGPASSWORD_SUPERUSER", &credentials.superuser), ("PGPASSWORD_STANDBY", &credentials.replication)];
+            for (var, role) in required {
+                if role.password.is_none() {
+                    return Err(ConfigError::new(
+                        var,
+                        "required in HA mode when etcd does not authenticate its clients (no ETCD3_CERT client \
+                         certificate, no ETCD3_USERNAME): a generated password would be shared through etcd, \
+                         readable by anyone who can reach it",
+                    ));
+                }
+            }
         }
 
         let bootstrap_dcs = match raw.tusk_bootstrap_dcs.as_deref() {
@@ -394,6 +434,7 @@ impl Config {
             storage,
             clone,
             standby,
+            warnings,
         })
     }
 
@@ -405,6 +446,12 @@ impl Config {
     /// Standalone mode: no DCS, one primary, no HA.
     pub fn standalone(&self) -> bool {
         self.etcd.is_none()
+    }
+
+    /// Generated role passwords may be shared through etcd: it
+    /// authenticates its clients (a client certificate or a user).
+    pub fn shares_passwords(&self) -> bool {
+        self.etcd.as_ref().is_some_and(EtcdConfig::authenticates_clients)
     }
 }
 
@@ -525,22 +572,47 @@ fn is_known_var(k: &str) -> bool {
     PREFIXES.iter().any(|p| k.starts_with(p))
 }
 
+/// A role from Spilo's `(user, password)` variables, or Patroni's
+/// `<patroni>_USERNAME` / `_PASSWORD` (both set must agree), with
+/// `<patroni>_SSLMODE`.
 fn role(
     env: &BTreeMap<String, String>,
-    user_var: &str,
-    user: &Option<String>,
+    (user_var, password_var): (&str, &str),
     default_user: &str,
-    password_var: &str,
+    patroni: Option<&str>,
 ) -> Result<Role, ConfigError> {
-    let name = user.clone().unwrap_or_else(|| default_user.to_owned());
+    let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    let mut name = get(user_var);
+    let mut password = secret(env, password_var)?;
+    let mut sslmode = "require".to_owned();
+    if let Some(p) = patroni {
+        let (pu, pp, ps) = (format!("{p}_USERNAME"), format!("{p}_PASSWORD"), format!("{p}_SSLMODE"));
+        name = alias(user_var, &name, &pu, &get(&pu))?;
+        let theirs = secret(env, &pp)?;
+        if let (Some(a), Some(b)) = (&password, &theirs)
+            && a.expose() != b.expose()
+        {
+            return Err(ConfigError::new(password_var, format!("contradicts {pp}; set one of them")));
+        }
+        password = password.or(theirs);
+        if let Some(m) = get(&ps) {
+            if !SSLMODES.contains(&m.as_str()) {
+                return Err(ConfigError::new(
+                    ps,
+                    format!("{m:?} is not a libpq sslmode (one of {})", SSLMODES.join(", ")),
+                ));
+            }
+            sslmode = m;
+        }
+    }
+    let name = name.unwrap_or_else(|| default_user.to_owned());
     validate_role_name(user_var, &name)?;
-    let password = secret(env, password_var)?;
     if let Some(p) = &password
         && p.expose().contains('\0')
     {
         return Err(ConfigError::new(password_var, "contains a NUL byte"));
     }
-    Ok(Role { name, password })
+    Ok(Role { name, password, sslmode })
 }
 
 fn pg_tls(raw: &RawEnv) -> Result<PgTls, ConfigError> {

@@ -122,13 +122,13 @@ fn etcd_host_lists() {
         ("etcd", &[("etcd", 2379)], EtcdProtocol::Http),
     ];
     for (list, want, proto) in cases {
-        let c = parse(&[("ETCD3_HOSTS", list)]).unwrap_or_else(|e| panic!("{list}: {e}"));
+        let c = parse(&[("ETCD3_HOSTS", list), PW_SUPERUSER, PW_STANDBY]).unwrap_or_else(|e| panic!("{list}: {e}"));
         let e = c.etcd.unwrap();
         let got: Vec<(&str, u16)> = e.endpoints.iter().map(|ep| (ep.host.as_str(), ep.port)).collect();
         assert_eq!(&got, want, "{list}");
         assert_eq!(e.protocol, *proto, "{list}");
     }
-    let c = parse(&[("ETCD3_HOST", "127.0.0.1:2379")]).unwrap();
+    let c = parse(&[("ETCD3_HOST", "127.0.0.1:2379"), PW_SUPERUSER, PW_STANDBY]).unwrap();
     assert_eq!(c.etcd.unwrap().endpoints[0].url(EtcdProtocol::Http), "http://127.0.0.1:2379");
 }
 
@@ -151,8 +151,94 @@ fn etcd_mtls_files() {
         .unwrap();
     assert_eq!(c.etcd.unwrap().protocol, EtcdProtocol::Https);
     // Patroni's names work as aliases
-    let c = parse(&[("PATRONI_ETCD3_HOSTS", "a:1"), ("PATRONI_ETCD3_CACERT", &p.path("ca.pem"))]).unwrap();
+    let c =
+        parse(&[("PATRONI_ETCD3_HOSTS", "a:1"), ("PATRONI_ETCD3_CACERT", &p.path("ca.pem")), PW_SUPERUSER, PW_STANDBY])
+            .unwrap();
     assert!(c.etcd.unwrap().cacert.is_some());
+}
+
+/// Passwords given for HA over an etcd that does not authenticate clients.
+const PW_SUPERUSER: (&str, &str) = ("PGPASSWORD_SUPERUSER", "su-pw");
+const PW_STANDBY: (&str, &str) = ("PGPASSWORD_STANDBY", "rep-pw");
+
+/// Over an etcd that authenticates nobody, generated passwords cannot be
+/// shared: the superuser's and the replication role's must be given (in
+/// any of their forms); with a client certificate or a user they may be
+/// generated.
+#[test]
+fn open_etcd_requires_the_passwords() {
+    let p = Pems::new();
+    let err = parse(&[("ETCD3_HOSTS", "a:1")]).unwrap_err();
+    assert_eq!(err.var, "PGPASSWORD_SUPERUSER");
+    assert!(err.message.contains("does not authenticate"), "{err}");
+    assert_eq!(parse(&[("ETCD3_HOSTS", "a:1"), PW_SUPERUSER]).unwrap_err().var, "PGPASSWORD_STANDBY");
+    // CA only (server verified, clients not): still open.
+    let err = parse(&[("ETCD3_HOSTS", "a:1"), ("ETCD3_CACERT", &p.path("ca.pem")), PW_STANDBY]).unwrap_err();
+    assert_eq!(err.var, "PGPASSWORD_SUPERUSER");
+    let c = parse(&[("ETCD3_HOSTS", "a:1"), PW_SUPERUSER, PW_STANDBY]).unwrap();
+    assert!(!c.shares_passwords());
+    // Patroni's names and the _FILE forms count.
+    let c = parse(&[
+        ("ETCD3_HOSTS", "a:1"),
+        ("PATRONI_SUPERUSER_PASSWORD", "x"),
+        ("PGPASSWORD_STANDBY_FILE", &p.path("password")),
+    ])
+    .unwrap();
+    assert_eq!(c.credentials.replication.password.unwrap().expose(), "s3cret");
+    // Authenticated etcd: nothing required.
+    let c = parse(&[
+        ("ETCD3_HOSTS", "a:1"),
+        ("ETCD3_CACERT", &p.path("ca.pem")),
+        ("ETCD3_CERT", &p.path("cert.pem")),
+        ("ETCD3_KEY", &p.path("key.pem")),
+    ])
+    .unwrap();
+    assert!(c.shares_passwords());
+    let c = parse(&[("ETCD3_HOSTS", "a:1"), ("ETCD3_USERNAME", "u"), ("ETCD3_PASSWORD", "p")]).unwrap();
+    assert!(c.shares_passwords());
+    // Standalone mode shares nothing and needs nothing.
+    assert!(!parse(&[]).unwrap().shares_passwords());
+}
+
+/// Patroni's role variables: user, password (agreeing with Spilo's if both
+/// are set) and sslmode.
+#[test]
+fn patroni_role_variables() {
+    let c = parse(&[
+        ("PATRONI_SUPERUSER_USERNAME", "root"),
+        ("PATRONI_SUPERUSER_PASSWORD", "a"),
+        ("PATRONI_REPLICATION_USERNAME", "replicator"),
+        ("PATRONI_REPLICATION_PASSWORD", "b"),
+        ("PGPASSWORD_STANDBY", "b"),
+        ("PATRONI_REPLICATION_SSLMODE", "prefer"),
+    ])
+    .unwrap();
+    let r = &c.credentials;
+    assert_eq!((r.superuser.name.as_str(), r.replication.name.as_str()), ("root", "replicator"));
+    assert_eq!(r.superuser.password.as_ref().unwrap().expose(), "a");
+    assert_eq!((r.superuser.sslmode.as_str(), r.replication.sslmode.as_str()), ("require", "prefer"));
+    let bad = |pairs: &[(&str, &str)]| parse(pairs).unwrap_err().var;
+    assert_eq!(bad(&[("PGPASSWORD_STANDBY", "a"), ("PATRONI_REPLICATION_PASSWORD", "b")]), "PGPASSWORD_STANDBY");
+    assert_eq!(bad(&[("PGUSER_SUPERUSER", "a"), ("PATRONI_SUPERUSER_USERNAME", "b")]), "PGUSER_SUPERUSER");
+    assert_eq!(bad(&[("PATRONI_SUPERUSER_SSLMODE", "always")]), "PATRONI_SUPERUSER_SSLMODE");
+}
+
+/// Spilo reads etcd v3 first: the v2 variables beside ETCD3_* are ignored
+/// with a warning; alone they are refused (tusk speaks only v3).
+#[test]
+fn etcd_v2_variables_beside_v3_are_ignored() {
+    let c = parse(&[
+        ("ETCD3_HOSTS", "a:1"),
+        ("ETCD_HOST", "b:2379"),
+        ("ETCD_URL", "http://c:2379"),
+        PW_SUPERUSER,
+        PW_STANDBY,
+    ])
+    .unwrap();
+    assert_eq!(c.etcd.unwrap().endpoints[0].host, "a");
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("ETCD_HOST is ignored"), "{:?}", c.warnings);
+    assert_eq!(parse(&[("ETCD_HOSTS", "b:2379")]).unwrap_err().var, "ETCD_HOSTS");
 }
 
 #[test]

@@ -174,7 +174,7 @@ impl Ha {
     pub(super) async fn bootstrap(&mut self) -> Result<(), HaError> {
         self.state = State::InitializingNewCluster;
         self.publish_status();
-        let pw = self.passwords(true).await?;
+        let pw = self.bootstrap_passwords().await?;
         if self.cfg.standby.is_some() {
             return self.bootstrap_standby().await;
         }
@@ -269,7 +269,7 @@ impl Ha {
 
     pub(super) async fn clone_from(&mut self, view: &ClusterView, leader: &str) -> Result<(), HaError> {
         let up = self.upstream_for(view, leader).ok_or(HaError::NoLeaderMember)?;
-        self.passwords(false).await?;
+        self.replication_password().await?;
         self.state = State::CreatingReplica;
         self.publish(view).await;
         if !self.replica_from_backup(view).await {
@@ -331,10 +331,10 @@ impl Ha {
             tracing::info!(leader, "waiting for the new leader to finish its promotion before pg_rewind");
             return Ok(false);
         }
-        let pw = self.passwords(false).await?;
+        let superuser = self.superuser_password().await?;
         tracing::info!(leader, state = %cd.state, "this node ran as primary: pg_rewind from the new leader");
         self.state = State::RunningPgRewind;
-        replication::rewind(&self.cfg, &self.bin, &self.run_as, &up.address, &pw.superuser)
+        replication::rewind(&self.cfg, &self.bin, &self.run_as, &up.address, &superuser)
             .await
             .map_err(HaError::Rewind)?;
         Ok(true)
@@ -382,9 +382,11 @@ impl Ha {
     }
 
     pub(super) async fn start_with(&mut self, role: Role, inputs: &ConfInputs) -> Result<(), crate::postgres::PgError> {
-        if self.passwords.is_none() {
+        if self.passwords.as_ref().is_none_or(|k| k.replication.is_none()) {
             // Needed for primary_conninfo's passfile.
-            let _ = self.passwords(false).await;
+            if let Err(e) = self.replication_password().await {
+                tracing::warn!("{e}");
+            }
         }
         process::clear_stale_pid_file(&self.cfg.postgres.data)?;
         files::write_all(&self.cfg, inputs, &self.run_as, &role)?;

@@ -16,8 +16,12 @@ pub enum HaError {
     Sql(#[from] tokio_postgres::Error),
     #[error("the shared credentials in etcd are not JSON: {0}")]
     Credentials(#[from] serde_json::Error),
-    #[error("no passwords in the environment and none shared in etcd yet")]
-    NoPasswords,
+    #[error(
+        "{var} is not set and no password for role {role:?} is shared in etcd (the cluster was not bootstrapped \
+         by tusk, not yet, or its etcd does not authenticate clients): set {var} (or {var}_FILE); it is needed for \
+         {needed_for}"
+    )]
+    NoPassword { var: &'static str, role: String, needed_for: &'static str },
     #[error("postgres exited during bootstrap: {0}")]
     ExitedDuringBootstrap(ExitStatus),
     #[error("the leader key was taken during bootstrap")]

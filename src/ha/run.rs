@@ -33,7 +33,6 @@ use crate::dcs::client::{Dcs, DcsError};
 use crate::notify::Notifier;
 use crate::patroni::{Failover, MemberValue, Role as MemberRole, State};
 use crate::postgres::files::{self, ConfInputs};
-use crate::postgres::passwords::Passwords;
 use crate::postgres::process::Postmaster;
 use crate::postgres::replication::Upstream;
 use crate::postgres::stop::{self, Mode};
@@ -56,7 +55,7 @@ pub struct Ha {
     pub(super) client: Option<Client>,
     /// The upstream postgres was last configured with (`None`: primary or none).
     pub(super) upstream: Option<Upstream>,
-    pub(super) passwords: Option<Passwords>,
+    pub(super) passwords: Option<super::credentials::KnownPasswords>,
     pub(super) sysid: Option<String>,
     /// Member state as Patroni names it.
     pub(super) state: State,

@@ -40,13 +40,17 @@ pub fn write_passfile(cfg: &Config, password: &Secret, run_as: &RunAs) -> Result
     write_atomic(&passfile(cfg), line.as_bytes(), 0o600, run_as)
 }
 
-/// `primary_conninfo` for `up`: TLS required (pg_hba only allows replication over TLS).
+/// `primary_conninfo` for `up`: TLS required unless
+/// `PATRONI_REPLICATION_SSLMODE` says otherwise (tusk's pg_hba only allows
+/// replication over TLS; a Patroni member's may not offer it).
 pub fn conninfo(cfg: &Config, up: &Upstream) -> String {
     let (host, port) = split(&up.address);
+    let r = &cfg.credentials.replication;
     format!(
-        "host={host} port={port} user={} passfile={} sslmode=require application_name={} connect_timeout=3 keepalives_idle=5 keepalives_interval=2 keepalives_count=3",
-        cfg.credentials.replication.name,
+        "host={host} port={port} user={} passfile={} sslmode={} application_name={} connect_timeout=3 keepalives_idle=5 keepalives_interval=2 keepalives_count=3",
+        r.name,
         passfile(cfg).display(),
+        r.sslmode,
         slot_name(&cfg.name),
     )
 }
@@ -78,9 +82,10 @@ pub async fn basebackup(cfg: &Config, bin: &Binaries, run_as: &RunAs, leader: &s
     let started = Instant::now();
     let mut cmd = Command::new(bin.tool("pg_basebackup"));
     cmd.arg("-D").arg(&cfg.postgres.data).args(["-X", "stream", "-c", "fast", "--no-password", "-d"]).arg(format!(
-        "host={host} port={port} user={} passfile={} sslmode=require application_name={}",
+        "host={host} port={port} user={} passfile={} sslmode={} application_name={}",
         cfg.credentials.replication.name,
         passfile(cfg).display(),
+        cfg.credentials.replication.sslmode,
         slot_name(&cfg.name)
     ));
     run_tool(cmd, cfg, run_as, "pg_basebackup", &[]).await?;
@@ -101,8 +106,8 @@ pub async fn rewind(
     let started = Instant::now();
     let mut cmd = Command::new(bin.tool("pg_rewind"));
     cmd.arg("-D").arg(&cfg.postgres.data).arg("--source-server").arg(format!(
-        "host={host} port={port} user={} dbname=postgres sslmode=require",
-        cfg.credentials.superuser.name
+        "host={host} port={port} user={} dbname=postgres sslmode={}",
+        cfg.credentials.superuser.name, cfg.credentials.superuser.sslmode
     ));
     // WAL the former primary already recycled (a lagging new leader forked
     // before our last checkpoint) comes from the archive through
