@@ -160,10 +160,11 @@ fn prepare_common(cfg: &Config, slot: &ArchiveSlot) -> Result<Prepared, NodeErro
     let archive = crate::archive::start(cfg, &run_as);
     let _ = slot.0.set(archive.handle.clone());
     run_as.env = postgres::child_env(&cfg.postgres, &archive.child_env);
+    let libraries = files::Libraries::scan(&layout.binaries.libdir());
     Ok(Prepared {
         layout,
         run_as,
-        inputs: files::ConfInputs { tls, archive: archive.commands, recovery: Default::default() },
+        inputs: files::ConfInputs { tls, archive: archive.commands, recovery: Default::default(), libraries },
     })
 }
 

@@ -63,6 +63,8 @@ pub struct Ha {
     pub(super) clean_handover: bool,
     /// pg_rewind failed and the data was kept: stay stopped until a reinit.
     pub(super) rewind_failed: bool,
+    /// What `tusk.dcs.conf` last left out of the dynamic configuration (logged).
+    pub(super) dynamic_left_out: Vec<String>,
     pub(super) status: watch::Sender<NodeStatus>,
     pub(super) wake: Arc<Notify>,
     pub(super) last_idle: &'static str,
@@ -167,6 +169,7 @@ pub(crate) async fn run(
         state: State::Starting,
         clean_handover: false,
         rewind_failed: false,
+        dynamic_left_out: Vec::new(),
         status: api.status.clone(),
         wake: wake.clone(),
         last_idle: "",
@@ -381,7 +384,12 @@ impl Ha {
         }
         // Cluster-wide parameters from `config`: applied with a reload.
         if self.cfg.postgres.data.join("PG_VERSION").exists() {
-            match files::write_dynamic(&self.cfg, &self.run_as, &self.config.postgresql.parameters) {
+            match files::write_dynamic(
+                &self.cfg,
+                &self.run_as,
+                &self.config.postgresql.parameters,
+                &self.inputs.libraries,
+            ) {
                 Ok(true) => {
                     if let Some(pm) = &self.pm {
                         tracing::info!("dynamic configuration changed: postgres reloaded");
@@ -390,6 +398,15 @@ impl Ha {
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!("cannot write the dynamic parameters: {e}"),
+            }
+            // Once per change, on every member (a replica's copy of the
+            // file may have come with its base backup).
+            let left_out = files::left_out(&self.cfg);
+            if left_out != self.dynamic_left_out {
+                for l in &left_out {
+                    tracing::warn!("dynamic configuration: {l} (as Spilo does)");
+                }
+                self.dynamic_left_out = left_out;
             }
         }
         let now = Instant::now();

@@ -41,6 +41,80 @@ pub struct ConfInputs {
     /// Set last, over everything: a clone's one recovery run
     /// (`restore_command` from its source, `recovery_target_*`).
     pub recovery: BTreeMap<String, String>,
+    /// The loadable libraries of the binaries in use.
+    pub libraries: Libraries,
+}
+
+/// Spilo's `shared_preload_libraries`, of which only the installed ones
+/// are kept (the image has `pg_stat_statements`).
+pub const SPILO_PRELOAD: &str =
+    "bg_mon,pg_stat_statements,pgextwlist,pg_auth_mon,set_user,timescaledb,pg_cron,pg_stat_kcache";
+
+/// Parameters that list libraries to load: a library PostgreSQL cannot find
+/// there stops it from starting (or every session from opening).
+const LIBRARY_LISTS: [&str; 3] = ["shared_preload_libraries", "session_preload_libraries", "local_preload_libraries"];
+
+/// The loadable modules of one PostgreSQL installation (`*.so` in its
+/// `pkglibdir`), as Spilo checks them before preloading.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Libraries(pub std::collections::BTreeSet<String>);
+
+impl Libraries {
+    /// The modules in `libdir` (`/usr/lib/postgresql/<major>/lib`).
+    pub fn scan(libdir: &std::path::Path) -> Libraries {
+        let names = std::fs::read_dir(libdir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter_map(|n| n.strip_suffix(".so").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Libraries(names)
+    }
+
+    fn has(&self, entry: &str) -> bool {
+        // `name`, `name.so`, `$libdir/name` or `$libdir/plugins/name`.
+        let name = entry.rsplit('/').next().unwrap_or(entry);
+        let name = name.strip_suffix(".so").unwrap_or(name);
+        self.0.contains(name)
+    }
+
+    /// `list` (comma-separated, optionally quoted) without the libraries
+    /// that are not installed: (kept list, dropped names).
+    pub fn filter(&self, list: &str) -> (String, Vec<String>) {
+        let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+        for entry in list.split(',').map(|e| e.trim().trim_matches('"').trim()).filter(|e| !e.is_empty()) {
+            if self.has(entry) {
+                if !kept.contains(&entry) {
+                    kept.push(entry);
+                }
+            } else {
+                dropped.push(entry.to_owned());
+            }
+        }
+        (kept.join(","), dropped)
+    }
+
+    /// Applies [`Libraries::filter`] to the library lists in `params`,
+    /// logging what a user asked for and cannot have (`source` says where
+    /// it came from).
+    fn apply(&self, params: &mut BTreeMap<String, String>, source: &str) {
+        for name in LIBRARY_LISTS {
+            if let Some(v) = params.get_mut(name) {
+                let (kept, dropped) = self.filter(v);
+                if !dropped.is_empty() {
+                    tracing::warn!(
+                        parameter = name,
+                        dropped = dropped.join(","),
+                        kept = %kept,
+                        "{source}: leaving out libraries this image does not have (as Spilo does)"
+                    );
+                }
+                *v = kept;
+            }
+        }
+    }
 }
 
 /// Spilo's bootstrap parameters (reference §1.4), before the derived ones
@@ -83,8 +157,11 @@ pub fn parameters(cfg: &Config, inputs: &ConfInputs, upstream: Option<&Upstream>
     let mut p: BTreeMap<String, String> =
         spilo_defaults().into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
     p.insert("cluster_name".into(), cfg.scope.clone());
-    for (k, v) in &cfg.postgres.parameters {
-        p.insert(k.clone(), v.clone());
+    p.insert("shared_preload_libraries".into(), inputs.libraries.filter(SPILO_PRELOAD).0);
+    let mut given = cfg.postgres.parameters.clone();
+    inputs.libraries.apply(&mut given, "TUSK_PG_PARAMETERS");
+    for (k, v) in given {
+        p.insert(k, v);
     }
     // Managed: config validation refuses these in TUSK_PG_PARAMETERS.
     p.insert("port".into(), cfg.postgres.port.to_string());
@@ -146,14 +223,33 @@ pub fn write_dynamic(
     cfg: &Config,
     run_as: &RunAs,
     params: &BTreeMap<String, serde_json::Value>,
+    libraries: &Libraries,
 ) -> Result<bool, PgError> {
+    let out = render_dynamic(params, libraries, |k, why| tracing::warn!(parameter = %k, "{why}"));
+    let path = cfg.postgres.data.join(DCS_CONF);
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == out) {
+        return Ok(false);
+    }
+    write_atomic(&path, out.as_bytes(), 0o600, run_as)?;
+    Ok(true)
+}
+
+/// `tusk.dcs.conf` for `params`; `skipped(name, why)` hears of what is left
+/// out. Library lists keep only installed libraries; what they lose is
+/// noted in a comment line ([`left_out`] reads them back).
+fn render_dynamic(
+    params: &BTreeMap<String, serde_json::Value>,
+    libraries: &Libraries,
+    skipped: impl Fn(&str, &str),
+) -> String {
     let mut out = String::from("# Managed by tusk: postgresql.parameters of the cluster's config key in etcd.\n");
+    let mut values = BTreeMap::new();
     for (k, v) in params {
         let k = k.to_ascii_lowercase();
         if crate::config::MANAGED_PARAMETERS.iter().any(|(m, _)| *m == k)
             || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
         {
-            tracing::warn!(parameter = %k, "ignoring a parameter from the dynamic configuration that tusk manages");
+            skipped(&k, "ignoring a parameter from the dynamic configuration that tusk manages");
             continue;
         }
         let v = match v {
@@ -164,14 +260,38 @@ pub fn write_dynamic(
         if v.contains('\n') {
             continue;
         }
+        values.insert(k, v);
+    }
+    for name in LIBRARY_LISTS {
+        if let Some(v) = values.get_mut(name) {
+            let (kept, dropped) = libraries.filter(v);
+            if !dropped.is_empty() {
+                out.push_str(&format!(
+                    "# {name}: left out (not installed here): {}\n",
+                    dropped.join(",").replace('\n', " ")
+                ));
+            }
+            *v = kept;
+        }
+    }
+    for (k, v) in values {
         out.push_str(&format!("{k} = {}\n", quote(&v)));
     }
-    let path = cfg.postgres.data.join(DCS_CONF);
-    if std::fs::read_to_string(&path).is_ok_and(|old| old == out) {
-        return Ok(false);
-    }
-    write_atomic(&path, out.as_bytes(), 0o600, run_as)?;
-    Ok(true)
+    out
+}
+
+/// What the dynamic configuration asked for and `tusk.dcs.conf` left out
+/// (its comment lines), for a log line when it changes.
+pub fn left_out(cfg: &Config) -> Vec<String> {
+    std::fs::read_to_string(cfg.postgres.data.join(DCS_CONF))
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("# "))
+                .filter(|l| l.contains("left out"))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Spilo's `pg_hba.conf` (reference §1.4): trust on the local socket,
@@ -246,7 +366,8 @@ mod tests {
 
     fn tls() -> ConfInputs {
         let tls = TlsPaths { cert: "/r/certs/server.crt".into(), key: "/r/certs/server.key".into(), ca: None };
-        ConfInputs { tls, archive: None, recovery: BTreeMap::new() }
+        let libraries = Libraries(["pg_stat_statements", "auto_explain"].map(String::from).into());
+        ConfInputs { tls, archive: None, recovery: BTreeMap::new(), libraries }
     }
 
     #[test]
@@ -283,6 +404,33 @@ mod tests {
         let conf = render_conf(&parameters(&config(&[("WAL_S3_BUCKET", "b")]), &inputs, None));
         assert!(conf.contains("archive_command = '/usr/bin/tusk wal-push \"%p\"'"), "{conf}");
         assert!(conf.contains("restore_command = '/usr/bin/tusk wal-fetch \"%f\" \"%p\"'"), "{conf}");
+    }
+
+    #[test]
+    fn only_installed_libraries_are_preloaded() {
+        // Spilo's default list, filtered: what the image has.
+        let conf = render_conf(&parameters(&config(&[]), &tls(), None));
+        assert!(conf.contains("shared_preload_libraries = 'pg_stat_statements'\n"), "{conf}");
+        // A user's list, filtered the same way.
+        let c = config(&[(
+            "TUSK_PG_PARAMETERS",
+            r#"{"shared_preload_libraries":"bg_mon, pg_stat_statements,$libdir/auto_explain.so,\"set_user\""}"#,
+        )]);
+        let conf = render_conf(&parameters(&c, &tls(), None));
+        assert!(conf.contains("shared_preload_libraries = 'pg_stat_statements,$libdir/auto_explain.so'\n"), "{conf}");
+        // A Spilo cluster's config key.
+        let dcs: BTreeMap<String, serde_json::Value> = serde_json::from_str(
+            r#"{"shared_preload_libraries":"bg_mon,pg_stat_statements,pgextwlist,pg_auth_mon,set_user,pg_cron",
+                "session_preload_libraries":"auto_explain,pg_hint_plan","work_mem":"8MB"}"#,
+        )
+        .unwrap();
+        let out = render_dynamic(&dcs, &tls().libraries, |_, _| {});
+        assert!(out.contains("shared_preload_libraries = 'pg_stat_statements'\n"), "{out}");
+        assert!(out.contains("session_preload_libraries = 'auto_explain'\n"), "{out}");
+        assert!(out.contains("left out (not installed here): bg_mon,pgextwlist,pg_auth_mon,set_user,pg_cron"), "{out}");
+        assert!(out.contains("work_mem = '8MB'"), "{out}");
+        // Nothing installed: an empty list, which postgres accepts.
+        assert_eq!(Libraries::default().filter("a,b"), (String::new(), vec!["a".to_owned(), "b".to_owned()]));
     }
 
     #[test]

@@ -51,6 +51,12 @@ impl Binaries {
     pub fn tool(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// The loadable modules' directory (`pg_config --pkglibdir` on Debian
+    /// and in the image: `<major>/lib` beside `<major>/bin`).
+    pub fn libdir(&self) -> PathBuf {
+        self.dir.parent().map_or_else(|| self.dir.join("../lib"), |p| p.join("lib"))
+    }
 }
 
 /// What the data directory holds before tusk touches it.
