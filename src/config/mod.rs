@@ -72,9 +72,24 @@ pub struct Config {
     pub clone: Option<clone::CloneConfig>,
     /// `STANDBY_HOST` / `STANDBY_SCOPE`: a standby cluster of another one.
     pub standby: Option<clone::StandbyConfig>,
+    /// `CALLBACK_SCRIPT`: Patroni's `on_start`, `on_stop` and
+    /// `on_role_change` callbacks, as Spilo sets them.
+    pub callbacks: Option<CallbackConfig>,
     /// What was read but ignored, for the start-up log (never a secret).
     #[serde(skip)]
     pub warnings: Vec<String>,
+}
+
+/// A callback command and what it runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallbackConfig {
+    /// The command as words (shell quoting honoured, no shell); Patroni's
+    /// arguments (`<action> <role> <scope>`) are appended.
+    pub command: Vec<String>,
+    /// postgres's environment plus `AWS_*` and `EIP_ALLOCATION` (what
+    /// Spilo's AWS callbacks read); never serialized.
+    #[serde(skip)]
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,6 +250,7 @@ pub(crate) struct RawEnv {
     pub tusk_pg_parameters: Option<String>,
     pub tusk_socket_dir: Option<String>,
     pub tusk_bootstrap_dcs: Option<String>,
+    pub callback_script: Option<String>,
     pub notify_socket: Option<String>,
 
     pub wal_s3_bucket: Option<String>,
@@ -404,6 +420,21 @@ impl Config {
                 other: Default::default(),
             });
         }
+        let callbacks = match raw.callback_script.as_deref() {
+            None => None,
+            Some(script) => {
+                let command = shlex::split(script)
+                    .filter(|w| !w.is_empty())
+                    .ok_or_else(|| ConfigError::new("CALLBACK_SCRIPT", "unbalanced quotes in the command"))?;
+                let mut cb_env = inherited_env(env);
+                for (k, v) in env {
+                    if k.starts_with("AWS_") || k == "EIP_ALLOCATION" {
+                        cb_env.push((k.clone(), v.clone()));
+                    }
+                }
+                Some(CallbackConfig { command, env: cb_env })
+            }
+        };
         let log_format = parse_log_format(raw.tusk_log_format.as_deref())?;
         let log_level = raw.tusk_log_level.clone().unwrap_or_else(|| "info".to_owned());
         tracing_subscriber::EnvFilter::try_new(&log_level)
@@ -434,6 +465,7 @@ impl Config {
             storage,
             clone,
             standby,
+            callbacks,
             warnings,
         })
     }

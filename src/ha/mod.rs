@@ -1,6 +1,7 @@
 //! High availability: the decision ([`decide`]) and, around it, the executor.
 
 mod actions;
+mod callbacks;
 mod commands;
 mod credentials;
 pub mod decide;

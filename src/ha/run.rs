@@ -25,6 +25,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_postgres::Client;
 
+use super::callbacks::CallbackTask;
 use super::decide::{Action, Due, decide, schedule_due};
 use super::lease::{Lease, keep_lease};
 use crate::api::{self, ApiClient, Command, NodeStatus, RestartRequest};
@@ -65,6 +66,8 @@ pub struct Ha {
     pub(super) rewind_failed: bool,
     /// What `tusk.dcs.conf` last left out of the dynamic configuration (logged).
     pub(super) dynamic_left_out: Vec<String>,
+    /// Runs `CALLBACK_SCRIPT` on status changes.
+    pub(super) callbacks: Option<CallbackTask>,
     pub(super) status: watch::Sender<NodeStatus>,
     pub(super) wake: Arc<Notify>,
     pub(super) last_idle: &'static str,
@@ -154,7 +157,15 @@ pub(crate) async fn run(
         cfg.scope
     );
     let wake = Arc::new(Notify::new());
+    let callbacks = cfg.callbacks.clone().map(|cb| {
+        tracing::info!(
+            command = cb.command.join(" "),
+            "callbacks: on_start, on_stop, on_role_change (CALLBACK_SCRIPT)"
+        );
+        CallbackTask::spawn(cb, cfg.scope.clone(), run_as.clone(), api.status.subscribe())
+    });
     let mut ha = Ha {
+        callbacks,
         lease: Lease::granted(lease, ttl, Instant::now()),
         cfg,
         bin,
@@ -479,6 +490,12 @@ impl Ha {
         }
         if leader {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.dcs.release_leader(&self.cfg.name)).await;
+        }
+        if let Some(cb) = self.callbacks.take() {
+            // The on_stop of this stop, within what is left of the budget.
+            self.state = State::Stopped;
+            self.publish_status();
+            cb.finish(Duration::from_secs(2)).await;
         }
         code
     }
