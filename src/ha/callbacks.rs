@@ -26,6 +26,7 @@ pub(super) const CALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Patroni's callback actions (the ones `CALLBACK_SCRIPT` sets, and restart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // Patroni's names: on_start, on_stop, ...
 pub(super) enum Action {
     OnStart,
     OnStop,
@@ -270,7 +271,8 @@ mod tests {
 
     #[test]
     fn patronis_callbacks_for_status_changes() {
-        let cases: Vec<(&str, Vec<(State, Role)>, Vec<(Action, &str)>)> = vec![
+        type Case = (&'static str, Vec<(State, Role)>, Vec<(Action, &'static str)>);
+        let cases: Vec<Case> = vec![
             (
                 "bootstrap as the leader, then a clean stop",
                 vec![
