@@ -164,7 +164,13 @@ fn prepare_common(cfg: &Config, slot: &ArchiveSlot) -> Result<Prepared, NodeErro
     Ok(Prepared {
         layout,
         run_as,
-        inputs: files::ConfInputs { tls, archive: archive.commands, recovery: Default::default(), libraries },
+        inputs: files::ConfInputs {
+            tls,
+            archive: archive.commands,
+            recovery: Default::default(),
+            libraries,
+            standby_minimums: Default::default(),
+        },
     })
 }
 

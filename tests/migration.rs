@@ -125,3 +125,431 @@ fn callback_script_runs_patronis_callbacks() {
     let li = c.index(&leader);
     c.nodes[li].stop_cleanly(Duration::from_secs(60));
 }
+
+/// Passwords shared by the Patroni and the tusk members of a mixed cluster.
+const SU_PW: &str = "mixed-su";
+const REP_PW: &str = "mixed-rep";
+
+/// A Patroni 3.0.2 member (Debian's `patroni`), run as postgres, with
+/// PostgreSQL without TLS (as plain Patroni installs run it).
+struct PatroniNode {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PatroniNode {
+    fn new(base: &std::path::Path, name: &str, scope: &str, etcd: &testbed::Etcd) -> PatroniNode {
+        let dir = base.join(name);
+        let sock = dir.join("sock");
+        std::fs::create_dir_all(&sock).expect("mkdir");
+        let (port, api) = (ports::free_port(), ports::free_port());
+        let cfg = format!(
+            "scope: {scope}
+namespace: /service/
+name: {name}
+restapi: {{listen: 127.0.0.1:{api}, connect_address: 127.0.0.1:{api}}}
+etcd3: {{hosts: {hosts}, protocol: https, cacert: {ca}, cert: {cert}, key: {key}}}
+bootstrap:
+  dcs: {{ttl: 10, loop_wait: 2, retry_timeout: 3, maximum_lag_on_failover: 1048576,
+        postgresql: {{use_pg_rewind: true, use_slots: true, parameters: {{wal_log_hints: 'on'}}}}}}
+  initdb: [{{encoding: UTF8}}, data-checksums]
+postgresql:
+  listen: 127.0.0.1:{port}
+  connect_address: 127.0.0.1:{port}
+  data_dir: {data}
+  bin_dir: {bin}
+  pgpass: {dir}/pgpass
+  authentication:
+    superuser: {{username: postgres, password: {SU_PW}}}
+    replication: {{username: standby, password: {REP_PW}}}
+    rewind: {{username: postgres, password: {SU_PW}}}
+  parameters: {{unix_socket_directories: '{sock}', shared_buffers: 32MB, max_connections: 30}}
+  pg_hba: [local all all trust, host all all 127.0.0.1/32 md5, host replication standby 127.0.0.1/32 md5]
+",
+            hosts = etcd.endpoints.join(","),
+            ca = etcd.ca.display(),
+            cert = etcd.cert.display(),
+            key = etcd.key.display(),
+            data = dir.join("data").display(),
+            bin = node::PG_BIN,
+            dir = dir.display(),
+            sock = sock.display(),
+        );
+        std::fs::write(dir.join("patroni.yml"), cfg).expect("patroni.yml");
+        // The client key is root's; Patroni runs as postgres and reads a copy.
+        let key_copy = dir.join("etcd-client.key");
+        std::fs::copy(&etcd.key, &key_copy).expect("key copy");
+        let yml = std::fs::read_to_string(dir.join("patroni.yml")).expect("read");
+        std::fs::write(
+            dir.join("patroni.yml"),
+            yml.replace(&etcd.key.display().to_string(), &key_copy.display().to_string()),
+        )
+        .expect("patroni.yml");
+        let status = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+        assert!(status.is_ok_and(|s| s.success()), "chown");
+        PatroniNode { dir, port, child: None }
+    }
+
+    fn start(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("patroni.log")).expect("log");
+        let child = std::process::Command::new("setpriv")
+            .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "patroni"])
+            .arg(self.dir.join("patroni.yml"))
+            .current_dir(&self.dir)
+            // libpq looks for client certificates under $HOME/.postgresql:
+            // postgres's home, not root's (which it may not read).
+            .env("HOME", &self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("patroni");
+        self.child = Some(child);
+    }
+
+    fn sql(&self, q: &str) -> Option<String> {
+        sql_at(&self.dir.join("sock"), self.port, q)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("patroni.log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let t0 = std::time::Instant::now();
+            while c.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // A postmaster Patroni left behind.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            && let Some(pid) = pid.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
+        }
+    }
+}
+
+impl Drop for PatroniNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn sql_at(sock: &std::path::Path, port: u16, q: &str) -> Option<String> {
+    let out = std::process::Command::new(format!("{}/psql", node::PG_BIN))
+        .args(["-XAtq", "-h"])
+        .arg(sock)
+        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", q])
+        .env("PGCONNECT_TIMEOUT", "1")
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Inserts a numbered row every 20 ms into whichever member takes writes,
+/// recording each acknowledged number and when.
+struct MixedWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acks: std::sync::Arc<std::sync::Mutex<Vec<(u64, std::time::Instant)>>>,
+    /// Which target acknowledged each number.
+    by: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MixedWriter {
+    fn start(targets: Vec<(std::path::PathBuf, u16)>) -> MixedWriter {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acks: std::sync::Arc<std::sync::Mutex<Vec<(u64, std::time::Instant)>>> = Default::default();
+        let by: std::sync::Arc<std::sync::Mutex<Vec<usize>>> = Default::default();
+        let (s, a, b) = (stop.clone(), acks.clone(), by.clone());
+        let thread = std::thread::spawn(move || {
+            let mut next = 1u64;
+            let mut last_good = 0usize;
+            while !s.load(Ordering::SeqCst) {
+                let order: Vec<usize> = (0..targets.len()).map(|k| (last_good + k) % targets.len()).collect();
+                for i in order {
+                    let (sock, port) = &targets[i];
+                    if sql_at(sock, *port, &format!("INSERT INTO w VALUES ({next})")).is_some() {
+                        a.lock().expect("acks").push((next, std::time::Instant::now()));
+                        b.lock().expect("by").push(i);
+                        last_good = i;
+                        break;
+                    }
+                }
+                next += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        MixedWriter { stop, acks, by, thread: Some(thread) }
+    }
+
+    fn acks(&self) -> Vec<(u64, std::time::Instant)> {
+        self.acks.lock().expect("acks").clone()
+    }
+
+    /// The longest wait between two acknowledgements in `[from, to]`.
+    fn gap(&self, from: std::time::Instant, to: std::time::Instant) -> Duration {
+        let acks = self.acks();
+        let mut last = acks.iter().rev().find(|(_, t)| *t <= from).map_or(from, |(_, t)| *t);
+        let mut gap = Duration::ZERO;
+        for (_, t) in acks.iter().filter(|(_, t)| *t > from && *t <= to) {
+            gap = gap.max(*t - last);
+            last = *t;
+        }
+        gap
+    }
+
+    fn finish(mut self) -> (Vec<(u64, std::time::Instant)>, Vec<usize>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("writer");
+        }
+        (self.acks(), self.by.lock().expect("by").clone())
+    }
+}
+
+/// The member that takes writes now, by name, among `members` (name, sock, port).
+fn primary_of(members: &[(String, std::path::PathBuf, u16)]) -> Option<String> {
+    members
+        .iter()
+        .find(|(_, s, p)| sql_at(s, *p, "SELECT pg_is_in_recovery()").as_deref() == Some("f"))
+        .map(|(n, _, _)| n.clone())
+}
+
+/// The last lines of each log, for failure messages.
+fn tails(logs: &[std::path::PathBuf]) -> String {
+    let mut out = String::new();
+    for l in logs {
+        let text = std::fs::read_to_string(l).unwrap_or_default();
+        let lines: Vec<&str> =
+            text.lines().filter(|l| !l.contains(" postgres: ") || l.contains("FATAL") || l.contains("ERROR")).collect();
+        out.push_str(&format!("==== {}\n{}\n", l.display(), lines[lines.len().saturating_sub(40)..].join("\n")));
+    }
+    out
+}
+
+/// Waits until `leader` is the primary and every other member streams from it.
+fn wait_settled(members: &[(String, std::path::PathBuf, u16)], leader: &str, limit: Duration, what: &str) {
+    let t0 = std::time::Instant::now();
+    let (_, s, p) = members.iter().find(|(n, _, _)| n == leader).expect("leader member");
+    loop {
+        let primary = primary_of(members);
+        // On the leader, pg_basebackup's WAL stream counts as streaming too:
+        // each follower's own receiver says whether it follows.
+        let streaming = sql_at(s, *p, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'");
+        let following = members
+            .iter()
+            .filter(|(n, _, _)| n != leader)
+            .all(|(_, s, p)| sql_at(s, *p, "SELECT status FROM pg_stat_wal_receiver").as_deref() == Some("streaming"));
+        if primary.as_deref() == Some(leader)
+            && following
+            && streaming.as_deref() == Some(&(members.len() - 1).to_string())
+        {
+            return;
+        }
+        if t0.elapsed() > limit {
+            let logs: Vec<std::path::PathBuf> = members
+                .iter()
+                .map(|(n, s, _)| {
+                    let dir = s.parent().expect("member dir");
+                    if n.starts_with('p') { dir.join("patroni.log") } else { dir.join("tusk.log") }
+                })
+                .collect();
+            panic!(
+                "{what}: not settled on {leader} after {limit:?} (primary {primary:?}, streaming {streaming:?})\n{}",
+                tails(&logs)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// patronictl (Debian's 3.0.2) against the mixed cluster.
+fn patronictl(ctl: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("patronictl").arg("-c").arg(ctl).args(args).output().expect("patronictl");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "patronictl {args:?}: {text}");
+    text
+}
+
+/// The migration path: one scope, two Patroni 3.0.2 members (PostgreSQL
+/// without TLS) and a tusk member joining them, with a writer recording
+/// every acknowledged write throughout. tusk joins as a streaming replica
+/// using its slot; `patronictl switchover` moves the leader Patroni→tusk,
+/// tusk→Patroni and Patroni→tusk, the others following each time; a crash
+/// of the tusk leader fails over to a Patroni member, the tusk node rejoins
+/// and takes the leader back; `patronictl list` shows all three. No write
+/// acknowledged before a switchover is lost; a crash loses at most what the
+/// last moment of asynchronous replication had not shipped.
+#[test]
+fn mixed_cluster_with_patroni_hands_over_both_ways() {
+    require_root();
+    let mut c = cluster("mixed", 1);
+    let tusk = "n1".to_owned();
+    c.nodes[0]
+        .set("PGPASSWORD_SUPERUSER", SU_PW)
+        .set("PGPASSWORD_STANDBY", REP_PW)
+        .set("PATRONI_REPLICATION_SSLMODE", "prefer")
+        .set("PATRONI_SUPERUSER_SSLMODE", "prefer");
+    let mut p1 = PatroniNode::new(c.dir.path(), "p1", &c.scope, c.etcd);
+    let mut p2 = PatroniNode::new(c.dir.path(), "p2", &c.scope, c.etcd);
+    p1.start();
+    let t0 = std::time::Instant::now();
+    while p1.sql("SELECT pg_is_in_recovery()").as_deref() != Some("f") {
+        assert!(t0.elapsed() < Duration::from_secs(90), "p1 did not bootstrap:\n{}", p1.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    p2.start();
+    let members = vec![
+        ("p1".to_owned(), p1.dir.join("sock"), p1.port),
+        ("p2".to_owned(), p2.dir.join("sock"), p2.port),
+        (tusk.clone(), c.nodes[0].socket_dir(), c.nodes[0].pg_port),
+    ];
+    let patroni_only = &members[..2];
+    wait_settled(patroni_only, "p1", Duration::from_secs(90), "Patroni bootstrap");
+    p1.sql("CREATE TABLE w (id bigint PRIMARY KEY)").expect("table");
+    let start = std::time::Instant::now();
+    let writer = MixedWriter::start(members.iter().map(|(_, s, p)| (s.clone(), *p)).collect());
+    let mut gaps: Vec<(&str, Duration)> = Vec::new();
+    let mut steps: Vec<(&str, std::time::Instant)> = Vec::new();
+    let ctl = c.patronictl_config();
+    let mut switchover = |from: &str, to: &str, what: &'static str, members: &[(String, std::path::PathBuf, u16)]| {
+        let t = std::time::Instant::now();
+        steps.push((what, t));
+        // patronictl exits 0 even when the leader refuses (a candidate not
+        // yet healthy by its API): retried until it says it switched.
+        let mut tries = 0;
+        loop {
+            let out = patronictl(&ctl, &["switchover", "--master", from, "--candidate", to, "--force"]);
+            if out.contains("Successfully switched over") {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 10, "{what}: patronictl switchover did not switch:\n{out}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        wait_settled(members, to, Duration::from_secs(120), what);
+        std::thread::sleep(Duration::from_millis(500));
+        gaps.push((what, writer.gap(t, std::time::Instant::now())));
+    };
+
+    // Patroni→Patroni, the baseline.
+    switchover("p1", "p2", "Patroni→Patroni", patroni_only);
+
+    // tusk joins as a replica, streaming through its slot.
+    c.nodes[0].start();
+    wait_settled(&members, "p2", Duration::from_secs(120), "tusk joins");
+    let t0 = std::time::Instant::now();
+    loop {
+        let slot = p2.sql("SELECT active FROM pg_replication_slots WHERE slot_name = 'n1'");
+        if slot.as_deref() == Some("t") {
+            break;
+        }
+        let all = p2.sql("SELECT slot_name, active, active_pid FROM pg_replication_slots");
+        let conninfo = sql_at(&c.nodes[0].socket_dir(), c.nodes[0].pg_port, "SHOW primary_slot_name");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "tusk streams through its slot on the Patroni leader: slots {all:?}, tusk's primary_slot_name {conninfo:?}\n{}\n{}",
+            tails(&[
+                c.nodes[0].log.clone(),
+                c.nodes[0].data().join("postgresql.conf"),
+                c.nodes[0].data().join("tusk.conf")
+            ]),
+            tails(&[c.nodes[0].data().join("postgresql.auto.conf")])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    switchover("p2", &tusk, "Patroni→tusk", &members);
+    switchover(&tusk, "p1", "tusk→Patroni", &members);
+    switchover("p1", &tusk, "Patroni→tusk (again)", &members);
+    let before_crash = writer.acks();
+
+    // A crash of the tusk leader: a Patroni member takes over.
+    let crash = std::time::Instant::now();
+    c.kill_node(&tusk);
+    let t0 = std::time::Instant::now();
+    let new_leader = loop {
+        if let Some(p) = primary_of(patroni_only) {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no Patroni member took over after the tusk leader crashed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let failover_gap = writer.gap(crash, std::time::Instant::now());
+    // The tusk node rejoins (pg_rewind where it diverged) and takes the lead back.
+    c.nodes[0].start();
+    wait_settled(&members, &new_leader, Duration::from_secs(180), "tusk rejoins after its crash");
+    switchover(&new_leader, &tusk, "Patroni→tusk (after the crash)", &members);
+
+    // patronictl shows the three members as Patroni's would be (a Patroni
+    // member's key catches up with its postgres within a loop or two).
+    let t0 = std::time::Instant::now();
+    loop {
+        let list = c.patronictl_list();
+        let good = list.len() == 3
+            && list.iter().all(|m| {
+                let leader = m["Member"] == tusk.as_str();
+                m["Role"] == if leader { "Leader" } else { "Replica" }
+                    && (m["State"] == "running" || m["State"] == "streaming")
+            });
+        if good {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "patronictl list: {list:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (acks, by) = writer.finish();
+
+    // Nothing acknowledged is lost, except what the crash's last instant had
+    // not shipped (asynchronous replication).
+    let rows: std::collections::BTreeSet<u64> =
+        sql_at(&c.nodes[0].socket_dir(), c.nodes[0].pg_port, "SELECT id FROM w")
+            .expect("rows")
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+    let lost: Vec<&(u64, std::time::Instant)> = acks.iter().filter(|(id, _)| !rows.contains(id)).collect();
+    let lost_in_switchovers: Vec<u64> =
+        lost.iter().filter(|(_, t)| *t + Duration::from_secs(1) < crash || *t > crash).map(|(id, _)| *id).collect();
+    if !lost_in_switchovers.is_empty() {
+        let detail: Vec<String> = acks
+            .iter()
+            .zip(&by)
+            .filter(|((id, _), _)| lost_in_switchovers.contains(id))
+            .map(|((id, t), i)| format!("{id}@{}:{}ms", members[*i].0, t.duration_since(start).as_millis()))
+            .collect();
+        let steps: Vec<String> =
+            steps.iter().map(|(w, t)| format!("{w}@{}ms", t.duration_since(start).as_millis())).collect();
+        let keep = format!("/tmp/tusk-mixed-failed-{}", std::process::id());
+        let _ = std::process::Command::new("cp").arg("-r").arg(c.dir.path()).arg(&keep).status();
+        panic!("acknowledged writes lost outside the crash: {detail:?}\nsteps: {steps:?}\n(logs kept in {keep})");
+    }
+    assert!(before_crash.iter().all(|(id, _)| rows.contains(id)) || !lost.is_empty());
+    eprintln!("mixed cluster: {} acknowledged writes; lost at the crash: {}", acks.len(), lost.len());
+    for (what, gap) in &gaps {
+        eprintln!("  switchover {what}: longest write gap {} ms", gap.as_millis());
+    }
+    eprintln!("  crash of the tusk leader → Patroni: longest write gap {} ms", failover_gap.as_millis());
+    // Every replica has every row the leader has.
+    let count = rows.len().to_string();
+    for (name, s, p) in &members {
+        let t0 = std::time::Instant::now();
+        while sql_at(s, *p, "SELECT count(*) FROM w").as_deref() != Some(count.as_str()) {
+            assert!(t0.elapsed() < Duration::from_secs(30), "{name} lacks rows");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    c.nodes[0].stop_cleanly(Duration::from_secs(60));
+    p1.stop();
+    p2.stop();
+}

@@ -177,7 +177,13 @@ async fn recover(
     recovery.insert("recovery_target_timeline".into(), target.timeline.clone());
     // Nothing of the source's is archived again, and nothing is archived
     // before the promotion anyway.
-    let inputs = ConfInputs { recovery, ..inputs.clone() };
+    // The source's settings from the copied pg_control: recovery aborts on
+    // lower ones ("insufficient parameter settings").
+    let standby_minimums = crate::postgres::replication::controldata(bin, &cfg.postgres.data)
+        .await
+        .map(|cd| cd.standby_minimums)
+        .unwrap_or_default();
+    let inputs = ConfInputs { recovery, standby_minimums, ..inputs.clone() };
     files::write_all(cfg, &inputs, run_as, &Role::Primary).map_err(internal)?;
     atomic::write_atomic(&cfg.postgres.data.join("recovery.signal"), b"", 0o600, run_as).map_err(internal)?;
     crate::postgres::process::clear_stale_pid_file(&cfg.postgres.data).map_err(internal)?;

@@ -388,8 +388,37 @@ impl Ha {
                 tracing::warn!("{e}");
             }
         }
+        // A standby must not start with lower settings than its primary's
+        // (from pg_control); kept for later rewrites of tusk.conf.
+        let minimums = match &role {
+            Role::Replica(_) => match replication::controldata(&self.bin, &self.cfg.postgres.data).await {
+                Ok(cd) => cd.standby_minimums,
+                Err(e) => {
+                    tracing::warn!("cannot read the primary's settings from pg_control: {e}");
+                    BTreeMap::new()
+                }
+            },
+            Role::Primary => BTreeMap::new(),
+        };
+        if minimums != self.inputs.standby_minimums {
+            let own =
+                files::parameters(&self.cfg, &ConfInputs { standby_minimums: BTreeMap::new(), ..inputs.clone() }, None);
+            let raised: Vec<String> = minimums
+                .iter()
+                .filter(|(k, min)| own.get(*k).and_then(|v| v.parse::<u64>().ok()).is_none_or(|v| v < **min))
+                .map(|(k, min)| format!("{k}={min}"))
+                .collect();
+            if !raised.is_empty() {
+                tracing::info!(
+                    raised = raised.join(" "),
+                    "as a standby: settings raised to the primary's (from pg_control)"
+                );
+            }
+            self.inputs.standby_minimums = minimums.clone();
+        }
+        let inputs = ConfInputs { standby_minimums: minimums, ..inputs.clone() };
         process::clear_stale_pid_file(&self.cfg.postgres.data)?;
-        files::write_all(&self.cfg, inputs, &self.run_as, &role)?;
+        files::write_all(&self.cfg, &inputs, &self.run_as, &role)?;
         self.pm = Some(Postmaster::start(&self.cfg, &self.bin, &self.run_as)?);
         self.upstream = match role {
             Role::Replica(up) => up,

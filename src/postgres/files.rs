@@ -43,6 +43,11 @@ pub struct ConfInputs {
     pub recovery: BTreeMap<String, String>,
     /// The loadable libraries of the binaries in use.
     pub libraries: Libraries,
+    /// A standby's lower bounds from its pg_control (the primary's
+    /// `max_connections` and friends): tusk's own values are raised to
+    /// them, as Patroni does, so that a member with less memory (or a
+    /// Patroni primary with other settings) can be followed.
+    pub standby_minimums: BTreeMap<String, u64>,
 }
 
 /// Spilo's `shared_preload_libraries`, of which only the installed ones
@@ -163,8 +168,17 @@ pub fn parameters(cfg: &Config, inputs: &ConfInputs, upstream: Option<&Upstream>
     for (k, v) in given {
         p.insert(k, v);
     }
+    for (k, min) in &inputs.standby_minimums {
+        if p.get(k).and_then(|v| v.parse::<u64>().ok()).is_none_or(|v| v < *min) {
+            p.insert(k.clone(), min.to_string());
+        }
+    }
     // Managed: config validation refuses these in TUSK_PG_PARAMETERS.
     p.insert("port".into(), cfg.postgres.port.to_string());
+    // Ours, whatever a postgresql.conf copied from a Patroni member names
+    // (its own paths, on its own host).
+    p.insert("hba_file".into(), cfg.postgres.data.join("pg_hba.conf").display().to_string());
+    p.insert("ident_file".into(), cfg.postgres.data.join("pg_ident.conf").display().to_string());
     p.insert("unix_socket_directories".into(), cfg.postgres.socket_dir.display().to_string());
     p.insert("restart_after_crash".into(), "off".into());
     p.insert("logging_collector".into(), "off".into());
@@ -367,7 +381,7 @@ mod tests {
     fn tls() -> ConfInputs {
         let tls = TlsPaths { cert: "/r/certs/server.crt".into(), key: "/r/certs/server.key".into(), ca: None };
         let libraries = Libraries(["pg_stat_statements", "auto_explain"].map(String::from).into());
-        ConfInputs { tls, archive: None, recovery: BTreeMap::new(), libraries }
+        ConfInputs { tls, archive: None, recovery: BTreeMap::new(), libraries, standby_minimums: BTreeMap::new() }
     }
 
     #[test]
@@ -404,6 +418,21 @@ mod tests {
         let conf = render_conf(&parameters(&config(&[("WAL_S3_BUCKET", "b")]), &inputs, None));
         assert!(conf.contains("archive_command = '/usr/bin/tusk wal-push \"%p\"'"), "{conf}");
         assert!(conf.contains("restore_command = '/usr/bin/tusk wal-fetch \"%f\" \"%p\"'"), "{conf}");
+    }
+
+    #[test]
+    fn a_standby_meets_its_primarys_settings() {
+        let c = config(&[("TUSK_PG_PARAMETERS", r#"{"max_connections":"30","max_wal_senders":"20"}"#)]);
+        let minimums = BTreeMap::from([
+            ("max_connections".to_owned(), 100),
+            ("max_wal_senders".to_owned(), 10),
+            ("max_locks_per_transaction".to_owned(), 128),
+        ]);
+        let inputs = ConfInputs { standby_minimums: minimums, ..tls() };
+        let conf = render_conf(&parameters(&c, &inputs, None));
+        for line in ["max_connections = '100'", "max_wal_senders = '20'", "max_locks_per_transaction = '128'"] {
+            assert!(conf.lines().any(|l| l == line), "missing {line:?} in\n{conf}");
+        }
     }
 
     #[test]

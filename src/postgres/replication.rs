@@ -155,7 +155,21 @@ pub struct ControlData {
     /// "in production", "shut down", "shut down in recovery", "in archive recovery", ...
     pub state: String,
     pub timeline: u32,
+    /// The settings a hot standby must match or exceed (the primary's, as
+    /// last replayed), by parameter name: PostgreSQL aborts recovery when
+    /// one is lower ("insufficient parameter settings").
+    pub standby_minimums: std::collections::BTreeMap<String, u64>,
 }
+
+/// pg_controldata's names of the settings a hot standby must not have lower
+/// than its primary, and the parameters they are.
+const STANDBY_MINIMUMS: [(&str, &str); 5] = [
+    ("max_connections setting", "max_connections"),
+    ("max_worker_processes setting", "max_worker_processes"),
+    ("max_wal_senders setting", "max_wal_senders"),
+    ("max_prepared_xacts setting", "max_prepared_transactions"),
+    ("max_locks_per_xact setting", "max_locks_per_transaction"),
+];
 
 impl ControlData {
     /// Whether the cluster last ran as a primary.
@@ -182,6 +196,10 @@ pub async fn controldata(bin: &Binaries, data: &Path) -> Result<ControlData, PgE
         sysid: field("Database system identifier").unwrap_or_default(),
         state: field("Database cluster state").unwrap_or_default(),
         timeline: field("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0),
+        standby_minimums: STANDBY_MINIMUMS
+            .iter()
+            .filter_map(|(label, param)| Some(((*param).to_owned(), field(label)?.parse().ok()?)))
+            .collect(),
     })
 }
 
