@@ -2,15 +2,31 @@
 //! brotli stream (`.br`), none (no extension, or a trailing dot as WAL-G
 //! v3.0.5 writes it). Whole buffers ([`compress`], [`decompress`]) for WAL
 //! files; a streaming [`Encoder`] for what does not fit in memory.
+//!
+//! Read only ([`decompress`], [`decoder`]; the encoders refuse them):
+//! WAL-G's `lzma` (`.lzma`: the LZMA "alone" format of ulikunitz/xz's
+//! `lzma.Writer` — 13-byte header, unknown size, end marker — decoded by
+//! `lzma-rs`; an xz container is refused by name) and WAL-E's lzop files
+//! (`.lzo`, [`super::lzop`]).
 
 use std::io::{Read, Write};
 
+use super::lzop::LzopReader;
 use crate::config::Compression;
 
 /// Every extension a reader accepts, in the order tusk prefers them when
-/// (unexpectedly) several objects exist for one name. `""` = no extension,
-/// `"."` = WAL-G's trailing-dot quirk.
-pub const READ_EXTENSIONS: [&str; 5] = ["lz4", "zst", "br", "", "."];
+/// (unexpectedly) several objects exist for one name: tusk's and WAL-G's
+/// checksummed formats first, WAL-G's `lzma`, WAL-E's `lzo`, then none.
+/// `""` = no extension, `"."` = WAL-G's trailing-dot quirk.
+pub const READ_EXTENSIONS: [&str; 7] = ["lz4", "zst", "br", "lzma", "lzo", "", "."];
+
+/// The most memory the LZMA dictionary may take while decoding (WAL-G's
+/// writer uses 8 MiB, `xz -9` 64 MiB): a header asking for more is decoded
+/// only as long as the output fits in this much.
+const LZMA_MEMLIMIT: usize = 64 << 20;
+/// The first byte of an xz container (`FD 37 7A 58 5A 00`). It is not a
+/// valid LZMA properties byte, so it tells the two apart.
+const XZ_FIRST: u8 = 0xFD;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -20,6 +36,8 @@ pub enum CodecError {
     Decompress { what: String, source: std::io::Error },
     #[error("{what} decompresses to more than {limit} bytes")]
     TooLarge { what: String, limit: u64 },
+    #[error("tusk reads {ext} but never writes it: new objects are lz4, zst, br or uncompressed")]
+    ReadOnly { ext: &'static str },
 }
 
 /// The codec for an object name extension (without the dot).
@@ -28,6 +46,8 @@ pub fn from_extension(ext: &str) -> Option<Compression> {
         "lz4" => Some(Compression::Lz4),
         "zst" => Some(Compression::Zstd),
         "br" => Some(Compression::Brotli),
+        "lzma" => Some(Compression::Lzma),
+        "lzo" => Some(Compression::Lzo),
         "" | "." => Some(Compression::None),
         _ => None,
     }
@@ -50,10 +70,12 @@ fn pump(input: &mut impl Read, out: &mut impl Write) -> std::io::Result<()> {
 }
 
 /// Compresses everything `input` yields. `size_hint` sizes the output buffer.
+/// The read-only methods are refused ([`CodecError::ReadOnly`]).
 pub fn compress(method: Compression, mut input: impl Read, size_hint: usize) -> Result<Vec<u8>, CodecError> {
     let ext = method.extension();
     let err = |source| CodecError::Compress { ext, source };
     match method {
+        Compression::Lzma | Compression::Lzo => Err(CodecError::ReadOnly { ext }),
         Compression::None => {
             let mut out = Vec::with_capacity(size_hint);
             input.read_to_end(&mut out).map_err(err)?;
@@ -82,7 +104,8 @@ pub fn compress(method: Compression, mut input: impl Read, size_hint: usize) -> 
 
 /// A streaming encoder into `W`: write the uncompressed bytes, then
 /// [`Encoder::finish`] ends the frame and returns `W`. The same formats as
-/// [`compress`] (any standard reader, and [`decompress`], reads them).
+/// [`compress`] (any standard reader, and [`decompress`], reads them); the
+/// read-only methods are refused.
 pub enum Encoder<W: Write> {
     None(W),
     Lz4(lz4_flex::frame::FrameEncoder<W>),
@@ -95,6 +118,7 @@ impl<W: Write> Encoder<W> {
         let ext = method.extension();
         let err = |source| CodecError::Compress { ext, source };
         Ok(match method {
+            Compression::Lzma | Compression::Lzo => return Err(CodecError::ReadOnly { ext }),
             Compression::None => Encoder::None(out),
             Compression::Lz4 => {
                 use lz4_flex::frame::{BlockSize, FrameInfo};
@@ -193,7 +217,8 @@ fn lz4_frame(input: &mut impl Read, size_hint: usize) -> std::io::Result<Vec<u8>
 /// [`chunk`](ChunkCodec::chunk) for each piece in order, then
 /// [`trailer`](ChunkCodec::trailer). LZ4: one frame of independent blocks;
 /// zstd: one frame per chunk (a valid stream of concatenated frames); none:
-/// the bytes. Brotli has no such form ([`ChunkCodec::new`] refuses it).
+/// the bytes. Brotli has no such form ([`ChunkCodec::new`] refuses it, and
+/// the read-only methods).
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkCodec {
     method: Compression,
@@ -201,7 +226,7 @@ pub struct ChunkCodec {
 
 impl ChunkCodec {
     pub fn new(method: Compression) -> Option<ChunkCodec> {
-        (method != Compression::Brotli).then_some(ChunkCodec { method })
+        matches!(method, Compression::Lz4 | Compression::Zstd | Compression::None).then_some(ChunkCodec { method })
     }
 
     pub fn header(&self) -> Vec<u8> {
@@ -237,7 +262,9 @@ impl ChunkCodec {
                 out.extend_from_slice(data);
                 Ok(())
             }
-            Compression::Brotli => unreachable!("ChunkCodec::new refuses brotli"),
+            Compression::Brotli | Compression::Lzma | Compression::Lzo => {
+                unreachable!("ChunkCodec::new refuses {:?}", self.method)
+            }
         }
     }
 
@@ -294,6 +321,8 @@ pub fn decoder<'a, R: Read + 'a>(method: Compression, input: R) -> std::io::Resu
         // Concatenated frames (tusk's parallel zstd parts) decode as one stream.
         Compression::Zstd => Box::new(zstd::stream::Decoder::new(input)?),
         Compression::Brotli => Box::new(brotli::Decompressor::new(input, 64 << 10)),
+        Compression::Lzma => Box::new(LzmaReader::new(input)),
+        Compression::Lzo => Box::new(LzopReader::new(input)),
     })
 }
 
@@ -309,12 +338,151 @@ pub fn decompress(method: Compression, data: &[u8], limit: u64, what: &str) -> R
             zstd::stream::Decoder::with_buffer(data).map_err(derr)?.take(limit + 1).read_to_end(&mut out)
         }
         Compression::Brotli => brotli::Decompressor::new(data, 64 << 10).take(limit + 1).read_to_end(&mut out),
+        Compression::Lzma => lzma_whole(data, &mut out, limit + 1).map(|()| out.len()),
+        Compression::Lzo => LzopReader::new(data).take(limit + 1).read_to_end(&mut out),
     };
-    read.map_err(derr)?;
+    // First: a decoder stopped at the limit may report that as its error.
     if out.len() as u64 > limit {
         return Err(CodecError::TooLarge { what: what.to_owned(), limit });
     }
+    read.map_err(derr)?;
     Ok(out)
+}
+
+fn lzma_options() -> lzma_rs::decompress::Options {
+    lzma_rs::decompress::Options { memlimit: Some(LZMA_MEMLIMIT), ..Default::default() }
+}
+
+fn lzma_error(e: lzma_rs::error::Error) -> std::io::Error {
+    match e {
+        lzma_rs::error::Error::IoError(e) => e,
+        e => std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    }
+}
+
+fn xz_refused() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "this is an xz container; tusk reads the LZMA-alone format that WAL-G's lzma method writes",
+    )
+}
+
+/// Decodes a whole LZMA-alone object into `out`, at most `max` bytes (the
+/// decoder stops with an error once the output reaches it).
+fn lzma_whole(data: &[u8], out: &mut Vec<u8>, max: u64) -> std::io::Result<()> {
+    if data.first() == Some(&XZ_FIRST) {
+        return Err(xz_refused());
+    }
+    let mut capped = Capped { out, left: max };
+    lzma_rs::lzma_decompress_with_options(&mut &data[..], &mut capped, &lzma_options()).map_err(lzma_error)
+}
+
+/// A `Vec` that takes at most `left` more bytes, then fails every write.
+struct Capped<'a> {
+    out: &'a mut Vec<u8>,
+    left: u64,
+}
+
+impl Write for Capped<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 && !buf.is_empty() {
+            return Err(std::io::Error::other("output limit reached"));
+        }
+        let n = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        self.out.extend_from_slice(&buf[..n]);
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A streaming LZMA-alone decoder over `R`: input is pushed into
+/// `lzma-rs`'s decoder in 64 KiB pieces and its output (a dictionary's
+/// worth at a time) served from a buffer. Memory: the dictionary (at most
+/// [`LZMA_MEMLIMIT`]) and one buffer of output.
+struct LzmaReader<R> {
+    input: R,
+    /// `None` once the input ended and the decoder finished.
+    stream: Option<lzma_rs::decompress::Stream<Vec<u8>>>,
+    chunk: Vec<u8>,
+    out: Vec<u8>,
+    pos: usize,
+    started: bool,
+    /// An error was returned: every later read fails too.
+    failed: bool,
+}
+
+impl<R: Read> LzmaReader<R> {
+    fn new(input: R) -> LzmaReader<R> {
+        LzmaReader {
+            input,
+            stream: Some(lzma_rs::decompress::Stream::new_with_options(&lzma_options(), Vec::new())),
+            chunk: vec![0u8; 64 << 10],
+            out: Vec::new(),
+            pos: 0,
+            started: false,
+            failed: false,
+        }
+    }
+
+    /// Feeds one piece of input (or finishes the stream at its end).
+    fn step(&mut self) -> std::io::Result<()> {
+        let n = loop {
+            match self.input.read(&mut self.chunk) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        let Some(stream) = self.stream.as_mut() else { return Ok(()) };
+        if n == 0 {
+            if let Some(stream) = self.stream.take() {
+                self.out = stream.finish().map_err(lzma_error)?;
+                self.pos = 0;
+            }
+            return Ok(());
+        }
+        if !self.started {
+            self.started = true;
+            if self.chunk[0] == XZ_FIRST {
+                return Err(xz_refused());
+            }
+        }
+        stream.write_all(&self.chunk[..n])?;
+        if let Some(produced) = stream.get_output_mut() {
+            // `out` is drained: hand its allocation back for the next output.
+            std::mem::swap(produced, &mut self.out);
+            produced.clear();
+            self.pos = 0;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for LzmaReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.pos < self.out.len() {
+                let n = buf.len().min(self.out.len() - self.pos);
+                buf[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.failed {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the lzma stream failed to decode"));
+            }
+            if self.stream.is_none() {
+                return Ok(0);
+            }
+            if let Err(e) = self.step() {
+                self.failed = true;
+                return Err(e);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -435,7 +603,14 @@ mod tests {
         assert_eq!(from_extension("br"), Some(Compression::Brotli));
         assert_eq!(from_extension(""), Some(Compression::None));
         assert_eq!(from_extension("."), Some(Compression::None));
-        assert_eq!(from_extension("lzo"), None);
+        assert_eq!(from_extension("lzma"), Some(Compression::Lzma));
+        assert_eq!(from_extension("lzo"), Some(Compression::Lzo));
+        assert_eq!(from_extension("gz"), None);
+        assert_eq!(from_extension("xz"), None);
+        for ext in READ_EXTENSIONS {
+            let m = from_extension(ext).unwrap();
+            assert!(m.extension() == ext || ext == ".", "{ext}");
+        }
     }
 
     #[test]
