@@ -556,7 +556,9 @@ fn walg_lzma_and_wale_lzo_objects_are_fetched() {
     put(&segs[4], "lzma", &flipped);
 
     let source = format!("s3://{}/{legacy}", garage.bucket);
-    let fetch = |seg: &str, dest: &Path| run_direct(&n, &["wal-fetch", seg, dest.to_str().unwrap()], &[("WALG_S3_PREFIX", &source)]);
+    let fetch = |seg: &str, dest: &Path| {
+        run_direct(&n, &["wal-fetch", seg, dest.to_str().unwrap()], &[("WALG_S3_PREFIX", &source)])
+    };
     for (seg, ext, _) in &good {
         let dest = dir.path().join(format!("fetched-{seg}"));
         let (code, err) = fetch(seg, &dest);

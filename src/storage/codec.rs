@@ -651,7 +651,7 @@ mod tests {
             v.extend_from_slice(&(1000 + i / 3).to_le_bytes());
             v.extend_from_slice(&(rnd() as u32).to_le_bytes());
             write!(v, "INSERT accounts {i} 'user{}' balance {}", i % 977, i * 31 % 10_007).unwrap();
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 for _ in 0..4 {
                     v.extend_from_slice(&rnd().to_le_bytes());
                 }
@@ -673,7 +673,9 @@ mod tests {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("the {program} tool is required (install it with scripts/install-testbed.sh): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("the {program} tool is required (install it with scripts/install-testbed.sh): {e}")
+            });
         let mut stdin = child.stdin.take().unwrap();
         let data = input.to_vec();
         let writer = std::thread::spawn(move || stdin.write_all(&data));
@@ -741,7 +743,12 @@ mod tests {
     fn lzma_truncated_corrupt_or_xz_fails() {
         let data = wal_sample(1 << 20);
         let c = reference_tool("xz", &["--format=lzma", "-c", WALG_LZMA], &data);
-        let both = |c: &[u8]| [decompress(Compression::Lzma, c, 16 << 20, "x").map_err(|e| e.to_string()), streamed(Compression::Lzma, c).map_err(|e| e.to_string())];
+        let both = |c: &[u8]| {
+            [
+                decompress(Compression::Lzma, c, 16 << 20, "x").map_err(|e| e.to_string()),
+                streamed(Compression::Lzma, c).map_err(|e| e.to_string()),
+            ]
+        };
         for cut in [0, 1, 5, 12, 13, 14, c.len() / 2, c.len() - 6, c.len() - 1] {
             for r in both(&c[..cut]) {
                 assert!(r.is_err(), "truncated at {cut} of {}: no error", c.len());
@@ -815,7 +822,9 @@ mod tests {
         // Three lzop blocks (256 KiB each).
         let data = wal_sample(640 << 10);
         let c = reference_tool("lzop", &["--stdout"], &data);
-        let both = |c: &[u8]| [decompress(Compression::Lzo, c, 16 << 20, "x").is_err(), streamed(Compression::Lzo, c).is_err()];
+        let both = |c: &[u8]| {
+            [decompress(Compression::Lzo, c, 16 << 20, "x").is_err(), streamed(Compression::Lzo, c).is_err()]
+        };
         for cut in (0..c.len()).step_by(c.len() / 151 + 1).chain([c.len() - 4, c.len() - 1]) {
             assert_eq!(both(&c[..cut]), [true, true], "truncated at {cut} of {}", c.len());
         }
