@@ -224,9 +224,14 @@ impl<R: Read> LzopReader<R> {
         let c_adler = if flags & F_ADLER32_C != 0 && !stored { Some(self.u32("block header")?) } else { None };
         let c_crc = if flags & F_CRC32_C != 0 && !stored { Some(self.u32("block header")?) } else { None };
 
+        // Read as it arrives, not allocated from the announced size: a
+        // short corrupt object cannot make this reserve 64 MiB.
         let mut data = std::mem::take(&mut self.compressed);
-        data.resize(src_len as usize, 0);
-        self.exact(&mut data, "block data")?;
+        data.clear();
+        (&mut self.input).take(u64::from(src_len)).read_to_end(&mut data).map_err(LzopError::Io)?;
+        if data.len() != src_len as usize {
+            return Err(LzopError::Truncated("block data"));
+        }
         verify(block, "compressed Adler-32", c_adler, || adler32(&data))?;
         verify(block, "compressed CRC-32", c_crc, || crc32fast::hash(&data))?;
         if stored {
