@@ -2,13 +2,14 @@
 # Install everything the integration-test bed needs on a Debian 12 machine
 # (run as root). Idempotent: only installs what is missing.
 #   apt: etcd, haproxy, patroni, pgbackrest, podman (+runc), debootstrap,
-#        nftables (tests/etcd_stall cuts one etcd member off its peers), ...
+#        nftables (tests/etcd_stall cuts one etcd member off its peers),
+#        lz4, lzop and xz-utils (reference tools the codec tests compress with), ...
 #   cargo: garage (S3 server), built once into ~/.cargo/bin (~11 min on 2 cores)
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 PKGS=(etcd-server etcd-client haproxy patroni pgbackrest podman runc debootstrap
-      openssl curl uidmap lz4 nftables)
+      openssl curl uidmap lz4 lzop xz-utils nftables)
 # garage needs a C toolchain for its bundled libraries.
 command -v cc >/dev/null 2>&1 || PKGS+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || PKGS+=(pkg-config)

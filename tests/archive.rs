@@ -1,7 +1,8 @@
 //! WAL archiving against the real PostgreSQL and a real garage (S3):
 //! wal-push through the supervisor and without it, wal-fetch, the WAL-G
-//! layout for every compression, recovery only from the archive, an S3
-//! outage, conflicts, corruption. Run as root (postgres runs as postgres).
+//! layout for every compression, WAL-G's lzma and WAL-E's lzo objects read,
+//! recovery only from the archive, an S3 outage, conflicts, corruption.
+//! Run as root (postgres runs as postgres).
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -492,6 +493,92 @@ fn corrupted_object_fails_clearly() {
         assert!(err.contains(seg) && (err.contains("decompress") || err.contains("corrupt")), "{err}");
         assert!(!dest.exists(), "no bad bytes delivered");
     }
+}
+
+/// Compresses `input` with a reference tool of the test bed (`xz`, `lzop`:
+/// scripts/install-testbed.sh installs them; a missing one fails the test).
+fn compress_with(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("the {program} tool is required (install it with scripts/install-testbed.sh): {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// A bucket that WAL-G's `lzma` method and WAL-E filled: real segments,
+/// compressed by the reference tools as those write them (`xz
+/// --format=lzma` with WAL-G's header; `lzop --stdout`, WAL-E's command)
+/// under `wal_005/<segment>.lzma` / `.lzo`, are fetched byte for byte; a
+/// truncated or corrupted one is an error (never "not found", nothing
+/// written).
+#[test]
+fn walg_lzma_and_wale_lzo_objects_are_fetched() {
+    require_root();
+    let garage = shared_garage();
+    let dir = test_dir("arch-legacy");
+    let mut n = archiving_node(dir.path(), garage, &unique_prefix("legacy-own"), "lz4");
+    n.start();
+    n.wait_ready(1);
+    let segs = make_segments(&n, 6);
+    wait_archived(&n, &segs[5]);
+    let original = |seg: &str| std::fs::read(n.data().join("pg_wal").join(seg)).expect("segment still in pg_wal");
+    let walg_lzma = |b: &[u8]| compress_with("xz", &["--format=lzma", "--lzma1=preset=0,dict=8MiB", "-c"], b);
+    let wale_lzo = |b: &[u8]| compress_with("lzop", &["--stdout"], b);
+    let legacy = unique_prefix("legacy");
+    let put = |seg: &str, ext: &str, body: &[u8]| {
+        assert_eq!(garage.put_object(&format!("{legacy}/wal_005/{seg}.{ext}"), body), 200, "{seg}.{ext}");
+    };
+    let good = [
+        (&segs[0], "lzma", walg_lzma(&original(&segs[0]))),
+        (&segs[1], "lzo", wale_lzo(&original(&segs[1]))),
+        (&segs[2], "lzo", compress_with("lzop", &["--stdout", "--crc32", "-9"], &original(&segs[2]))),
+    ];
+    for (seg, ext, body) in &good {
+        put(seg, ext, body);
+    }
+    let mut truncated = wale_lzo(&original(&segs[3]));
+    truncated.truncate(truncated.len() * 2 / 3);
+    put(&segs[3], "lzo", &truncated);
+    let mut flipped = walg_lzma(&original(&segs[4]));
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x5A;
+    put(&segs[4], "lzma", &flipped);
+
+    let source = format!("s3://{}/{legacy}", garage.bucket);
+    let fetch = |seg: &str, dest: &Path| {
+        run_direct(&n, &["wal-fetch", seg, dest.to_str().unwrap()], &[("WALG_S3_PREFIX", &source)])
+    };
+    for (seg, ext, _) in &good {
+        let dest = dir.path().join(format!("fetched-{seg}"));
+        let (code, err) = fetch(seg, &dest);
+        assert_eq!(code, 0, "{seg}.{ext}: {err}");
+        assert!(std::fs::read(&dest).unwrap() == original(seg), "{seg}.{ext}: fetched bytes differ");
+    }
+    for (seg, what) in [(&segs[3], "truncated .lzo"), (&segs[4], "corrupted .lzma")] {
+        let dest = dir.path().join(format!("fetched-{seg}"));
+        let (code, err) = fetch(seg, &dest);
+        assert!(code != 0 && code != 1, "{what}: exit {code} (must be an error, not found/not-found): {err}");
+        assert!(err.contains(seg) && (err.contains("decompress") || err.contains("corrupt")), "{what}: {err}");
+        assert!(!dest.exists(), "{what}: no bad bytes delivered");
+    }
+    // Control: archived by the node (lz4, its own prefix) but not in the
+    // legacy bucket: "not found" there, so the fetches above read it.
+    let dest = dir.path().join("fetched-control");
+    let (code, err) = fetch(&segs[5], &dest);
+    assert_eq!(code, 1, "{}: {err}", segs[5]);
+    assert!(!dest.exists());
+    n.stop_cleanly(Duration::from_secs(30));
 }
 
 /// HA: after a crash failover the new primary archives `00000002.history`

@@ -10,13 +10,20 @@ use serde::Serialize;
 use super::parse::{abs_path, alias, parse_bool, secret};
 use super::{ConfigError, Pem, RawEnv, Secret, check_certs};
 
-/// How WAL is compressed on upload (`WALG_COMPRESSION_METHOD`).
+/// How an object is compressed. Uploads use `WALG_COMPRESSION_METHOD`
+/// (lz4, zstd, brotli or none); [`Compression::Lzma`] (WAL-G's `lzma`) and
+/// [`Compression::Lzo`] (WAL-E's lzop) are only ever read: the parse refuses
+/// them as a method to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
     Lz4,
     Zstd,
     Brotli,
+    /// Read-only: LZMA "alone" (`.lzma`), as WAL-G's `lzma` method writes it.
+    Lzma,
+    /// Read-only: the lzop file format (`.lzo`), as WAL-E writes it.
+    Lzo,
     None,
 }
 
@@ -27,8 +34,15 @@ impl Compression {
             Compression::Lz4 => "lz4",
             Compression::Zstd => "zst",
             Compression::Brotli => "br",
+            Compression::Lzma => "lzma",
+            Compression::Lzo => "lzo",
             Compression::None => "",
         }
+    }
+
+    /// Whether tusk writes this format (the others it only reads).
+    pub fn writable(self) -> bool {
+        !matches!(self, Compression::Lzma | Compression::Lzo)
     }
 }
 
@@ -290,6 +304,12 @@ pub(super) fn compression(var: &str, v: &str) -> Result<Compression, ConfigError
         "zstd" => Ok(Compression::Zstd),
         "brotli" => Ok(Compression::Brotli),
         "none" => Ok(Compression::None),
+        m @ ("lzma" | "lzo") => Err(ConfigError::new(
+            var,
+            format!(
+                "{m:?} is read-only in tusk: archives written with it are read, but new objects are written with one of lz4, zstd, brotli, none"
+            ),
+        )),
         other => Err(ConfigError::new(var, format!("{other:?} is not one of lz4, zstd, brotli, none"))),
     }
 }

@@ -445,6 +445,16 @@ fn storage_settings() {
         let s = parse(&[("WAL_S3_BUCKET", "b"), ("WALG_COMPRESSION_METHOD", method)]).unwrap().storage.unwrap();
         assert_eq!(s.compression, c, "{method}");
     }
+    // WAL-G's lzma and WAL-E's lzo are read, never written: a clear refusal.
+    for var in ["WALG_COMPRESSION_METHOD", "WALG_BACKUP_COMPRESSION_METHOD"] {
+        for method in ["lzma", "LZO"] {
+            let e = parse(&[("WAL_S3_BUCKET", "b"), (var, method)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(e.message.contains("read-only"), "{var}={method}: {}", e.message);
+        }
+    }
+    let e = parse(&[("WAL_S3_BUCKET", "b"), ("WALG_COMPRESSION_METHOD", "gzip")]).unwrap_err();
+    assert!(e.message.contains("is not one of"), "{}", e.message);
     // Spilo's WALE_S3_ENDPOINT form gives the endpoint and the addressing style.
     let s =
         parse(&[("WAL_S3_BUCKET", "b"), ("WALE_S3_ENDPOINT", "https+path://s3.local:9000")]).unwrap().storage.unwrap();

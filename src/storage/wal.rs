@@ -17,7 +17,8 @@ pub const META_SIZE: &str = "tusk-size";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub key: String,
-    /// The extension after the name (`lz4`, `zst`, `br`, `""`, `"."`).
+    /// The extension after the name (`lz4`, `zst`, `br`, `lzma`, `lzo`,
+    /// `""`, `"."`).
     pub ext: String,
     pub size: u64,
 }
@@ -65,7 +66,9 @@ impl WalStore {
                 return Err(StoreError::S3 {
                     op: "LIST",
                     key: obj.key.clone(),
-                    message: format!("archived with compression {ext:?}, which tusk cannot read (lz4, zst, br, none)"),
+                    message: format!(
+                        "archived with compression {ext:?}, which tusk cannot read (lz4, zst, br, lzma, lzo, none)"
+                    ),
                 });
             }
             found.push(Found { ext: ext.to_owned(), key: obj.key, size: obj.size });
