@@ -243,6 +243,11 @@ pub(crate) struct RawEnv {
     pub etcd_host: Option<String>,
     pub etcd_hosts: Option<String>,
     pub etcd_url: Option<String>,
+    pub patroni_postgresql_data_dir: Option<String>,
+    pub patroni_postgresql_connect_address: Option<String>,
+    pub patroni_postgresql_listen: Option<String>,
+    pub patroni_restapi_connect_address: Option<String>,
+    pub patroni_restapi_listen: Option<String>,
 
     pub tusk_shutdown_timeout: Option<String>,
     pub tusk_log_format: Option<String>,
@@ -291,7 +296,36 @@ impl Config {
     pub fn from_map(env: &BTreeMap<String, String>, host: &HostFacts) -> Result<Config, ConfigError> {
         // Empty values count as unset, as in Spilo's templates.
         // All fields are optional strings, so envy cannot fail here.
-        let raw = raw_best_effort(env);
+        let mut raw = raw_best_effort(env);
+        let mut warnings = patroni_variables(env)?;
+        // Patroni's names for what Spilo's variables say.
+        raw.pgdata = alias("PGDATA", &raw.pgdata, "PATRONI_POSTGRESQL_DATA_DIR", &raw.patroni_postgresql_data_dir)?;
+        raw.pg_connect_address = alias(
+            "PG_CONNECT_ADDRESS",
+            &raw.pg_connect_address,
+            "PATRONI_POSTGRESQL_CONNECT_ADDRESS",
+            &raw.patroni_postgresql_connect_address,
+        )?;
+        raw.restapi_connect_address = alias(
+            "RESTAPI_CONNECT_ADDRESS",
+            &raw.restapi_connect_address,
+            "PATRONI_RESTAPI_CONNECT_ADDRESS",
+            &raw.patroni_restapi_connect_address,
+        )?;
+        let listen_port = |var: &str, v: &Option<String>, w: &mut Vec<String>| -> Result<Option<String>, ConfigError> {
+            let Some(v) = v else { return Ok(None) };
+            let (host, port) = split_host_port(v.trim())
+                .filter(|(_, p)| p.parse::<u16>().is_ok_and(|p| p > 0))
+                .ok_or_else(|| ConfigError::new(var, format!("{v:?} is not host:port")))?;
+            if !["", "*", "0.0.0.0", "::", "[::]"].contains(&host) {
+                w.push(format!("{var}: tusk listens on all addresses; only the port ({port}) of {v:?} is used"));
+            }
+            Ok(Some(port.to_owned()))
+        };
+        let pg_listen = listen_port("PATRONI_POSTGRESQL_LISTEN", &raw.patroni_postgresql_listen, &mut warnings)?;
+        raw.pgport = alias("PGPORT", &raw.pgport, "PATRONI_POSTGRESQL_LISTEN", &pg_listen)?;
+        let api_listen = listen_port("PATRONI_RESTAPI_LISTEN", &raw.patroni_restapi_listen, &mut warnings)?;
+        raw.apiport = alias("APIPORT", &raw.apiport, "PATRONI_RESTAPI_LISTEN", &api_listen)?;
 
         let scope =
             alias("SCOPE", &raw.scope, "PATRONI_SCOPE", &raw.patroni_scope)?.unwrap_or_else(|| "dummy".to_owned());
@@ -345,7 +379,6 @@ impl Config {
 
         let tls = pg_tls(&raw)?;
         let etcd = etcd::parse(&raw)?;
-        let mut warnings = Vec::new();
         if etcd.is_some() {
             // Spilo prefers ETCD3_* too: env files often carry both.
             for (var, v) in
@@ -485,6 +518,85 @@ impl Config {
     pub fn shares_passwords(&self) -> bool {
         self.etcd.as_ref().is_some_and(EtcdConfig::authenticates_clients)
     }
+}
+
+/// Patroni's variables that tusk reads (the `_FILE` form of a secret too).
+const PATRONI_READ: [&str; 28] = [
+    "PATRONI_SCOPE",
+    "PATRONI_NAME",
+    "PATRONI_NAMESPACE",
+    "PATRONI_RESTAPI_CONNECT_ADDRESS",
+    "PATRONI_RESTAPI_LISTEN",
+    "PATRONI_RESTAPI_USERNAME",
+    "PATRONI_RESTAPI_PASSWORD",
+    "PATRONI_RESTAPI_VERIFY_CLIENT",
+    "PATRONI_ETCD3_HOST",
+    "PATRONI_ETCD3_HOSTS",
+    "PATRONI_ETCD3_PROTOCOL",
+    "PATRONI_ETCD3_USERNAME",
+    "PATRONI_ETCD3_PASSWORD",
+    "PATRONI_ETCD3_CACERT",
+    "PATRONI_ETCD3_CERT",
+    "PATRONI_ETCD3_KEY",
+    "PATRONI_POSTGRESQL_LISTEN",
+    "PATRONI_POSTGRESQL_CONNECT_ADDRESS",
+    "PATRONI_POSTGRESQL_DATA_DIR",
+    "PATRONI_SUPERUSER_USERNAME",
+    "PATRONI_SUPERUSER_PASSWORD",
+    "PATRONI_SUPERUSER_SSLMODE",
+    "PATRONI_REPLICATION_USERNAME",
+    "PATRONI_REPLICATION_PASSWORD",
+    "PATRONI_REPLICATION_SSLMODE",
+    "PATRONI_RESTAPI_PASSWORD_FILE",
+    "PATRONI_SUPERUSER_PASSWORD_FILE",
+    "PATRONI_REPLICATION_PASSWORD_FILE",
+];
+
+/// Words in a Patroni variable's name that make ignoring it change what
+/// the user asked for (a secret, an address, TLS material, another DCS):
+/// such a variable tusk does not read is an error, never a silent ignore.
+const PATRONI_MEANINGFUL: [&str; 21] = [
+    "PASSWORD",
+    "PGPASS",
+    "ADDRESS",
+    "LISTEN",
+    "_DIR",
+    "HOST",
+    "URL",
+    "CERT",
+    "KEY",
+    "CAFILE",
+    "SSL",
+    "ALLOWLIST",
+    "CIPHERS",
+    "USERNAME",
+    "CONFIGURATION",
+    "PATRONI_ETCD_",
+    "ZOOKEEPER",
+    "CONSUL",
+    "KUBERNETES",
+    "RAFT",
+    "EXHIBITOR",
+];
+
+/// Every `PATRONI_*` variable set is either read, refused (exit 78: it
+/// would change what the user asked for) or named in a warning.
+fn patroni_variables(env: &BTreeMap<String, String>) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    for k in env.keys().filter(|k| k.starts_with("PATRONI_")) {
+        if PATRONI_READ.contains(&k.as_str()) || env[k].is_empty() {
+            continue;
+        }
+        if PATRONI_MEANINGFUL.iter().any(|w| k.contains(w)) {
+            return Err(ConfigError::new(
+                k,
+                "not supported by tusk, and ignoring it would change what was asked for; remove it or use the \
+                 variable tusk documents for this (README: Environment variables)",
+            ));
+        }
+        warnings.push(format!("{k} is not read by tusk (ignored)"));
+    }
+    Ok(warnings)
 }
 
 /// The variables postgres's children inherit: a whitelist, so that

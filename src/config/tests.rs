@@ -524,3 +524,39 @@ fn bad_storage_values_name_the_variable() {
         }
     }
 }
+
+/// Patroni's own variables: the ones for what tusk does are read as aliases
+/// of Spilo's; one that would change what was asked for is refused; any
+/// other is named in a warning, never silently ignored.
+#[test]
+fn patroni_variables_are_read_refused_or_named() {
+    let c = parse(&[
+        ("PATRONI_POSTGRESQL_DATA_DIR", "/data/pg"),
+        ("PATRONI_POSTGRESQL_CONNECT_ADDRESS", "pg1:5433"),
+        ("PATRONI_POSTGRESQL_LISTEN", "0.0.0.0:5433"),
+        ("PATRONI_RESTAPI_CONNECT_ADDRESS", "pg1:8009"),
+        ("PATRONI_RESTAPI_LISTEN", "10.0.0.7:8009"),
+        ("PATRONI_LOG_LEVEL", "DEBUG"),
+    ])
+    .unwrap();
+    assert_eq!(c.postgres.data, Path::new("/data/pg"));
+    assert_eq!((c.postgres.port, c.api.port), (5433, 8009));
+    assert_eq!((c.postgres.connect_address.as_str(), c.api.connect_address.as_str()), ("pg1:5433", "pg1:8009"));
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings.iter().any(|w| w.contains("PATRONI_RESTAPI_LISTEN") && w.contains("only the port")));
+    assert!(c.warnings.iter().any(|w| w.contains("PATRONI_LOG_LEVEL is not read")));
+    let bad = |pairs: &[(&str, &str)]| parse(pairs).unwrap_err().var;
+    for var in [
+        "PATRONI_RESTAPI_CERTFILE",
+        "PATRONI_POSTGRESQL_PGPASS",
+        "PATRONI_REWIND_PASSWORD",
+        "PATRONI_ETCD_HOSTS",
+        "PATRONI_KUBERNETES_NAMESPACE",
+        "PATRONI_CONFIGURATION",
+        "PATRONI_REPLICATION_SSLROOTCERT",
+    ] {
+        assert_eq!(bad(&[(var, "x")]), var);
+    }
+    assert_eq!(bad(&[("PGPORT", "5432"), ("PATRONI_POSTGRESQL_LISTEN", "*:5433")]), "PGPORT");
+    assert_eq!(bad(&[("PATRONI_RESTAPI_LISTEN", "nohostport")]), "PATRONI_RESTAPI_LISTEN");
+}
