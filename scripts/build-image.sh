@@ -8,6 +8,7 @@
 #   SUITE          Debian suite for the default base (bookworm; trixie for PG 17)
 #   PGVERSION      PostgreSQL major version (15)
 #   WITH_JIT=true  keep PostgreSQL's LLVM JIT (+160 MB; left out by default)
+#   LOCALES        locales to generate besides C.UTF-8 (default "en_US.UTF-8")
 #   SKIP_CARGO=1   use the existing target/release/tusk as is
 #   CONTAINERS_CONF  podman configuration (default /etc/tusk-test/containers.conf,
 #                  written by podman-setup.sh)
@@ -62,6 +63,7 @@ t0=$(date +%s)
 podman build --network host --format docker \
     --build-arg BASE_IMAGE="$base" --build-arg PGVERSION="$pgversion" \
     --build-arg WITH_JIT="${WITH_JIT:-false}" \
+    --build-arg LOCALES="${LOCALES-en_US.UTF-8}" \
     -t "$tag" "$ctx" >&2
 t1=$(date +%s)
 

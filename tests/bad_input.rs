@@ -41,6 +41,28 @@ fn foreign_pgdata_is_refused_and_untouched() {
     assert_eq!(std::fs::read(data.join("family-photos.tar")).unwrap(), b"precious");
 }
 
+/// A locale this system lacks stops tusk at start (exit 78, nothing
+/// written), naming it: in INITDB_LOCALE for a fresh data directory, in an
+/// existing data directory's lc_* settings otherwise.
+#[test]
+fn missing_locale_is_refused_at_start() {
+    require_root();
+    let dir = test_dir("locale");
+    let mut n = Node::new(dir.path());
+    n.set("INITDB_LOCALE", "xx_NOWHERE");
+    assert_refused(&mut n, "INITDB_LOCALE", "xx_NOWHERE.UTF-8 is not installed");
+    assert!(!n.data().exists());
+    // Existing data made elsewhere with a locale this system lacks.
+    n.env.remove("INITDB_LOCALE");
+    n.start();
+    n.wait_ready(1);
+    n.stop_cleanly(Duration::from_secs(30));
+    let conf = n.data().join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap().replace("lc_time = 'C.UTF-8'", "lc_time = 'xx_NOWHERE.UTF-8'");
+    std::fs::write(&conf, text).unwrap();
+    assert_refused(&mut n, "PGDATA", "lc_time is \"xx_NOWHERE.UTF-8\"");
+}
+
 #[test]
 fn missing_major_version_lists_installed_ones() {
     require_root();

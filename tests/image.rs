@@ -261,4 +261,76 @@ fn image_runs_postgres_and_stops_cleanly() {
     let code = podman.ok(&["inspect", "--format", "{{.State.ExitCode}}", &ctr.name]);
     eprintln!("second stop took {:?}, exit code {code}", t.elapsed());
     assert_eq!(code, "0", "exit code after the second podman stop");
+    drop(ctr);
+
+    locales(&podman, &psql);
+}
+
+/// The image's locales: a data directory initialised with `en_US.UTF-8`
+/// outside tusk (as most Spilo and Patroni clusters were) comes up and
+/// serves; a locale the image lacks stops tusk at start with exit 78.
+fn locales(podman: &Podman, psql: &str) {
+    let volume = tempfile::Builder::new().prefix("tusk-image-locale-").tempdir().expect("tempdir");
+    let mount = format!("{}:/home/postgres/pgdata", volume.path().display());
+    podman.ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/sh",
+        "-v",
+        &mount,
+        TAG,
+        "-c",
+        "install -d -o postgres -g postgres /home/postgres/pgdata/pgroot && \
+         setpriv --reuid=postgres --regid=postgres --init-groups \
+         initdb --locale=en_US.UTF-8 -D /home/postgres/pgdata/pgroot/data >/dev/null",
+    ]);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let ctr = Container { podman, name: format!("tusk-image-locale-{}-{nanos}", std::process::id()) };
+    let (pg_port, api_port) = (free_port(), free_port());
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &ctr.name,
+        "--network",
+        "host",
+        "-v",
+        &mount,
+        "-e",
+        &format!("PGPORT={pg_port}"),
+        "-e",
+        &format!("APIPORT={api_port}"),
+        TAG,
+    ]);
+    ctr.wait_ready(psql, pg_port);
+    let out = ctr.psql(
+        psql,
+        pg_port,
+        "select datcollate || ' ' || current_setting('lc_messages') from pg_database where datname = 'postgres'",
+    );
+    assert!(out.status.success(), "en_US data: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "en_US.UTF-8 en_US.UTF-8");
+    // en_US sorts case-insensitively first ('a' before 'B'); C would not.
+    let out = ctr.psql(psql, pg_port, "select ('a' < 'B')::text");
+    assert!(out.status.success(), "collation at work: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "true", "en_US.UTF-8 collation");
+    podman.ok(&["stop", "-t", "10", &ctr.name]);
+    assert_eq!(podman.ok(&["inspect", "--format", "{{.State.ExitCode}}", &ctr.name]), "0");
+    drop(ctr);
+
+    // A locale the image lacks: refused at start, naming it and the variable.
+    let fresh = tempfile::Builder::new().prefix("tusk-image-nolocale-").tempdir().expect("tempdir");
+    let out = podman.output(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:/home/postgres/pgdata", fresh.path().display()),
+        "-e",
+        "INITDB_LOCALE=de_DE",
+        TAG,
+    ]);
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(78), "INITDB_LOCALE=de_DE: {log}");
+    assert!(log.contains("INITDB_LOCALE") && log.contains("de_DE.UTF-8"), "the error names both: {log}");
 }

@@ -132,6 +132,7 @@ pub fn preflight(cfg: &PostgresConfig, lib_root: &Path) -> Result<Layout, Config
             }
         }
     };
+    check_locales(cfg, state)?;
     let dir = lib_root.join(version.to_string()).join("bin");
     if !dir.join("postgres").exists() {
         let installed = installed_versions(lib_root);
@@ -147,6 +148,74 @@ pub fn preflight(cfg: &PostgresConfig, lib_root: &Path) -> Result<Layout, Config
         ));
     }
     Ok(Layout { binaries: Binaries { version, dir }, state })
+}
+
+/// Whether this system can load `name` (glibc's `newlocale`): what
+/// PostgreSQL needs of every locale its configuration or databases name.
+pub fn locale_available(name: &str) -> bool {
+    if matches!(name, "C" | "POSIX" | "") {
+        return true;
+    }
+    let Ok(c) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: `c` is a valid NUL-terminated string; a non-null result is a
+    // locale object we own and free at once.
+    unsafe {
+        let loc = libc::newlocale(libc::LC_ALL_MASK, c.as_ptr(), std::ptr::null_mut());
+        if loc.is_null() {
+            return false;
+        }
+        libc::freelocale(loc);
+    }
+    true
+}
+
+/// The `lc_*` settings of a data directory's own configuration files
+/// (initdb writes them; a Patroni member keeps them in
+/// `postgresql.base.conf`): (parameter, locale).
+fn data_locales(data: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for file in ["postgresql.conf", "postgresql.base.conf"] {
+        let Ok(text) = std::fs::read_to_string(data.join(file)) else { continue };
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            let Some((k, v)) = line.split_once('=') else { continue };
+            let k = k.trim();
+            if ["lc_messages", "lc_monetary", "lc_numeric", "lc_time"].contains(&k) {
+                let v = v.trim().trim_matches('\'').to_owned();
+                out.push((k.to_owned(), v));
+            }
+        }
+    }
+    out
+}
+
+/// A locale PostgreSQL would need and this system lacks is an error at
+/// start (not at the first connection): `INITDB_LOCALE` for a fresh data
+/// directory, the data directory's `lc_*` settings for an existing one.
+fn check_locales(cfg: &PostgresConfig, state: DataDirState) -> Result<(), ConfigError> {
+    let hint = "the image has C.UTF-8 and en_US.UTF-8; add others with the LOCALES build argument (README: Image)";
+    match state {
+        DataDirState::Fresh => {
+            if !locale_available(&cfg.initdb_locale) {
+                return Err(ConfigError::new(
+                    "INITDB_LOCALE",
+                    format!("locale {} is not installed on this system; {hint}", cfg.initdb_locale),
+                ));
+            }
+        }
+        DataDirState::Existing => {
+            if let Some((k, v)) = data_locales(&cfg.data).into_iter().find(|(_, v)| !locale_available(v)) {
+                return Err(ConfigError::new(
+                    "PGDATA",
+                    format!(
+                        "the data directory's {k} is {v:?}, a locale not installed on this system (PostgreSQL would \
+                         not start); {hint}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The OS user postgres and its tools run as: `postgres` when tusk is root
@@ -343,6 +412,32 @@ mod tests {
             std::fs::write(bin.join("postgres"), "").unwrap();
         }
         lib
+    }
+
+    #[test]
+    fn locales_postgres_needs_are_checked_at_start() {
+        assert!(locale_available("C") && locale_available("C.UTF-8") && locale_available("POSIX"));
+        assert!(!locale_available("xx_NOWHERE.UTF-8"));
+        let lib = lib_with(&[15]);
+        // A fresh data directory: INITDB_LOCALE.
+        let t = tempfile::tempdir().unwrap();
+        let mut c = cfg(&t.path().join("data"), "15");
+        c.initdb_locale = "xx_NOWHERE.UTF-8".into();
+        let e = preflight(&c, lib.path()).unwrap_err();
+        assert_eq!(e.var, "INITDB_LOCALE");
+        assert!(e.message.contains("xx_NOWHERE.UTF-8"), "{e}");
+        // An existing one: its lc_* settings, also in Patroni's base file.
+        let data = t.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+        std::fs::write(data.join("postgresql.conf"), "lc_messages = 'C.UTF-8'\t\t# ok\n").unwrap();
+        let c = cfg(&data, "15");
+        assert!(preflight(&c, lib.path()).is_ok());
+        std::fs::write(data.join("postgresql.base.conf"), "lc_time = 'xx_NOWHERE.UTF-8'\n#lc_numeric = 'yy'\n")
+            .unwrap();
+        let e = preflight(&c, lib.path()).unwrap_err();
+        assert_eq!(e.var, "PGDATA");
+        assert!(e.message.contains("lc_time") && e.message.contains("xx_NOWHERE.UTF-8"), "{e}");
     }
 
     #[test]
