@@ -505,3 +505,28 @@ fn a_full_operation_queue_answers_503_at_once() {
     c.nodes[0].stop_cleanly(Duration::from_secs(60));
     etcd.stop();
 }
+
+/// A member whose postgres exits during every start-up (here a parameter
+/// it rejects) is started again after 1 s, 2 s, 4 s, ... (at most a
+/// minute), not in a loop; the leader is unaffected.
+#[test]
+fn a_postgres_that_cannot_start_is_retried_with_backoff() {
+    require_root();
+    let mut c = cluster("startloop", 2);
+    c.nodes[1].set("TUSK_PG_PARAMETERS", r#"{"shared_buffers":"32MB","max_connections":"30","work_mem":"plenty"}"#);
+    c.nodes[0].start();
+    c.wait_leader(Duration::from_secs(120), None);
+    c.nodes[1].start();
+    c.nodes[1].wait_log("postgres exited during start-up", 1, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(20));
+    let log = c.nodes[1].log_text();
+    let starts = log.matches("postgres exited during start-up").count();
+    // 1 + 2 + 4 + 8 s of backoff (and loop_wait 2 s between rounds) fit
+    // about five attempts in 20 s; a loop would make hundreds.
+    assert!((2..=7).contains(&starts), "{starts} failed start-ups in 20 s:\n{log}");
+    assert!(log.contains("work_mem"), "postgres's reason is in the log:\n{log}");
+    assert_eq!(c.leader_key().as_deref(), Some("n1"));
+    assert_eq!(try_sql(&c.nodes[0], "SELECT pg_is_in_recovery()").as_deref(), Some("f"));
+    c.nodes[1].stop_cleanly(Duration::from_secs(60));
+    c.nodes[0].stop_cleanly(Duration::from_secs(60));
+}

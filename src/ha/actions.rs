@@ -19,6 +19,15 @@ use crate::postgres::{sql, wal};
 
 impl Ha {
     pub(super) async fn act(&mut self, action: Action, view: &ClusterView) -> Option<i32> {
+        // After start-ups that failed, the next start waits its turn.
+        let action = match action {
+            Action::StartPrimary | Action::StartReplica(_) | Action::StartStandbyLeader
+                if self.start_not_before.is_some_and(|t| tokio::time::Instant::now() < t) =>
+            {
+                Action::Idle("postgres exited during start-up: waiting before starting it again")
+            }
+            a => a,
+        };
         if !matches!(action, Action::Idle(_) | Action::KeepLeading | Action::Follow(_)) {
             tracing::info!(?action, "HA action");
         }

@@ -20,6 +20,12 @@ pub(super) fn peer_reply(s: &NodeStatus) -> PeerReply {
     }
 }
 
+/// How long to wait before starting postgres again after `failures`
+/// start-ups in a row that ended before it ran: 1 s, doubling, at most 60 s.
+pub(super) fn start_backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
 impl Ha {
     /// The local data directory and postgres.
     pub(super) async fn observe(&mut self) -> Local {
@@ -39,6 +45,18 @@ impl Ha {
         {
             let pid = pm.pid();
             tracing::error!(%status, "postgres exited unexpectedly");
+            if self.state == State::Starting {
+                // It never ran: whatever stopped it will stop the next start
+                // too. Wait longer each time instead of looping.
+                self.start_failures += 1;
+                let delay = start_backoff(self.start_failures);
+                self.start_not_before = Some(tokio::time::Instant::now() + delay);
+                tracing::warn!(
+                    failures = self.start_failures,
+                    retry_in_s = delay.as_secs(),
+                    "postgres exited during start-up; its log above says why"
+                );
+            }
             self.pm = None;
             self.client = None;
             self.state = State::Crashed;
@@ -116,6 +134,12 @@ impl Ha {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_backoff_doubles_to_a_minute() {
+        let secs: Vec<u64> = (1..=9).map(|n| start_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
 
     #[test]
     fn peer_replies() {

@@ -89,6 +89,8 @@ impl Ha {
         let leader = view.leader.as_deref() == Some(self.name());
         if self.pm.is_some() && pos.is_some() && self.state != State::Restarting {
             self.state = State::Running;
+            self.start_failures = 0;
+            self.start_not_before = None;
         }
         let has_data = self.sysid.is_some() || self.cfg.postgres.data.join("PG_VERSION").exists();
         let mut role = member_role(pos.as_ref(), has_data);

@@ -68,6 +68,10 @@ pub struct Ha {
     pub(super) dynamic_left_out: Vec<String>,
     /// Runs `CALLBACK_SCRIPT` on status changes.
     pub(super) callbacks: Option<CallbackTask>,
+    /// postgres exited this many times in a row before it ever ran...
+    pub(super) start_failures: u32,
+    /// ...so it is not started again before this (no restart loop).
+    pub(super) start_not_before: Option<Instant>,
     pub(super) status: watch::Sender<NodeStatus>,
     pub(super) wake: Arc<Notify>,
     pub(super) last_idle: &'static str,
@@ -181,6 +185,8 @@ pub(crate) async fn run(
         clean_handover: false,
         rewind_failed: false,
         dynamic_left_out: Vec::new(),
+        start_failures: 0,
+        start_not_before: None,
         status: api.status.clone(),
         wake: wake.clone(),
         last_idle: "",
