@@ -172,8 +172,9 @@ pub fn health_status(c: &Check, s: &NodeStatus, now: Instant) -> StatusCode {
     if path.contains("health") {
         return code(s.running());
     }
-    if path.contains("read-only-sync") || path.contains("read-only-synchronous") {
-        // No synchronous replication in tusk: only the primary qualifies.
+    if path.contains("read-only-sync") || path.contains("read-only-synchronous") || path.contains("read-only-quorum") {
+        // No synchronous (or quorum) replication in tusk: only the primary
+        // qualifies, as in Patroni without synchronous_mode.
         return code(primary);
     }
     if s.facts.dcs_reachable && !s.facts.standalone {
@@ -332,6 +333,8 @@ mod tests {
             (&stopped_replica, "/read-only", NO),
             (&primary, "/read-only-sync", OK),
             (&replica, "/read-only-sync", NO),
+            (&primary, "/read-only-quorum", OK),
+            (&replica, "/read-only-quorum", NO),
             // health: postgres running, any role.
             (&primary, "/health", OK),
             (&replica, "/health", OK),
