@@ -153,16 +153,7 @@ async fn watch_status(
     let mut stopping = false;
     loop {
         if !stopping {
-            let (state, role) = {
-                let st = status.borrow_and_update();
-                (st.state.clone(), st.role.clone())
-            };
-            if let Some((action, role)) = transition(&mut seen, &state, &role) {
-                if let Some((child, previous, _)) = running.take() {
-                    kill(child, previous, "a newer callback replaces it").await;
-                }
-                running = start(&cfg, &scope, &run_as, action, &role);
-            }
+            react(&mut status, &mut seen, &mut running, (&cfg, &scope, &run_as)).await;
         }
         let deadline = match &running {
             Some((_, _, started)) => *started + CALLBACK_TIMEOUT,
@@ -177,16 +168,7 @@ async fn watch_status(
             }
             _ = &mut stopped, if !stopping => {
                 // Look at the final status once more, then only wait.
-                let (state, role) = {
-                    let st = status.borrow_and_update();
-                    (st.state.clone(), st.role.clone())
-                };
-                if let Some((action, role)) = transition(&mut seen, &state, &role) {
-                    if let Some((child, previous, _)) = running.take() {
-                        kill(child, previous, "a newer callback replaces it").await;
-                    }
-                    running = start(&cfg, &scope, &run_as, action, &role);
-                }
+                react(&mut status, &mut seen, &mut running, (&cfg, &scope, &run_as)).await;
                 stopping = true;
             }
             exit = async { running.as_mut().expect("guarded").0.wait().await }, if running.is_some() => {
@@ -204,6 +186,26 @@ async fn watch_status(
                 }
             }
         }
+    }
+}
+
+/// Looks at the latest status; runs the callback it calls, if any (the one
+/// still running is killed first, as Patroni does).
+async fn react(
+    status: &mut watch::Receiver<NodeStatus>,
+    seen: &mut Seen,
+    running: &mut Option<(Child, Action, Instant)>,
+    (cfg, scope, run_as): (&CallbackConfig, &str, &RunAs),
+) {
+    let (state, role) = {
+        let st = status.borrow_and_update();
+        (st.state.clone(), st.role.clone())
+    };
+    if let Some((action, role)) = transition(seen, &state, &role) {
+        if let Some((child, previous, _)) = running.take() {
+            kill(child, previous, "a newer callback replaces it").await;
+        }
+        *running = start(cfg, scope, run_as, action, &role);
     }
 }
 
