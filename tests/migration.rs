@@ -472,7 +472,6 @@ fn mixed_cluster_with_patroni_hands_over_both_ways() {
     switchover("p2", &tusk, "Patroni→tusk", &members);
     switchover(&tusk, "p1", "tusk→Patroni", &members);
     switchover("p1", &tusk, "Patroni→tusk (again)", &members);
-    let before_crash = writer.acks();
 
     // A crash of the tusk leader: a Patroni member takes over.
     let crash = std::time::Instant::now();
@@ -534,7 +533,6 @@ fn mixed_cluster_with_patroni_hands_over_both_ways() {
         let _ = std::process::Command::new("cp").arg("-r").arg(c.dir.path()).arg(&keep).status();
         panic!("acknowledged writes lost outside the crash: {detail:?}\nsteps: {steps:?}\n(logs kept in {keep})");
     }
-    assert!(before_crash.iter().all(|(id, _)| rows.contains(id)) || !lost.is_empty());
     eprintln!("mixed cluster: {} acknowledged writes; lost at the crash: {}", acks.len(), lost.len());
     for (what, gap) in &gaps {
         eprintln!("  switchover {what}: longest write gap {} ms", gap.as_millis());
