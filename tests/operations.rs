@@ -530,3 +530,51 @@ fn a_postgres_that_cannot_start_is_retried_with_backoff() {
     c.nodes[1].stop_cleanly(Duration::from_secs(60));
     c.nodes[0].stop_cleanly(Duration::from_secs(60));
 }
+
+/// Member tags: a replica tagged `TUSK_NOFAILOVER` shows the tag in its
+/// member key and `/patroni`, is refused as a switchover candidate, and
+/// never takes the leader key when the leader dies (the cluster waits for
+/// the leader to come back); `TUSK_NOLOADBALANCE` takes it out of `/replica`
+/// and `/read-only` (503, as Patroni's rule is) while `/health` stays 200.
+#[test]
+fn nofailover_and_noloadbalance_tags() {
+    require_root();
+    let mut c = cluster("tags", 2);
+    c.nodes[1].set("TUSK_NOFAILOVER", "true").set("TUSK_NOLOADBALANCE", "true");
+    c.nodes[0].start();
+    c.wait_leader(Duration::from_secs(120), None);
+    c.nodes[1].start();
+    c.wait_streaming("n2", Duration::from_secs(120));
+    let member = c.etcd.etcdctl(&["get", "--print-value-only", &format!("/service/{}/members/n2", c.scope)]);
+    let member: serde_json::Value = serde_json::from_slice(&member.stdout).expect("member JSON");
+    assert_eq!(member["tags"], serde_json::json!({"nofailover": true, "noloadbalance": true}), "{member}");
+    let (_, body) = api(&c, "n2", "GET", "/patroni", None);
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/patroni JSON");
+    assert_eq!(status["tags"]["nofailover"], true, "{status}");
+    assert_eq!(api(&c, "n2", "GET", "/replica", None).0, 503, "noloadbalance: out of /replica");
+    assert_eq!(
+        api(&c, "n2", "GET", "/read-only", None).0,
+        503,
+        "noloadbalance: out of /read-only too (Patroni's rule)"
+    );
+    assert_eq!(api(&c, "n2", "GET", "/health", None).0, 200, "but healthy");
+    // Not a switchover candidate.
+    let (code, text) = api(&c, "n1", "POST", "/switchover", Some(r#"{"leader":"n1","candidate":"n2"}"#));
+    assert_ne!(code, 200, "switchover to a nofailover member: {text}");
+    assert_eq!(c.leader_key().as_deref(), Some("n1"));
+    // The leader dies: nobody takes over.
+    c.kill_node("n1");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(TTL * 3) {
+        assert_ne!(c.leader_key().as_deref(), Some("n2"), "the nofailover member took the leader key");
+        assert_eq!(try_sql(&c.nodes[1], "SELECT pg_is_in_recovery()").as_deref(), Some("t"), "promoted");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(c.nodes[1].log_text().contains("tagged nofailover"), "the reason is logged");
+    // The leader comes back and leads again; the tagged member follows.
+    c.nodes[0].start();
+    assert_eq!(c.wait_leader(Duration::from_secs(120), None), "n1");
+    c.wait_streaming("n2", Duration::from_secs(120));
+    c.nodes[1].stop_cleanly(Duration::from_secs(60));
+    c.nodes[0].stop_cleanly(Duration::from_secs(60));
+}

@@ -75,6 +75,9 @@ pub struct Config {
     /// `CALLBACK_SCRIPT`: Patroni's `on_start`, `on_stop` and
     /// `on_role_change` callbacks, as Spilo sets them.
     pub callbacks: Option<CallbackConfig>,
+    /// Patroni's member tags this member announces (`TUSK_NOFAILOVER`,
+    /// `TUSK_NOLOADBALANCE`): in its member key and `/patroni`.
+    pub tags: BTreeMap<String, serde_json::Value>,
     /// What was read but ignored, for the start-up log (never a secret).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -256,6 +259,8 @@ pub(crate) struct RawEnv {
     pub tusk_socket_dir: Option<String>,
     pub tusk_bootstrap_dcs: Option<String>,
     pub callback_script: Option<String>,
+    pub tusk_nofailover: Option<String>,
+    pub tusk_noloadbalance: Option<String>,
     pub notify_socket: Option<String>,
 
     pub wal_s3_bucket: Option<String>,
@@ -468,6 +473,15 @@ impl Config {
                 Some(CallbackConfig { command, env: cb_env })
             }
         };
+        let mut tags = BTreeMap::new();
+        for (var, tag, v) in [
+            ("TUSK_NOFAILOVER", "nofailover", &raw.tusk_nofailover),
+            ("TUSK_NOLOADBALANCE", "noloadbalance", &raw.tusk_noloadbalance),
+        ] {
+            if parse_bool(var, v.as_deref())?.unwrap_or(false) {
+                tags.insert(tag.to_owned(), serde_json::Value::Bool(true));
+            }
+        }
         let log_format = parse_log_format(raw.tusk_log_format.as_deref())?;
         let log_level = raw.tusk_log_level.clone().unwrap_or_else(|| "info".to_owned());
         tracing_subscriber::EnvFilter::try_new(&log_level)
@@ -499,6 +513,7 @@ impl Config {
             clone,
             standby,
             callbacks,
+            tags,
             warnings,
         })
     }

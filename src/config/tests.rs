@@ -339,6 +339,7 @@ fn bad_values_name_the_variable() {
         (vec![("TUSK_SOCKET_DIR", "run")], "TUSK_SOCKET_DIR"),
         (vec![("TUSK_BOOTSTRAP_DCS", r#"{"ttl":"soon"}"#)], "TUSK_BOOTSTRAP_DCS"),
         (vec![("INITDB_LOCALE", "en_US; rm")], "INITDB_LOCALE"),
+        (vec![("TUSK_NOFAILOVER", "sometimes")], "TUSK_NOFAILOVER"),
     ];
     for (pairs, var) in cases {
         match parse(&pairs) {
@@ -559,4 +560,13 @@ fn patroni_variables_are_read_refused_or_named() {
     }
     assert_eq!(bad(&[("PGPORT", "5432"), ("PATRONI_POSTGRESQL_LISTEN", "*:5433")]), "PGPORT");
     assert_eq!(bad(&[("PATRONI_RESTAPI_LISTEN", "nohostport")]), "PATRONI_RESTAPI_LISTEN");
+}
+
+#[test]
+fn member_tags() {
+    assert!(parse(&[]).unwrap().tags.is_empty());
+    let c = parse(&[("TUSK_NOFAILOVER", "true"), ("TUSK_NOLOADBALANCE", "false")]).unwrap();
+    assert_eq!(serde_json::to_string(&c.tags).unwrap(), r#"{"nofailover":true}"#);
+    let c = parse(&[("TUSK_NOFAILOVER", "yes"), ("TUSK_NOLOADBALANCE", "on")]).unwrap();
+    assert_eq!(c.tags.len(), 2);
 }

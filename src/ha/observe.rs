@@ -90,7 +90,7 @@ impl Ha {
             name: self.cfg.name.clone(),
             data: data_state,
             postgres,
-            nofailover: false,
+            nofailover: self.cfg.tags.get("nofailover").and_then(|v| v.as_bool()).unwrap_or(false),
             rewind_failed: self.rewind_failed,
             lease_alive: self.lease_alive(),
             peers: None,

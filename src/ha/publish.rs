@@ -2,8 +2,6 @@
 //! API serves. The member key is built by a pure function of what was
 //! observed, with its own test.
 
-use std::collections::BTreeMap;
-
 use super::decide::ClusterView;
 use super::run::Ha;
 use crate::api::{self, RestartRequest};
@@ -41,7 +39,7 @@ pub(super) fn member_value(
         version: PATRONI_COMPAT_VERSION.to_owned(),
         xlog_location: pos.map(|p| p.wal),
         timeline: pos.map(|p| p.timeline),
-        tags: BTreeMap::new(),
+        tags: cfg.tags.clone(),
         replication_state: pos.and_then(|p| p.replication_state()),
         receive_lsn: pos.and_then(|p| p.receive.filter(|_| p.in_recovery)),
         replay_lsn: pos.and_then(|p| p.replay.filter(|_| p.in_recovery)),
@@ -117,6 +115,7 @@ impl Ha {
         let mut st = self.status.borrow().clone();
         st.state = member.state.clone();
         st.role = member.role.clone();
+        st.tags = member.tags.clone();
         st.leader = leader;
         st.cluster_unlocked = view.leader.is_none();
         st.pause = view.config.pause;
