@@ -412,11 +412,8 @@ impl Ha {
         if minimums != self.inputs.standby_minimums {
             let own =
                 files::parameters(&self.cfg, &ConfInputs { standby_minimums: BTreeMap::new(), ..inputs.clone() }, None);
-            let raised: Vec<String> = minimums
-                .iter()
-                .filter(|(k, min)| own.get(*k).and_then(|v| v.parse::<u64>().ok()).is_none_or(|v| v < **min))
-                .map(|(k, min)| format!("{k}={min}"))
-                .collect();
+            let raised: Vec<String> =
+                files::standby_raises(&own, &minimums).into_iter().map(|(k, min)| format!("{k}={min}")).collect();
             if !raised.is_empty() {
                 tracing::info!(
                     raised = raised.join(" "),

@@ -156,6 +156,28 @@ fn spilo_defaults() -> BTreeMap<&'static str, &'static str> {
     ])
 }
 
+/// Which of a standby's settings `params` must raise to meet `minimums`
+/// (its primary's, from pg_control): the ones set lower, or left at a
+/// PostgreSQL default that is lower.
+pub fn standby_raises(params: &BTreeMap<String, String>, minimums: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
+    const PG_DEFAULTS: [(&str, u64); 5] = [
+        ("max_connections", 100),
+        ("max_worker_processes", 8),
+        ("max_wal_senders", 10),
+        ("max_prepared_transactions", 0),
+        ("max_locks_per_transaction", 64),
+    ];
+    minimums
+        .iter()
+        .filter(|(k, min)| {
+            let own = params.get(*k).and_then(|v| v.parse::<u64>().ok());
+            let own = own.or_else(|| PG_DEFAULTS.iter().find(|(d, _)| d == k).map(|(_, v)| *v)).unwrap_or(0);
+            own < **min
+        })
+        .map(|(k, min)| (k.clone(), *min))
+        .collect()
+}
+
 /// The parameters of `tusk.conf`, in file order.
 pub fn parameters(cfg: &Config, inputs: &ConfInputs, upstream: Option<&Upstream>) -> BTreeMap<String, String> {
     let tls = &inputs.tls;
@@ -168,10 +190,8 @@ pub fn parameters(cfg: &Config, inputs: &ConfInputs, upstream: Option<&Upstream>
     for (k, v) in given {
         p.insert(k, v);
     }
-    for (k, min) in &inputs.standby_minimums {
-        if p.get(k).and_then(|v| v.parse::<u64>().ok()).is_none_or(|v| v < *min) {
-            p.insert(k.clone(), min.to_string());
-        }
+    for (k, min) in standby_raises(&p, &inputs.standby_minimums) {
+        p.insert(k, min.to_string());
     }
     // Managed: config validation refuses these in TUSK_PG_PARAMETERS.
     p.insert("port".into(), cfg.postgres.port.to_string());
@@ -428,8 +448,14 @@ mod tests {
             ("max_wal_senders".to_owned(), 10),
             ("max_locks_per_transaction".to_owned(), 128),
         ]);
-        let inputs = ConfInputs { standby_minimums: minimums, ..tls() };
+        let inputs = ConfInputs { standby_minimums: minimums.clone(), ..tls() };
         let conf = render_conf(&parameters(&c, &inputs, None));
+        // Only what is really lower is raised (PostgreSQL's default 64 is not).
+        let own = parameters(&c, &tls(), None);
+        let raised: Vec<String> = standby_raises(&own, &minimums).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(raised, ["max_connections", "max_locks_per_transaction"]);
+        let same = BTreeMap::from([("max_locks_per_transaction".to_owned(), 64), ("max_wal_senders".to_owned(), 10)]);
+        assert!(standby_raises(&own, &same).is_empty());
         for line in ["max_connections = '100'", "max_wal_senders = '20'", "max_locks_per_transaction = '128'"] {
             assert!(conf.lines().any(|l| l == line), "missing {line:?} in\n{conf}");
         }
