@@ -234,6 +234,19 @@ pub struct PostgresqlSection {
 }
 
 impl PostgresqlSection {
+    /// `pg_hba`: the lines of `pg_hba.conf` (an empty list or anything
+    /// else than a list of strings: none, as Patroni leaves it).
+    pub fn pg_hba(&self) -> Option<Vec<String>> {
+        let lines: Option<Vec<String>> = self
+            .other
+            .get("pg_hba")?
+            .as_array()?
+            .iter()
+            .map(|l| l.as_str().filter(|l| !l.contains('\n')).map(str::to_owned))
+            .collect();
+        lines.filter(|l| !l.is_empty())
+    }
+
     /// Patroni's `remove_data_directory_on_rewind_failure` (default false):
     /// a failed pg_rewind removes the data directory and clones again,
     /// rather than keeping the diverged data for the operator.

@@ -170,6 +170,7 @@ fn prepare_common(cfg: &Config, slot: &ArchiveSlot) -> Result<Prepared, NodeErro
             recovery: Default::default(),
             libraries,
             standby_minimums: Default::default(),
+            dynamic_hba: None,
         },
     })
 }

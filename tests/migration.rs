@@ -126,6 +126,97 @@ fn callback_script_runs_patronis_callbacks() {
     c.nodes[li].stop_cleanly(Duration::from_secs(60));
 }
 
+/// `SPILO_CONFIGURATION` reaches what has no variable: `bootstrap.dcs`
+/// (merged over `TUSK_BOOTSTRAP_DCS`), `bootstrap.initdb`,
+/// `postgresql.parameters`, a local `postgresql.pg_hba` (which wins over
+/// the dynamic one), `postgresql.callbacks` (`on_reload` and `on_restart`
+/// too) and `tags`; an unsupported key is named at start. A member without
+/// a local `pg_hba` takes the dynamic configuration's when `PATCH /config`
+/// sets one.
+#[test]
+fn spilo_configuration_reaches_what_has_no_variable() {
+    require_root();
+    let mut c = cluster("spiloconf", 2);
+    let logs = c.dir.path().join("callbacks");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    std::fs::set_permissions(&logs, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    let file = logs.join("n1.log");
+    let cb = format!("/bin/sh -c 'echo \\\"$*\\\" >> {}' cb", file.display());
+    let yaml = format!(
+        r##"
+bootstrap:
+  dcs: {{postgresql: {{parameters: {{work_mem: 5MB}}}}}}
+  initdb: [{{wal-segsize: 32}}]
+postgresql:
+  parameters: {{log_min_duration_statement: 1234}}
+  pg_hba:
+    - local all all trust
+    - host all all 127.0.0.1/32 md5
+    - hostssl replication standby 127.0.0.1/32 md5
+    - "# local marker"
+  callbacks: {{on_start: "{cb}", on_reload: "{cb}", on_restart: "{cb}"}}
+tags: {{clonefrom: true}}
+watchdog: {{mode: "off"}}
+"##
+    );
+    c.nodes[0].set("SPILO_CONFIGURATION", &yaml);
+    c.nodes[0].start();
+    let leader = c.wait_leader(Duration::from_secs(60), None);
+    assert_eq!(leader, "n1");
+    c.nodes[1].start();
+    c.wait_streaming("n2", Duration::from_secs(120));
+    let scope = c.scope.clone();
+
+    let n1 = &c.nodes[0];
+    assert_eq!(n1.psql("SHOW wal_segment_size").trim(), "32MB", "bootstrap.initdb");
+    assert_eq!(n1.psql("SHOW log_min_duration_statement").trim(), "1234ms", "postgresql.parameters");
+    assert_eq!(n1.psql("SHOW work_mem").trim(), "5MB", "bootstrap.dcs");
+    assert_eq!(c.nodes[1].psql("SHOW work_mem").trim(), "5MB", "bootstrap.dcs on the replica");
+    let hba = std::fs::read_to_string(n1.data().join("pg_hba.conf")).expect("pg_hba.conf");
+    assert!(hba.contains("# local marker") && hba.contains("SPILO_CONFIGURATION"), "{hba}");
+    let status = c.api_status("n1").expect("/patroni");
+    assert_eq!(status["tags"]["clonefrom"], true, "tags: {status}");
+    let log = n1.log_text();
+    assert!(log.contains("SPILO_CONFIGURATION: watchdog is not supported by tusk"), "named at start:\n{log}");
+    assert_eq!(callback_lines(&file, 1), [format!("on_start master {scope}")]);
+
+    let post = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "60", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", "{}"])
+            .arg(format!("http://127.0.0.1:{}/{path}", c.api_port("n1")))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(post("reload"), "202", "POST /reload");
+    assert_eq!(callback_lines(&file, 2).last(), Some(&format!("on_reload master {scope}")));
+    assert_eq!(post("restart"), "200", "POST /restart");
+    assert_eq!(callback_lines(&file, 3).last(), Some(&format!("on_restart master {scope}")));
+
+    // The dynamic pg_hba: n2 takes it (and reloads), n1 keeps its own.
+    let dynamic = r##"{"postgresql":{"pg_hba":["local all all trust","host all all 127.0.0.1/32 md5","hostssl replication standby all md5","# dynamic marker"]}}"##;
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PATCH", "-d", dynamic])
+        .arg(format!("http://127.0.0.1:{}/config", c.api_port("n1")))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "PATCH /config");
+    let t0 = std::time::Instant::now();
+    let n2_hba = c.nodes[1].data().join("pg_hba.conf");
+    while !std::fs::read_to_string(&n2_hba).unwrap_or_default().contains("# dynamic marker") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "n2 never took the dynamic pg_hba");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.nodes[1].wait_log("pg_hba of the dynamic configuration changed", 1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let hba = std::fs::read_to_string(c.nodes[0].data().join("pg_hba.conf")).expect("pg_hba.conf");
+    assert!(hba.contains("# local marker") && !hba.contains("dynamic marker"), "the local pg_hba wins:\n{hba}");
+    assert_eq!(callback_lines(&file, 3).len(), 3, "n1 did not reload for a pg_hba it does not use");
+    for i in [1, 0] {
+        c.nodes[i].stop_cleanly(Duration::from_secs(60));
+    }
+}
+
 /// Passwords shared by the Patroni and the tusk members of a mixed cluster.
 const SU_PW: &str = "mixed-su";
 const REP_PW: &str = "mixed-rep";

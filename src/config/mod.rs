@@ -13,6 +13,7 @@ mod etcd;
 pub mod host;
 mod parse;
 mod secret;
+mod spilo;
 pub mod storage;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub use api::{ApiConfig, ApiTls, BasicAuth, VerifyClient};
 pub use etcd::{EtcdConfig, EtcdEndpoint, EtcdProtocol};
 pub use host::HostFacts;
 pub use secret::Secret;
+pub use spilo::{CALLBACK_ACTIONS, ReplicaMethod};
 pub use storage::{Compression, StorageConfig};
 
 pub(crate) use parse::MANAGED_PARAMETERS;
@@ -72,23 +74,26 @@ pub struct Config {
     pub clone: Option<clone::CloneConfig>,
     /// `STANDBY_HOST` / `STANDBY_SCOPE`: a standby cluster of another one.
     pub standby: Option<clone::StandbyConfig>,
-    /// `CALLBACK_SCRIPT`: Patroni's `on_start`, `on_stop` and
-    /// `on_role_change` callbacks, as Spilo sets them.
+    /// Patroni's callbacks: `CALLBACK_SCRIPT` (`on_start`, `on_stop` and
+    /// `on_role_change`, as Spilo sets them), then `SPILO_CONFIGURATION`'s
+    /// `postgresql.callbacks`.
     pub callbacks: Option<CallbackConfig>,
     /// Patroni's member tags this member announces (`TUSK_NOFAILOVER`,
-    /// `TUSK_NOLOADBALANCE`): in its member key and `/patroni`.
+    /// `TUSK_NOLOADBALANCE`, `SPILO_CONFIGURATION`'s `tags`): in its member
+    /// key and `/patroni`.
     pub tags: BTreeMap<String, serde_json::Value>,
     /// What was read but ignored, for the start-up log (never a secret).
     #[serde(skip)]
     pub warnings: Vec<String>,
 }
 
-/// A callback command and what it runs with.
+/// The callback commands and what they run with.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallbackConfig {
-    /// The command as words (shell quoting honoured, no shell); Patroni's
-    /// arguments (`<action> <role> <scope>`) are appended.
-    pub command: Vec<String>,
+    /// Action (`on_start`, ... [`CALLBACK_ACTIONS`]) → the command as words
+    /// (shell quoting honoured, no shell); Patroni's arguments
+    /// (`<action> <role> <scope>`) are appended.
+    pub commands: BTreeMap<String, Vec<String>>,
     /// postgres's environment plus `AWS_*` and `EIP_ALLOCATION` (what
     /// Spilo's AWS callbacks read); never serialized.
     #[serde(skip)]
@@ -109,8 +114,21 @@ pub struct PostgresConfig {
     pub socket_dir: PathBuf,
     /// `INITDB_LOCALE`, used only by initdb.
     pub initdb_locale: String,
-    /// Parameters derived from the memory limit, then `TUSK_PG_PARAMETERS`.
+    /// More initdb options (`SPILO_CONFIGURATION`'s `bootstrap.initdb`).
+    pub initdb_options: Vec<String>,
+    /// Parameters derived from the memory limit, then `TUSK_PG_PARAMETERS`,
+    /// then `SPILO_CONFIGURATION`'s `postgresql.parameters`.
     pub parameters: BTreeMap<String, String>,
+    /// `postgresql.pg_hba` (`SPILO_CONFIGURATION`): `pg_hba.conf`'s lines
+    /// instead of tusk's (and of the dynamic configuration's).
+    pub pg_hba: Option<Vec<String>>,
+    /// How a new replica gets its data, in order of preference
+    /// (`postgresql.create_replica_methods`; default: the bucket's latest
+    /// base backup when there is a bucket, then `pg_basebackup`).
+    pub replica_methods: Vec<ReplicaMethod>,
+    /// `postgresql.remove_data_directory_on_rewind_failure` set locally
+    /// (`SPILO_CONFIGURATION`); it wins over the dynamic configuration's.
+    pub remove_data_on_rewind_failure: Option<bool>,
     /// What postgres's children inherit from tusk's environment: `PATH`
     /// (or a default), `TZ`, `LANG`, `LC_*`. Read here, once, so nothing
     /// reads the process environment later.
@@ -299,10 +317,14 @@ impl Config {
     /// Parses and validates `env`. Reads the files that `*_FILE` variables
     /// and certificate variables name; writes nothing.
     pub fn from_map(env: &BTreeMap<String, String>, host: &HostFacts) -> Result<Config, ConfigError> {
+        // SPILO_CONFIGURATION first: its keys replace variables.
+        let (env, spilo) = spilo::apply(env)?;
+        let env = &env;
         // Empty values count as unset, as in Spilo's templates.
         // All fields are optional strings, so envy cannot fail here.
         let mut raw = raw_best_effort(env);
         let mut warnings = patroni_variables(env)?;
+        warnings.extend(spilo.warnings.iter().cloned());
         // Patroni's names for what Spilo's variables say.
         raw.pgdata = alias("PGDATA", &raw.pgdata, "PATRONI_POSTGRESQL_DATA_DIR", &raw.patroni_postgresql_data_dir)?;
         raw.pg_connect_address = alias(
@@ -426,13 +448,8 @@ impl Config {
             }
         }
 
-        let bootstrap_dcs = match raw.tusk_bootstrap_dcs.as_deref() {
-            None => Default::default(),
-            Some(v) => serde_json::from_str::<crate::patroni::DynamicConfig>(v).map_err(|e| {
-                ConfigError::new("TUSK_BOOTSTRAP_DCS", format!("not a Patroni dynamic configuration (JSON): {e}"))
-            })?,
-        };
-        let parameters = pg_parameters(raw.tusk_pg_parameters.as_deref(), host.memory_bytes)?;
+        let bootstrap_dcs = bootstrap_dcs(raw.tusk_bootstrap_dcs.as_deref(), spilo.bootstrap_dcs.as_ref())?;
+        let parameters = pg_parameters(raw.tusk_pg_parameters.as_deref(), &spilo.parameters, host.memory_bytes)?;
         let shutdown_timeout =
             parse_duration("TUSK_SHUTDOWN_TIMEOUT", raw.tusk_shutdown_timeout.as_deref(), Duration::from_secs(8))?;
         if shutdown_timeout < Duration::from_secs(2) || shutdown_timeout > Duration::from_secs(3600) {
@@ -458,21 +475,7 @@ impl Config {
                 other: Default::default(),
             });
         }
-        let callbacks = match raw.callback_script.as_deref() {
-            None => None,
-            Some(script) => {
-                let command = shlex::split(script)
-                    .filter(|w| !w.is_empty())
-                    .ok_or_else(|| ConfigError::new("CALLBACK_SCRIPT", "unbalanced quotes in the command"))?;
-                let mut cb_env = inherited_env(env);
-                for (k, v) in env {
-                    if k.starts_with("AWS_") || k == "EIP_ALLOCATION" {
-                        cb_env.push((k.clone(), v.clone()));
-                    }
-                }
-                Some(CallbackConfig { command, env: cb_env })
-            }
-        };
+        let callbacks = callbacks(env, raw.callback_script.as_deref(), &spilo.callbacks)?;
         let mut tags = BTreeMap::new();
         for (var, tag, v) in [
             ("TUSK_NOFAILOVER", "nofailover", &raw.tusk_nofailover),
@@ -481,6 +484,20 @@ impl Config {
             if parse_bool(var, v.as_deref())?.unwrap_or(false) {
                 tags.insert(tag.to_owned(), serde_json::Value::Bool(true));
             }
+        }
+        tags.extend(spilo.tags.clone());
+        let replica_methods = spilo.replica_methods.clone().unwrap_or_else(|| {
+            if storage.is_some() {
+                vec![ReplicaMethod::Backup, ReplicaMethod::Basebackup]
+            } else {
+                vec![ReplicaMethod::Basebackup]
+            }
+        });
+        if replica_methods == [ReplicaMethod::Backup] && storage.is_none() {
+            return Err(ConfigError::new(
+                spilo::VAR,
+                "postgresql.create_replica_methods names only a backup method, and no bucket is set (WAL_S3_BUCKET)",
+            ));
         }
         let log_format = parse_log_format(raw.tusk_log_format.as_deref())?;
         let log_level = raw.tusk_log_level.clone().unwrap_or_else(|| "info".to_owned());
@@ -500,7 +517,11 @@ impl Config {
                 connect_address: pg_connect,
                 socket_dir,
                 initdb_locale,
+                initdb_options: spilo.initdb.clone(),
                 parameters,
+                pg_hba: spilo.pg_hba.clone(),
+                replica_methods,
+                remove_data_on_rewind_failure: spilo.remove_data_on_rewind_failure,
                 inherited_env: inherited_env(env),
             },
             api,
@@ -535,8 +556,71 @@ impl Config {
     }
 }
 
+/// The bootstrap's dynamic configuration: `TUSK_BOOTSTRAP_DCS` (JSON),
+/// then `SPILO_CONFIGURATION`'s `bootstrap.dcs` merged over it.
+fn bootstrap_dcs(
+    json: Option<&str>,
+    spilo: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<crate::patroni::DynamicConfig, ConfigError> {
+    const VAR: &str = "TUSK_BOOTSTRAP_DCS";
+    let mut value = match json {
+        None => serde_json::Value::Object(Default::default()),
+        Some(v) => serde_json::from_str::<serde_json::Value>(v)
+            .map_err(|e| ConfigError::new(VAR, format!("not a Patroni dynamic configuration (JSON): {e}")))?,
+    };
+    serde_json::from_value::<crate::patroni::DynamicConfig>(value.clone())
+        .map_err(|e| ConfigError::new(VAR, format!("not a Patroni dynamic configuration (JSON): {e}")))?;
+    let Some(spilo) = spilo else {
+        return Ok(serde_json::from_value(value).expect("checked just above"));
+    };
+    spilo::deep_merge(&mut value, &serde_json::Value::Object(spilo.clone()));
+    serde_json::from_value(value)
+        .map_err(|e| ConfigError::new(spilo::VAR, format!("bootstrap.dcs: not a Patroni dynamic configuration: {e}")))
+}
+
+/// The callbacks: `CALLBACK_SCRIPT` for `on_start`, `on_stop` and
+/// `on_role_change` (as Spilo sets it), then `postgresql.callbacks` (a
+/// null there removes one).
+fn callbacks(
+    env: &BTreeMap<String, String>,
+    script: Option<&str>,
+    spilo: &BTreeMap<String, Option<String>>,
+) -> Result<Option<CallbackConfig>, ConfigError> {
+    let words = |var: &str, what: &str, cmd: &str| {
+        shlex::split(cmd)
+            .filter(|w| !w.is_empty())
+            .ok_or_else(|| ConfigError::new(var, format!("{what}: an empty command or unbalanced quotes")))
+    };
+    let mut commands = BTreeMap::new();
+    if let Some(script) = script {
+        let command = words("CALLBACK_SCRIPT", "the command", script)?;
+        for action in ["on_start", "on_stop", "on_role_change"] {
+            commands.insert(action.to_owned(), command.clone());
+        }
+    }
+    for (action, cmd) in spilo {
+        match cmd {
+            Some(cmd) => {
+                commands.insert(action.clone(), words(spilo::VAR, &format!("postgresql.callbacks.{action}"), cmd)?)
+            }
+            None => commands.remove(action),
+        };
+    }
+    if commands.is_empty() {
+        return Ok(None);
+    }
+    let mut cb_env = inherited_env(env);
+    for (k, v) in env {
+        if k.starts_with("AWS_") || k == "EIP_ALLOCATION" {
+            cb_env.push((k.clone(), v.clone()));
+        }
+    }
+    Ok(Some(CallbackConfig { commands, env: cb_env }))
+}
+
 /// Patroni's variables that tusk reads (the `_FILE` form of a secret too).
-const PATRONI_READ: [&str; 28] = [
+const PATRONI_READ: [&str; 29] = [
+    "PATRONI_CONFIGURATION",
     "PATRONI_SCOPE",
     "PATRONI_NAME",
     "PATRONI_NAMESPACE",

@@ -199,37 +199,57 @@ pub(crate) const MANAGED_PARAMETERS: &[(&str, &str)] = &[
 
 /// Postgres parameters derived from the memory limit like Spilo's
 /// (`shared_buffers` = 1/4, `max_connections` = clamp(MB/30, 100, 1000)),
-/// then the JSON object in `TUSK_PG_PARAMETERS` on top.
-pub(super) fn pg_parameters(v: Option<&str>, memory_bytes: u64) -> Result<BTreeMap<String, String>, ConfigError> {
+/// then the JSON object in `TUSK_PG_PARAMETERS` on top, then
+/// `SPILO_CONFIGURATION`'s `postgresql.parameters` (`spilo`).
+pub(super) fn pg_parameters(
+    v: Option<&str>,
+    spilo: &serde_json::Map<String, serde_json::Value>,
+    memory_bytes: u64,
+) -> Result<BTreeMap<String, String>, ConfigError> {
     let mem_mb = memory_bytes / (1 << 20);
     let mut params = BTreeMap::new();
     params.insert("shared_buffers".to_owned(), format!("{}MB", (mem_mb / 4).max(16)));
     params.insert("max_connections".to_owned(), (mem_mb / 30).clamp(100, 1000).to_string());
-    let Some(v) = v else { return Ok(params) };
-    const VAR: &str = "TUSK_PG_PARAMETERS";
-    let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(v)
-        .map_err(|e| ConfigError::new(VAR, format!("not a JSON object of parameter names to values: {e}")))?;
+    if let Some(v) = v {
+        const VAR: &str = "TUSK_PG_PARAMETERS";
+        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(v)
+            .map_err(|e| ConfigError::new(VAR, format!("not a JSON object of parameter names to values: {e}")))?;
+        add_parameters(VAR, "", &obj, &mut params)?;
+    }
+    add_parameters(super::spilo::VAR, "postgresql.parameters.", spilo, &mut params)?;
+    Ok(params)
+}
+
+/// `obj`'s parameters into `params`, each checked; errors name `var`.
+fn add_parameters(
+    var: &str,
+    path: &str,
+    obj: &serde_json::Map<String, serde_json::Value>,
+    params: &mut BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
     for (name, value) in obj {
         let name = name.to_ascii_lowercase();
         let valid_name = !name.is_empty()
             && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
         if !valid_name {
-            return Err(ConfigError::new(VAR, format!("{name:?} is not a parameter name")));
+            return Err(ConfigError::new(var, format!("{path}{name:?} is not a parameter name")));
         }
         if let Some((_, owner)) = MANAGED_PARAMETERS.iter().find(|(p, _)| *p == name) {
-            return Err(ConfigError::new(VAR, format!("{name} is managed by {owner}")));
+            return Err(ConfigError::new(var, format!("{path}{name} is managed by {owner}")));
         }
         let value = match value {
-            serde_json::Value::String(s) => s,
+            serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Bool(b) => if b { "on" } else { "off" }.to_owned(),
-            other => return Err(ConfigError::new(VAR, format!("{name}: {other} is not a string, number or boolean"))),
+            serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_owned(),
+            other => {
+                return Err(ConfigError::new(var, format!("{path}{name}: {other} is not a string, number or boolean")));
+            }
         };
         if value.contains('\n') || value.contains('\0') {
-            return Err(ConfigError::new(VAR, format!("{name}: value contains a newline")));
+            return Err(ConfigError::new(var, format!("{path}{name}: value contains a newline")));
         }
         params.insert(name, value);
     }
-    Ok(params)
+    Ok(())
 }

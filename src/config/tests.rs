@@ -570,3 +570,86 @@ fn member_tags() {
     let c = parse(&[("TUSK_NOFAILOVER", "yes"), ("TUSK_NOLOADBALANCE", "on")]).unwrap();
     assert_eq!(c.tags.len(), 2);
 }
+
+#[test]
+fn spilo_configuration_over_the_environment() {
+    let yaml = r#"
+bootstrap:
+  dcs:
+    loop_wait: 3
+    postgresql:
+      parameters: {max_connections: 200}
+      pg_hba: [local all all trust]
+  initdb: [{locale: en_US.UTF-8}, {wal-segsize: 32}]
+restapi: {listen: "*:8010"}
+postgresql:
+  parameters: {work_mem: 16MB}
+  pg_hba: ["local all all trust", "hostssl all all all md5"]
+  callbacks: {on_role_change: "/bin/vip 'a b'", on_stop: null, on_reload: /bin/reload}
+  create_replica_methods: [basebackup]
+  remove_data_directory_on_rewind_failure: true
+tags: {noloadbalance: true, clonefrom: true}
+"#;
+    let c = parse(&[
+        ("SPILO_CONFIGURATION", yaml),
+        ("APIPORT", "8008"),
+        ("TUSK_BOOTSTRAP_DCS", r#"{"ttl":20,"loop_wait":2,"postgresql":{"parameters":{"work_mem":"4MB"}}}"#),
+        ("TUSK_PG_PARAMETERS", r#"{"work_mem":"8MB","log_statement":"ddl"}"#),
+        ("CALLBACK_SCRIPT", "/bin/cb --x"),
+        ("TUSK_NOFAILOVER", "true"),
+        ("WAL_S3_BUCKET", "b"),
+    ])
+    .unwrap();
+    // bootstrap.dcs merged over TUSK_BOOTSTRAP_DCS, the YAML winning.
+    let d = &c.bootstrap_dcs;
+    assert_eq!((d.ttl, d.loop_wait), (20, 3));
+    assert_eq!(d.postgresql.parameters["work_mem"], "4MB");
+    assert_eq!(d.postgresql.parameters["max_connections"], 200);
+    assert_eq!(d.postgresql.pg_hba(), Some(vec!["local all all trust".to_owned()]));
+    assert_eq!(c.postgres.initdb_locale, "en_US.UTF-8");
+    assert_eq!(c.postgres.initdb_options, ["--wal-segsize=32"]);
+    assert_eq!(c.api.port, 8010);
+    assert_eq!(
+        (c.postgres.parameters["work_mem"].as_str(), c.postgres.parameters["log_statement"].as_str()),
+        ("16MB", "ddl")
+    );
+    assert_eq!(c.postgres.pg_hba.as_ref().map(Vec::len), Some(2));
+    let cb = c.callbacks.as_ref().unwrap();
+    assert_eq!(cb.commands["on_start"], ["/bin/cb", "--x"]);
+    assert_eq!(cb.commands["on_role_change"], ["/bin/vip", "a b"]);
+    assert_eq!(cb.commands["on_reload"], ["/bin/reload"]);
+    assert!(!cb.commands.contains_key("on_stop"));
+    assert_eq!(c.postgres.replica_methods, [ReplicaMethod::Basebackup]);
+    assert_eq!(c.postgres.remove_data_on_rewind_failure, Some(true));
+    assert_eq!(serde_json::to_string(&c.tags).unwrap(), r#"{"clonefrom":true,"nofailover":true,"noloadbalance":true}"#);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // Defaults: the bucket's backup first when there is a bucket.
+    assert_eq!(
+        parse(&[("WAL_S3_BUCKET", "b")]).unwrap().postgres.replica_methods,
+        [ReplicaMethod::Backup, ReplicaMethod::Basebackup]
+    );
+    assert_eq!(parse(&[]).unwrap().postgres.replica_methods, [ReplicaMethod::Basebackup]);
+
+    // Errors name the variable, with the path in the message.
+    for (yaml, says) in [
+        ("postgresql: {parameters: {archive_command: x}}", "postgresql.parameters.archive_command is managed"),
+        ("bootstrap: {dcs: {ttl: soon}}", "bootstrap.dcs"),
+        ("postgresql: {create_replica_methods: [wal_e]}", "no bucket"),
+        ("restapi: {listen: nohostport}", "PATRONI_RESTAPI_LISTEN"),
+        ("postgresql: {callbacks: {on_start: \"'unbalanced\"}}", "postgresql.callbacks.on_start"),
+    ] {
+        let e = parse(&[("SPILO_CONFIGURATION", yaml)]).unwrap_err();
+        assert!(e.var == "SPILO_CONFIGURATION" || e.var == "PATRONI_RESTAPI_LISTEN", "{yaml}: {e}");
+        assert!(e.to_string().contains(says), "{yaml}: {e}");
+    }
+    // A password given in the YAML counts as given (open etcd needs both).
+    let open = [("ETCD3_HOSTS", "127.0.0.1:2379")];
+    assert_eq!(parse(&open).unwrap_err().var, "PGPASSWORD_SUPERUSER");
+    let yaml = "postgresql: {authentication: {superuser: {password: a}, replication: {password: b}}}";
+    let c = parse(&[open[0], ("SPILO_CONFIGURATION", yaml)]).unwrap();
+    assert_eq!(c.credentials.superuser.password.as_ref().map(|p| p.expose().to_owned()).as_deref(), Some("a"));
+    // Unsupported keys are named.
+    let c = parse(&[("SPILO_CONFIGURATION", "log: {level: DEBUG}\npostgresql: {use_unix_socket: true}")]).unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings.iter().all(|w| w.starts_with("SPILO_CONFIGURATION: ")));
+}

@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 use super::decide::{Action, ClusterView};
 use super::error::HaError;
 use super::run::Ha;
+use crate::config::ReplicaMethod;
 use crate::exit::EXIT_FAILURE;
 use crate::patroni::{Failover, HistoryLine, Role as MemberRole, State, Status};
 use crate::postgres::files::{self, ConfInputs, Role};
@@ -87,7 +88,11 @@ impl Ha {
                     match self.rewind_if_needed(view, l, up).await {
                         Ok(true) => {}
                         Ok(false) => return None,
-                        Err(e) if self.config.postgresql.remove_data_directory_on_rewind_failure() => {
+                        Err(e)
+                            if self.cfg.postgres.remove_data_on_rewind_failure.unwrap_or_else(|| {
+                                self.config.postgresql.remove_data_directory_on_rewind_failure()
+                            }) =>
+                        {
                             tracing::error!(
                                 "{e}; removing the data directory (remove_data_directory_on_rewind_failure) \
                                  and rebuilding this replica from the leader"
@@ -281,8 +286,30 @@ impl Ha {
         self.replication_password().await?;
         self.state = State::CreatingReplica;
         self.publish(view).await;
-        if !self.replica_from_backup(view).await {
-            replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await?;
+        // `create_replica_methods`, in order; pg_basebackup's failure is the
+        // error when it is the last method tried.
+        let methods = &self.cfg.postgres.replica_methods;
+        let mut done = false;
+        for (i, method) in methods.iter().enumerate() {
+            match method {
+                ReplicaMethod::Backup => done = self.replica_from_backup(view).await,
+                ReplicaMethod::Basebackup if i + 1 == methods.len() => {
+                    replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await?;
+                    done = true;
+                }
+                ReplicaMethod::Basebackup => {
+                    match replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await {
+                        Ok(()) => done = true,
+                        Err(e) => tracing::warn!(error = %e, "pg_basebackup failed; trying the next replica method"),
+                    }
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        if !done {
+            return Err(HaError::NoReplicaMethod);
         }
         self.clean_handover = true;
         Ok(self.start(Role::Replica(Some(up))).await?)

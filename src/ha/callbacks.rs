@@ -1,5 +1,7 @@
 //! Patroni's callbacks (`CALLBACK_SCRIPT`, as Spilo sets it: `on_start`,
-//! `on_stop`, `on_role_change`), run as Patroni runs them: the command with
+//! `on_stop`, `on_role_change`; `SPILO_CONFIGURATION`'s
+//! `postgresql.callbacks`, `on_restart` and `on_reload` too), run as
+//! Patroni runs them: the action's command with
 //! `<action> <role> <scope>` appended, as the postgres user, asynchronously,
 //! one at a time (a new call kills the one still running, with its process
 //! group), each bounded by [`CALLBACK_TIMEOUT`] and logged.
@@ -13,7 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::api::NodeStatus;
@@ -24,13 +26,14 @@ use crate::postgres::RunAs;
 /// The longest a callback may run before it is killed.
 pub(super) const CALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Patroni's callback actions (the ones `CALLBACK_SCRIPT` sets, and restart).
+/// Patroni's callback actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names)] // Patroni's names: on_start, on_stop, ...
 pub(super) enum Action {
     OnStart,
     OnStop,
     OnRestart,
+    OnReload,
     OnRoleChange,
 }
 
@@ -40,6 +43,7 @@ impl Action {
             Action::OnStart => "on_start",
             Action::OnStop => "on_stop",
             Action::OnRestart => "on_restart",
+            Action::OnReload => "on_reload",
             Action::OnRoleChange => "on_role_change",
         }
     }
@@ -112,6 +116,7 @@ pub(super) fn transition(seen: &mut Seen, state: &State, role: &Role) -> Option<
 /// The running watcher; [`CallbackTask::finish`] lets the last callback end.
 pub(super) struct CallbackTask {
     stop: Option<oneshot::Sender<()>>,
+    reloads: mpsc::UnboundedSender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -124,8 +129,15 @@ impl CallbackTask {
         status: watch::Receiver<NodeStatus>,
     ) -> Self {
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(watch_status(cfg, scope, run_as, status, stopped));
-        CallbackTask { stop: Some(stop), task }
+        let (reloads, reloaded) = mpsc::unbounded_channel();
+        let task = tokio::spawn(watch_status(cfg, scope, run_as, status, (stopped, reloaded)));
+        CallbackTask { stop: Some(stop), reloads, task }
+    }
+
+    /// postgres was reloaded (SIGHUP, `POST /reload`, a change of the
+    /// dynamic configuration): `on_reload`, if postgres runs.
+    pub(super) fn reloaded(&self) {
+        let _ = self.reloads.send(());
     }
 
     /// At shutdown: the status is looked at once more (the `on_stop` of
@@ -146,7 +158,7 @@ async fn watch_status(
     scope: String,
     run_as: RunAs,
     mut status: watch::Receiver<NodeStatus>,
-    mut stopped: oneshot::Receiver<()>,
+    (mut stopped, mut reloaded): (oneshot::Receiver<()>, mpsc::UnboundedReceiver<()>),
 ) {
     let mut seen = Seen::default();
     let mut running: Option<(Child, Action, Instant)> = None;
@@ -164,6 +176,15 @@ async fn watch_status(
             changed = status.changed(), if !stopping => {
                 if changed.is_err() {
                     stopping = true;
+                }
+            }
+            Some(()) = reloaded.recv(), if !stopping => {
+                let (state, role) = {
+                    let st = status.borrow();
+                    (st.state.clone(), st.role.clone())
+                };
+                if state == State::Running {
+                    call(&mut running, (&cfg, &scope, &run_as), Action::OnReload, &role).await;
                 }
             }
             _ = &mut stopped, if !stopping => {
@@ -202,11 +223,25 @@ async fn react(
         (st.state.clone(), st.role.clone())
     };
     if let Some((action, role)) = transition(seen, &state, &role) {
-        if let Some((child, previous, _)) = running.take() {
-            kill(child, previous, "a newer callback replaces it").await;
-        }
-        *running = start(cfg, scope, run_as, action, &role);
+        call(running, (cfg, scope, run_as), action, &role).await;
     }
+}
+
+/// Runs `action`'s command, if it has one: the one still running is
+/// killed first, as Patroni does.
+async fn call(
+    running: &mut Option<(Child, Action, Instant)>,
+    (cfg, scope, run_as): (&CallbackConfig, &str, &RunAs),
+    action: Action,
+    role: &Role,
+) {
+    if !cfg.commands.contains_key(action.as_str()) {
+        return;
+    }
+    if let Some((child, previous, _)) = running.take() {
+        kill(child, previous, "a newer callback replaces it").await;
+    }
+    *running = start(cfg, scope, run_as, action, role);
 }
 
 fn start(
@@ -216,7 +251,8 @@ fn start(
     action: Action,
     role: &Role,
 ) -> Option<(Child, Action, Instant)> {
-    let (program, args) = cfg.command.split_first()?;
+    let command = cfg.commands.get(action.as_str())?;
+    let (program, args) = command.split_first()?;
     let mut cmd = Command::new(program);
     cmd.args(args).args([action.as_str(), role_arg(role), scope]);
     let mut as_user = run_as.clone();
@@ -233,12 +269,12 @@ fn start(
                 role = role_arg(role),
                 pid = child.id().unwrap_or(0),
                 "callback started: {}",
-                cfg.command.join(" ")
+                command.join(" ")
             );
             Some((child, action, Instant::now()))
         }
         Err(e) => {
-            tracing::error!(action = action.as_str(), error = %e, "cannot run the callback {}", cfg.command.join(" "));
+            tracing::error!(action = action.as_str(), error = %e, "cannot run the callback {}", command.join(" "));
             None
         }
     }

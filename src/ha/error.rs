@@ -30,6 +30,11 @@ pub enum HaError {
     NoLeaderMember,
     #[error("clone failed: {0}")]
     Clone(String),
+    #[error(
+        "no replica method worked (postgresql.create_replica_methods names only the bucket's base backup, and \
+         none could be restored)"
+    )]
+    NoReplicaMethod,
     #[error("pg_rewind failed: {0}")]
     Rewind(PgError),
 }

@@ -145,6 +145,9 @@ impl Ha {
         }
         if let Some(pm) = &self.pm {
             pm.signal(Signal::SIGHUP);
+            if let Some(cb) = &self.callbacks {
+                cb.reloaded();
+            }
         }
         api::reload_tls(&self.api_tls, &self.cfg.api);
         let etcd = self.cfg.etcd.clone().expect("HA mode has an etcd section");

@@ -66,6 +66,10 @@ pub struct Ha {
     pub(super) rewind_failed: bool,
     /// What `tusk.dcs.conf` last left out of the dynamic configuration (logged).
     pub(super) dynamic_left_out: Vec<String>,
+    /// The dynamic parameters were written once already: a change now is
+    /// a change of the running configuration (`on_reload`), not its first
+    /// application after tusk started.
+    pub(super) dynamic_written: bool,
     /// Runs `CALLBACK_SCRIPT` on status changes.
     pub(super) callbacks: Option<CallbackTask>,
     /// postgres exited this many times in a row before it ever ran...
@@ -162,10 +166,9 @@ pub(crate) async fn run(
     );
     let wake = Arc::new(Notify::new());
     let callbacks = cfg.callbacks.clone().map(|cb| {
-        tracing::info!(
-            command = cb.command.join(" "),
-            "callbacks: on_start, on_stop, on_role_change (CALLBACK_SCRIPT)"
-        );
+        for (action, command) in &cb.commands {
+            tracing::info!(action, command = command.join(" "), "callback");
+        }
         CallbackTask::spawn(cb, cfg.scope.clone(), run_as.clone(), api.status.subscribe())
     });
     let mut ha = Ha {
@@ -185,6 +188,7 @@ pub(crate) async fn run(
         clean_handover: false,
         rewind_failed: false,
         dynamic_left_out: Vec::new(),
+        dynamic_written: false,
         start_failures: 0,
         start_not_before: None,
         status: api.status.clone(),
@@ -401,6 +405,7 @@ impl Ha {
         }
         // Cluster-wide parameters from `config`: applied with a reload.
         if self.cfg.postgres.data.join("PG_VERSION").exists() {
+            let changed = self.dynamic_written;
             match files::write_dynamic(
                 &self.cfg,
                 &self.run_as,
@@ -411,11 +416,33 @@ impl Ha {
                     if let Some(pm) = &self.pm {
                         tracing::info!("dynamic configuration changed: postgres reloaded");
                         pm.signal(Signal::SIGHUP);
+                        if let Some(cb) = self.callbacks.as_ref().filter(|_| changed) {
+                            cb.reloaded();
+                        }
                     }
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!("cannot write the dynamic parameters: {e}"),
             }
+            // `pg_hba` too, when the dynamic configuration has one.
+            let hba = self.config.postgresql.pg_hba();
+            if hba != self.inputs.dynamic_hba {
+                self.inputs.dynamic_hba = hba;
+                match files::write_hba(&self.cfg, &self.run_as, self.inputs.dynamic_hba.as_deref()) {
+                    Ok(true) => {
+                        if let Some(pm) = &self.pm {
+                            tracing::info!("pg_hba of the dynamic configuration changed: postgres reloaded");
+                            pm.signal(Signal::SIGHUP);
+                            if let Some(cb) = self.callbacks.as_ref().filter(|_| changed) {
+                                cb.reloaded();
+                            }
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("cannot write pg_hba.conf: {e}"),
+                }
+            }
+            self.dynamic_written = true;
             // Once per change, on every member (a replica's copy of the
             // file may have come with its base backup).
             let left_out = files::left_out(&self.cfg);

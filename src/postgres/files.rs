@@ -48,6 +48,9 @@ pub struct ConfInputs {
     /// them, as Patroni does, so that a member with less memory (or a
     /// Patroni primary with other settings) can be followed.
     pub standby_minimums: BTreeMap<String, u64>,
+    /// The dynamic configuration's `postgresql.pg_hba`, if it has one (a
+    /// local `postgresql.pg_hba` wins over it).
+    pub dynamic_hba: Option<Vec<String>>,
 }
 
 /// Spilo's `shared_preload_libraries`, of which only the installed ones
@@ -268,6 +271,18 @@ pub fn write_dynamic(
     Ok(true)
 }
 
+/// Rewrites `pg_hba.conf` when the dynamic configuration's `pg_hba`
+/// changed it; `true`: postgres is to reload.
+pub fn write_hba(cfg: &Config, run_as: &RunAs, dynamic: Option<&[String]>) -> Result<bool, PgError> {
+    let out = render_hba(cfg, dynamic);
+    let path = cfg.postgres.data.join("pg_hba.conf");
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == out) {
+        return Ok(false);
+    }
+    write_atomic(&path, out.as_bytes(), 0o600, run_as)?;
+    Ok(true)
+}
+
 /// `tusk.dcs.conf` for `params`; `skipped(name, why)` hears of what is left
 /// out. Library lists keep only installed libraries; what they lose is
 /// noted in a comment line ([`left_out`] reads them back).
@@ -328,9 +343,20 @@ pub fn left_out(cfg: &Config) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Spilo's `pg_hba.conf` (reference §1.4): trust on the local socket,
-/// passwords over TCP, TLS only unless `ALLOW_NOSSL`.
-pub fn render_hba(cfg: &Config) -> String {
+/// `pg_hba.conf`: `postgresql.pg_hba`'s lines (the local one, else the
+/// dynamic configuration's, `dynamic`), as Patroni writes them; without
+/// one, Spilo's (reference §1.4): trust on the local socket, passwords
+/// over TCP, TLS only unless `ALLOW_NOSSL`.
+pub fn render_hba(cfg: &Config, dynamic: Option<&[String]>) -> String {
+    if let Some(lines) = cfg.postgres.pg_hba.as_deref().or(dynamic) {
+        let from = if cfg.postgres.pg_hba.is_some() { "SPILO_CONFIGURATION" } else { "the dynamic configuration" };
+        let mut out = format!("# Managed by tusk: postgresql.pg_hba of {from}, rewritten at every start.\n");
+        for l in lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+        return out;
+    }
     let standby = hba_user(&cfg.credentials.replication.name);
     let mut out = String::from("# Managed by tusk and rewritten at every start: do not edit.\n");
     out.push_str("local   all           all                    trust\n");
@@ -372,7 +398,7 @@ pub fn write_all(cfg: &Config, inputs: &ConfInputs, run_as: &RunAs, role: &Role)
     };
     write_atomic(&data.join(TUSK_CONF), render_conf(&parameters(cfg, inputs, upstream)).as_bytes(), 0o600, run_as)?;
     super::replication::set_standby(data, matches!(role, Role::Replica(_)), run_as)?;
-    write_atomic(&data.join("pg_hba.conf"), render_hba(cfg).as_bytes(), 0o600, run_as)?;
+    write_atomic(&data.join("pg_hba.conf"), render_hba(cfg, inputs.dynamic_hba.as_deref()).as_bytes(), 0o600, run_as)?;
     let conf_path = data.join("postgresql.conf");
     let conf = std::fs::read_to_string(&conf_path).map_err(|e| PgError::io(conf_path.display().to_string(), e))?;
     if !conf.lines().any(|l| l.trim_start().starts_with("include = 'tusk.conf'")) {
@@ -401,7 +427,14 @@ mod tests {
     fn tls() -> ConfInputs {
         let tls = TlsPaths { cert: "/r/certs/server.crt".into(), key: "/r/certs/server.key".into(), ca: None };
         let libraries = Libraries(["pg_stat_statements", "auto_explain"].map(String::from).into());
-        ConfInputs { tls, archive: None, recovery: BTreeMap::new(), libraries, standby_minimums: BTreeMap::new() }
+        ConfInputs {
+            tls,
+            archive: None,
+            recovery: BTreeMap::new(),
+            libraries,
+            standby_minimums: BTreeMap::new(),
+            dynamic_hba: None,
+        }
     }
 
     #[test]
@@ -496,11 +529,11 @@ mod tests {
 
     #[test]
     fn hba_rules() {
-        let hba = render_hba(&config(&[]));
+        let hba = render_hba(&config(&[]), None);
         assert!(hba.contains("hostnossl all         all       all          reject"));
         assert!(hba.contains("hostssl replication   \"standby\" all"));
         assert!(!hba.lines().any(|l| l.starts_with("host    all           all       all")));
-        let hba = render_hba(&config(&[("ALLOW_NOSSL", "true"), ("PGUSER_STANDBY", "repl")]));
+        let hba = render_hba(&config(&[("ALLOW_NOSSL", "true"), ("PGUSER_STANDBY", "repl")]), None);
         assert!(!hba.contains("reject"));
         assert!(hba.contains("host    all           all       all          md5"));
         assert!(hba.contains("\"repl\""));

@@ -144,6 +144,8 @@ pub async fn initdb(
         .arg(format!("--username={}", cfg.credentials.superuser.name))
         .arg("--auth-local=trust")
         .arg("--auth-host=scram-sha-256")
+        // bootstrap.initdb (SPILO_CONFIGURATION): after tusk's, so they win.
+        .args(&cfg.postgres.initdb_options)
         // One syncfs below instead of an fsync per file: same durability, much faster.
         .arg("--no-sync")
         .arg("--no-instructions");
