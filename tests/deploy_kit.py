@@ -60,9 +60,13 @@ def ecs(path):
 def hcl(path):
     import hcl2
 
+    # Plain values: no comment or block markers, heredocs as strings, string
+    # values and block labels without their quotes (python-hcl2 8.x).
+    options = hcl2.SerializationOptions(
+        with_comments=False, explicit_blocks=False, preserve_heredocs=False, strip_string_quotes=True)
     with open(path) as f:
         try:
-            parsed = hcl2.load(f)
+            parsed = hcl2.load(f, serialization_options=options)
         except Exception as e:  # the parser's own exception types vary by version
             print(f"{path}: not HCL2: {e}", file=sys.stderr)
             sys.exit(1)
