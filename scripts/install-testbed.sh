@@ -3,13 +3,19 @@
 # (run as root). Idempotent: only installs what is missing.
 #   apt: etcd, haproxy, patroni, pgbackrest, podman (+runc), debootstrap,
 #        nftables (tests/etcd_stall cuts one etcd member off its peers),
-#        lz4, lzop and xz-utils (reference tools the codec tests compress with), ...
+#        lz4, lzop and xz-utils (reference tools the codec tests compress with),
+#        the deployment kit's validators (tests/deploy_kit.rs): systemd
+#        (systemd-analyze), ignition (ignition-validate), python3-botocore,
+#        python3-venv, ...
+#   pip: python-hcl2 (tests/deploy_kit.rs parses the Nomad job) into the venv
+#        /opt/tusk-test/venv, which also sees Debian's python3-botocore
 #   cargo: garage (S3 server), built once into ~/.cargo/bin (~11 min on 2 cores)
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 PKGS=(etcd-server etcd-client haproxy patroni pgbackrest podman runc debootstrap
-      openssl curl uidmap lz4 lzop xz-utils nftables)
+      openssl curl uidmap lz4 lzop xz-utils nftables
+      systemd ignition python3-botocore python3-venv)
 # garage needs a C toolchain for its bundled libraries.
 command -v cc >/dev/null 2>&1 || PKGS+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || PKGS+=(pkg-config)
@@ -46,6 +52,19 @@ for svc in etcd haproxy patroni; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 
+# python-hcl2 for tests/deploy_kit.rs, in a venv of Debian's python3 (Debian
+# 12 refuses pip installs into the system's python); --system-site-packages
+# so that the same interpreter also imports Debian's python3-botocore.
+# Pinned: the test reads this version's JSON form of HCL.
+venv=/opt/tusk-test/venv
+hcl2_version=8.1.4
+if ! "$venv/bin/python" -c "import botocore, hcl2, importlib.metadata as m; assert m.version('python-hcl2') == '$hcl2_version'" 2>/dev/null; then
+  echo "install-testbed: python-hcl2 $hcl2_version into $venv"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "python-hcl2==$hcl2_version"
+fi
+
 # garage 2.x (the scripts use its CLI): reuse an existing binary, otherwise
 # build it from crates.io. --version prints e.g. "garage cargo:2.5.0 [...]".
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -64,4 +83,7 @@ echo "install-testbed: etcd $(etcd --version | awk '/etcd Version/{print $3}'),"
   "runc $(runc --version | awk 'NR==1{print $3}')," \
   "openssl $(openssl version | awk '{print $2}')," \
   "curl $(curl --version | awk 'NR==1{print $2}')," \
-  "garage $(garage --version | awk '{sub(/^(cargo:|v)/, "", $2); print $2}')"
+  "garage $(garage --version | awk '{sub(/^(cargo:|v)/, "", $2); print $2}')," \
+  "ignition-validate $(ignition-validate --version | awk '{print $3}')," \
+  "botocore $("$venv/bin/python" -c 'import botocore; print(botocore.__version__)')," \
+  "python-hcl2 $hcl2_version"
