@@ -268,7 +268,8 @@ fn image_runs_postgres_and_stops_cleanly() {
 
 /// The image's locales: a data directory initialised with `en_US.UTF-8`
 /// outside tusk (as most Spilo and Patroni clusters were) comes up and
-/// serves; a locale the image lacks stops tusk at start with exit 78.
+/// serves, and so does a clone of it in a second container; a locale the
+/// image lacks stops tusk at start with exit 78.
 fn locales(podman: &Podman, psql: &str) {
     let volume = tempfile::Builder::new().prefix("tusk-image-locale-").tempdir().expect("tempdir");
     let mount = format!("{}:/home/postgres/pgdata", volume.path().display());
@@ -315,6 +316,61 @@ fn locales(podman: &Podman, psql: &str) {
     let out = ctr.psql(psql, pg_port, "select ('a' < 'B')::text");
     assert!(out.status.success(), "collation at work: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "true", "en_US.UTF-8 collation");
+
+    // A clone of that cluster (pg_basebackup into a second container): it
+    // comes up with the en_US collation too.
+    let out = ctr.psql(
+        psql,
+        pg_port,
+        "create table marker (v text); insert into marker values ('en_US source'); \
+         do $$ begin if not exists (select from pg_roles where rolname = 'standby') then \
+         create role standby login replication; end if; end $$; alter role standby password 'clone-pw'",
+    );
+    assert!(out.status.success(), "prepare the source: {}", text(&out.stderr));
+    let clone_volume = tempfile::Builder::new().prefix("tusk-image-clone-").tempdir().expect("tempdir");
+    let clone = Container { podman, name: format!("tusk-image-clone-{}-{nanos}", std::process::id()) };
+    let (clone_pg, clone_api) = (free_port(), free_port());
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &clone.name,
+        "--network",
+        "host",
+        "-v",
+        &format!("{}:/home/postgres/pgdata", clone_volume.path().display()),
+        "-e",
+        &format!("PGPORT={clone_pg}"),
+        "-e",
+        &format!("APIPORT={clone_api}"),
+        "-e",
+        "SCOPE=enclone",
+        "-e",
+        "CLONE_METHOD=CLONE_WITH_BASEBACKUP",
+        "-e",
+        "CLONE_SCOPE=en",
+        "-e",
+        "CLONE_HOST=127.0.0.1",
+        "-e",
+        &format!("CLONE_PORT={pg_port}"),
+        "-e",
+        "CLONE_USER=standby",
+        "-e",
+        "CLONE_PASSWORD=clone-pw",
+        TAG,
+    ]);
+    clone.wait_ready(psql, clone_pg);
+    let out = clone.psql(
+        psql,
+        clone_pg,
+        "select datcollate || ' ' || ('a' < 'B')::text || ' ' || (select v from marker) || ' ' || \
+         pg_is_in_recovery()::text from pg_database where datname = 'postgres'",
+    );
+    assert!(out.status.success(), "the clone: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "en_US.UTF-8 true en_US source false", "the clone of an en_US cluster");
+    podman.ok(&["stop", "-t", "10", &clone.name]);
+    assert_eq!(podman.ok(&["inspect", "--format", "{{.State.ExitCode}}", &clone.name]), "0");
+    drop(clone);
     podman.ok(&["stop", "-t", "10", &ctr.name]);
     assert_eq!(podman.ok(&["inspect", "--format", "{{.State.ExitCode}}", &ctr.name]), "0");
     drop(ctr);
