@@ -305,12 +305,108 @@ impl DynamicConfig {
     /// `loop_wait + 2 * retry_timeout ≤ ttl`: its leader renews the lease on
     /// its own schedule and demotes on a deadline from the last successful
     /// keepalive, so 10/2/5 (a setting Patroni 3.0.2 runs with) stays 10/2/5.
+    /// `synchronous_mode`: `true`/`on` (or Patroni 4's `quorum`, which
+    /// tusk runs as priority mode).
+    pub fn synchronous_mode(&self) -> bool {
+        self.other.get("synchronous_mode").is_some_and(|v| match v {
+            serde_json::Value::Bool(b) => *b,
+            serde_json::Value::String(s) => {
+                matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1" | "quorum")
+            }
+            _ => false,
+        })
+    }
+
+    /// `synchronous_mode_strict`: never acknowledge a commit without a
+    /// synchronous standby.
+    pub fn synchronous_mode_strict(&self) -> bool {
+        self.synchronous_mode() && self.other.get("synchronous_mode_strict").is_some_and(truthy)
+    }
+
+    /// `synchronous_node_count` (default 1).
+    pub fn synchronous_node_count(&self) -> usize {
+        self.other.get("synchronous_node_count").and_then(as_u64).map_or(1, |n| n.clamp(1, 64) as usize)
+    }
+
+    /// `maximum_lag_on_syncnode` in bytes (`None`: -1, off).
+    pub fn maximum_lag_on_syncnode(&self) -> Option<u64> {
+        self.other.get("maximum_lag_on_syncnode").and_then(as_u64).filter(|n| *n > 0)
+    }
+
     pub fn normalized(&self) -> DynamicConfig {
         let mut c = self.clone();
         c.ttl = c.ttl.max(5);
         c.loop_wait = c.loop_wait.max(1);
         c.retry_timeout = c.retry_timeout.clamp(1, c.ttl - 1);
         c
+    }
+}
+
+/// `sync`: who may be promoted in synchronous mode (the leader and its
+/// synchronous standbys, comma-separated as Patroni writes them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    #[serde(default)]
+    pub leader: Option<String>,
+    #[serde(default)]
+    pub sync_standby: Option<String>,
+    /// Patroni 4's quorum mode; kept as read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u64>,
+}
+
+impl SyncState {
+    pub fn new(leader: &str, standbys: &[String]) -> SyncState {
+        SyncState {
+            leader: Some(leader.to_owned()),
+            sync_standby: Some(standbys.join(",")).filter(|s| !s.is_empty()),
+            quorum: None,
+        }
+    }
+
+    /// The synchronous standbys.
+    pub fn standbys(&self) -> Vec<String> {
+        self.sync_standby
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Patroni's `is_empty`: no leader recorded, so it restricts nobody.
+    pub fn is_empty(&self) -> bool {
+        self.leader.as_deref().is_none_or(str::is_empty)
+    }
+
+    /// `name` is the recorded leader or one of its synchronous standbys
+    /// (case-insensitive, as Patroni compares).
+    pub fn matches(&self, name: &str) -> bool {
+        self.leader.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(name)) || self.is_standby(name)
+    }
+
+    /// `name` is one of the synchronous standbys.
+    pub fn is_standby(&self, name: &str) -> bool {
+        self.standbys().iter().any(|s| s.eq_ignore_ascii_case(name))
+    }
+}
+
+fn truthy(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1"),
+        _ => false,
+    }
+}
+
+/// A number, or a string holding one (Patroni accepts both).
+fn as_u64(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
     }
 }
 

@@ -173,17 +173,18 @@ pub fn health_status(c: &Check, s: &NodeStatus, now: Instant) -> StatusCode {
         return code(s.running());
     }
     if path.contains("read-only-sync") || path.contains("read-only-synchronous") || path.contains("read-only-quorum") {
-        // No synchronous (or quorum) replication in tusk: only the primary
-        // qualifies, as in Patroni without synchronous_mode.
-        return code(primary);
+        // The primary, or a synchronous standby (no quorum mode in tusk).
+        return code(primary || (s.sync_standby && replica && tags_match(c, s)));
     }
     if s.facts.dcs_reachable && !s.facts.standalone {
-        // No synchronous standbys: /sync never, /async for every healthy replica.
-        if path == "/sync" || path == "/synchronous" || path.contains("quorum") {
+        if path == "/sync" || path == "/synchronous" {
+            return code(s.sync_standby && replica && tags_match(c, s));
+        }
+        if path.contains("quorum") {
             return StatusCode::SERVICE_UNAVAILABLE;
         }
         if path == "/async" || path == "/asynchronous" {
-            return code(replica && tags_match(c, s));
+            return code(!s.sync_standby && replica && tags_match(c, s));
         }
     }
     StatusCode::SERVICE_UNAVAILABLE
@@ -259,6 +260,7 @@ mod tests {
             r.tags.insert("noloadbalance".into(), serde_json::Value::Bool(true));
             r
         };
+        let sync_replica = NodeStatus { sync_standby: true, ..node("replica", "running", false) };
         // A primary that lost the leader key (about to be fenced).
         let unleaded_primary = node("primary", "running", false);
         let standalone = {
@@ -339,7 +341,12 @@ mod tests {
             (&primary, "/health", OK),
             (&replica, "/health", OK),
             (&stopped_replica, "/health", NO),
-            // sync/async: no synchronous replication.
+            // sync/async: as the sync key names this member.
+            (&sync_replica, "/sync", OK),
+            (&sync_replica, "/synchronous", OK),
+            (&sync_replica, "/async", NO),
+            (&sync_replica, "/read-only-sync", OK),
+            (&sync_replica, "/read-only-quorum", OK),
             (&replica, "/sync", NO),
             (&replica, "/synchronous", NO),
             (&replica, "/async", OK),

@@ -43,6 +43,9 @@ pub struct NodeStatus {
     pub dcs_last_seen: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, serde_json::Value>,
+    /// Named a synchronous standby in the `sync` key (synchronous mode).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_standby: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_restart: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

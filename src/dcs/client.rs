@@ -13,7 +13,7 @@ use etcd_client::{
 
 use super::ClusterView;
 use super::endpoints::{Endpoints, attempt_timeout};
-use super::values::{DynamicConfig, Failover, MemberValue, Status};
+use super::values::{DynamicConfig, Failover, MemberValue, Status, SyncState};
 use crate::config::{EtcdConfig, EtcdProtocol};
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +117,9 @@ impl Keys {
     pub fn failover(&self) -> String {
         format!("{}failover", self.prefix)
     }
+    pub fn sync(&self) -> String {
+        format!("{}sync", self.prefix)
+    }
     /// tusk's own: the generated role passwords, shared with the members
     /// (Patroni's readers ignore keys they do not know).
     pub fn credentials(&self) -> String {
@@ -146,6 +149,7 @@ pub struct Snapshot {
     /// `mod_revision` of `config` and `failover`, for compare-and-set.
     pub config_revision: Option<i64>,
     pub failover_revision: Option<i64>,
+    pub sync_revision: Option<i64>,
 }
 
 impl Dcs {
@@ -226,6 +230,11 @@ impl Dcs {
                     let f: Failover = if value.is_empty() { Failover::default() } else { parse(key, value)? };
                     snap.failover_revision = Some(kv.mod_revision());
                     snap.view.failover = Some(f).filter(|f| !f.is_empty());
+                }
+                "sync" => {
+                    snap.sync_revision = Some(kv.mod_revision());
+                    // Unreadable: restricts nobody, as an empty one.
+                    snap.view.sync = serde_json::from_str::<SyncState>(value).ok();
                 }
                 r if r.starts_with("members/") && !r["members/".len()..].contains('/') => {
                     // A member key that does not parse is skipped, as Patroni does.
@@ -389,6 +398,28 @@ impl Dcs {
             txn = txn.when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)]);
         }
         let txn = txn.and_then([TxnOp::put(key, json, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Writes `sync`, compare-and-set on its `mod_revision` (`None`: only
+    /// if absent), as Patroni's leader does.
+    pub async fn put_sync(&self, s: &SyncState, expected_revision: Option<i64>) -> Result<bool, DcsError> {
+        let key = self.keys.sync();
+        let json = serde_json::to_string(s).expect("sync serializes");
+        let cmp = match expected_revision {
+            Some(rev) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+        };
+        let txn = Txn::new().when([cmp]).and_then([TxnOp::put(key, json, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Deletes `sync` (synchronous mode turned off), compare-and-set.
+    pub async fn delete_sync(&self, expected_revision: i64) -> Result<bool, DcsError> {
+        let key = self.keys.sync();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected_revision)])
+            .and_then([TxnOp::delete(key, None)]);
         Ok(self.txn(txn).await?.succeeded())
     }
 

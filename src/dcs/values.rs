@@ -3,5 +3,5 @@
 //! under their historical path.
 
 pub use crate::patroni::{
-    DynamicConfig, Failover, HistoryLine, MemberValue, PATRONI_COMPAT_VERSION, PostgresqlSection, Status,
+    DynamicConfig, Failover, HistoryLine, MemberValue, PATRONI_COMPAT_VERSION, PostgresqlSection, Status, SyncState,
 };

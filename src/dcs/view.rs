@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::patroni::{DynamicConfig, Failover, MemberValue};
+use crate::patroni::{DynamicConfig, Failover, MemberValue, SyncState};
 
 /// The cluster as read from etcd (after any loss of contact: re-read).
 #[derive(Debug, Clone, Default)]
@@ -18,4 +18,6 @@ pub struct ClusterView {
     /// `status.optime`: the leader's last published WAL position.
     pub optime: Option<u64>,
     pub failover: Option<Failover>,
+    /// `sync`: the leader and its synchronous standbys (synchronous mode).
+    pub sync: Option<SyncState>,
 }

@@ -477,6 +477,9 @@ impl Ha {
         {
             self.last_status_optime = Some(p.wal);
         }
+        if self.config.standby_cluster.is_none() {
+            self.manage_sync(view).await;
+        }
     }
 
     pub(super) async fn promote(&mut self, view: &ClusterView) {
@@ -488,6 +491,10 @@ impl Ha {
                 tracing::warn!(error = %e, "cannot create replication slots before promotion");
             }
         }
+        if !self.sync_before_promote().await {
+            return;
+        }
+        let Some(client) = &self.client else { return };
         let t0 = std::time::Instant::now();
         if let Err(e) = replication::promote(client).await {
             tracing::error!(error = %e, "promotion failed");

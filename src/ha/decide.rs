@@ -9,6 +9,9 @@
 //!   a primary or ahead of it, it is within `maximum_lag_on_failover` of the
 //!   last known leader position, it is not tagged `nofailover`, and a
 //!   requested failover candidate (if any) is itself;
+//! - in synchronous mode only the members the `sync` key names (the last
+//!   leader and its synchronous standbys) race, and only their WAL counts
+//!   against mine; a switchover goes only to a synchronous standby;
 //! - a data directory of another cluster (system identifier) never joins;
 //! - data that pg_rewind failed on (and that was kept) is never started:
 //!   it waits for an operator's reinit.
@@ -186,7 +189,9 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
                 None => Action::AskPeers,
                 Some(peers) => {
                     let candidate = f.member.clone();
-                    if peers.iter().any(|p| usable_candidate(p, view, candidate.as_deref())) {
+                    let sync = view.config.synchronous_mode();
+                    let is_sync = |p: &PeerReport| view.sync.as_ref().is_some_and(|s| s.is_standby(&p.name));
+                    if peers.iter().any(|p| usable_candidate(p, view, candidate.as_deref()) && (!sync || is_sync(p))) {
                         Action::HandOver { candidate }
                     } else {
                         Action::RejectSwitchover("no healthy candidate to switch over to")
@@ -215,6 +220,12 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
             {
                 return Action::Idle("a failover to another member was requested");
             }
+            // Synchronous mode: the `sync` key says who has every
+            // acknowledged commit; nobody else may take over.
+            let sync = view.sync.as_ref().filter(|s| view.config.synchronous_mode() && !s.is_empty());
+            if sync.is_some_and(|s| !s.matches(&me.name)) {
+                return Action::Idle("synchronous mode: not a synchronous standby, not racing for the leader key");
+            }
             if let Some(optime) = view.optime
                 && optime.saturating_sub(wal) > view.config.maximum_lag_on_failover
             {
@@ -226,7 +237,8 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
                     if r.primary {
                         return Action::Idle("a peer still runs as primary");
                     }
-                    if !r.nofailover && r.wal > wal {
+                    let may_race = sync.is_none_or(|s| s.matches(&p.name));
+                    if !r.nofailover && may_race && r.wal > wal {
                         return Action::Idle("a peer has more WAL");
                     }
                 }
@@ -336,6 +348,86 @@ mod tests {
     fn with_peers(mut l: Local, peers: Vec<PeerReport>) -> Local {
         l.peers = Some(peers);
         l
+    }
+
+    #[test]
+    fn synchronous_mode() {
+        let cfg = |strict: bool| {
+            let mut c = DynamicConfig::default();
+            c.other.insert("synchronous_mode".into(), serde_json::json!(true));
+            c.other.insert("synchronous_mode_strict".into(), serde_json::json!(strict));
+            c
+        };
+        let leaderless =
+            |sync: Option<crate::patroni::SyncState>| ClusterView { config: cfg(false), sync, ..view(None) };
+        let sync_of = |standbys: &[&str]| {
+            Some(crate::patroni::SyncState::new("old", &standbys.iter().map(|s| s.to_string()).collect::<Vec<_>>()))
+        };
+        let switchover = |sync: Option<crate::patroni::SyncState>| ClusterView {
+            config: cfg(true),
+            sync,
+            failover: Some(Failover { leader: Some("a".into()), member: None, scheduled_at: None }),
+            ..view(Some("a"))
+        };
+        let cases: Vec<(&str, ClusterView, Local, Action)> = vec![
+            (
+                "not a synchronous standby: no race, not even a question to the peers",
+                leaderless(sync_of(&["b"])),
+                me(replica(1000)),
+                Action::Idle("synchronous mode: not a synchronous standby, not racing for the leader key"),
+            ),
+            (
+                "the synchronous standby asks its peers",
+                leaderless(sync_of(&["a"])),
+                me(replica(1000)),
+                Action::AskPeers,
+            ),
+            (
+                "the synchronous standby races although an asynchronous peer has more WAL",
+                leaderless(sync_of(&["a"])),
+                with_peers(me(replica(1000)), vec![peer("b", false, 2000)]),
+                Action::AcquireLeader,
+            ),
+            (
+                "two synchronous standbys: the one with more WAL races",
+                leaderless(sync_of(&["a", "b"])),
+                with_peers(me(replica(1000)), vec![peer("b", false, 2000)]),
+                Action::Idle("a peer has more WAL"),
+            ),
+            (
+                "the last leader itself may race (it came back)",
+                ClusterView { config: cfg(false), sync: sync_of(&["b"]), ..view(None) },
+                Local { name: "old".into(), ..with_peers(me(replica(1000)), vec![]) },
+                Action::AcquireLeader,
+            ),
+            (
+                "an empty sync key restricts nobody",
+                leaderless(Some(crate::patroni::SyncState::default())),
+                with_peers(me(replica(1000)), vec![]),
+                Action::AcquireLeader,
+            ),
+            (
+                "synchronous mode off: the sync key is ignored",
+                ClusterView { sync: sync_of(&["b"]), ..view(None) },
+                with_peers(me(replica(1000)), vec![]),
+                Action::AcquireLeader,
+            ),
+            (
+                "a switchover goes to a synchronous standby",
+                switchover(Some(crate::patroni::SyncState::new("a", &["b".into()]))),
+                with_peers(me(primary()), vec![peer("b", false, 1000), peer("c", false, 1000)]),
+                Action::HandOver { candidate: None },
+            ),
+            (
+                "no synchronous standby to switch over to",
+                switchover(Some(crate::patroni::SyncState::new("a", &[]))),
+                with_peers(me(primary()), vec![peer("b", false, 1000)]),
+                Action::RejectSwitchover("no healthy candidate to switch over to"),
+            ),
+        ];
+        for (name, v, l, want) in cases {
+            assert_eq!(decide(&v, &l), want, "{name}");
+        }
     }
 
     #[test]

@@ -10,3 +10,4 @@ mod lease;
 mod observe;
 mod publish;
 pub mod run;
+mod sync;

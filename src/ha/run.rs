@@ -105,6 +105,11 @@ pub struct Ha {
     pub(super) scheduled_switchover: Option<Instant>,
     pub(super) dcs_last_seen: Option<u64>,
     pub(super) dcs_reachable: bool,
+    /// `mod_revision` of the `sync` key in the last snapshot.
+    pub(super) sync_revision: Option<i64>,
+    /// `synchronous_standby_names` as last written, and the primary's
+    /// flush position then (synchronous mode; see `sync.rs`).
+    pub(super) standby_names: Option<(Option<String>, u64)>,
 }
 
 /// Runs the node in HA mode until told to stop; returns the exit status.
@@ -209,6 +214,8 @@ pub(crate) async fn run(
         scheduled_switchover: None,
         dcs_last_seen: None,
         dcs_reachable: false,
+        sync_revision: None,
+        standby_names: None,
     };
     ha.dcs_tx.send_replace(Some(ha.dcs.clone()));
     ha.spawn_watch();
@@ -372,6 +379,7 @@ impl Ha {
         // (the lease was granted with their ttl; their loop_wait renews it).
         self.config =
             if snap.config_revision.is_some() { snap.view.config.clone() } else { self.cfg.bootstrap_dcs.clone() };
+        self.sync_revision = snap.sync_revision;
         if snap.config_revision.is_none() {
             // The decision too: a standby cluster's data adopted before its
             // `config` exists must not be promoted for want of `standby_cluster`.

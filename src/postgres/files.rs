@@ -14,6 +14,8 @@ use crate::config::Config;
 pub const TUSK_CONF: &str = "tusk.conf";
 /// `postgresql.parameters` of the cluster's dynamic configuration (HA mode).
 pub const DCS_CONF: &str = "tusk.dcs.conf";
+/// `synchronous_standby_names`, managed by the leader in synchronous mode.
+pub const SYNC_CONF: &str = "tusk.sync.conf";
 const INCLUDE_LINE: &str = "include = 'tusk.conf'\t\t# added by tusk: settings managed by tusk";
 
 /// Paths of the TLS files postgres uses.
@@ -250,6 +252,7 @@ pub fn render_conf(params: &BTreeMap<String, String>) -> String {
     }
     // The cluster-wide parameters from etcd's `config` come last (HA mode).
     out.push_str(&format!("include_if_exists = '{DCS_CONF}'\n"));
+    out.push_str(&format!("include_if_exists = '{SYNC_CONF}'\n"));
     out
 }
 
@@ -269,6 +272,33 @@ pub fn write_dynamic(
     }
     write_atomic(&path, out.as_bytes(), 0o600, run_as)?;
     Ok(true)
+}
+
+/// `tusk.sync.conf`: `synchronous_standby_names` set to `names` (`None`:
+/// the file removed). `true`: it changed (postgres is to reload).
+pub fn write_sync_names(cfg: &Config, run_as: &RunAs, names: Option<&str>) -> Result<bool, PgError> {
+    let path = cfg.postgres.data.join(SYNC_CONF);
+    let old = std::fs::read_to_string(&path).ok();
+    match names {
+        None => match old {
+            None => Ok(false),
+            Some(_) => {
+                std::fs::remove_file(&path).map(|()| true).map_err(|e| PgError::io(path.display().to_string(), e))
+            }
+        },
+        Some(n) => {
+            let out = format!(
+                "# Managed by tusk: the leader's synchronous standbys (synchronous mode).\n\
+                 synchronous_standby_names = '{}'\n",
+                n.replace('\'', "''")
+            );
+            if old.as_deref() == Some(out.as_str()) {
+                return Ok(false);
+            }
+            write_atomic(&path, out.as_bytes(), 0o600, run_as)?;
+            Ok(true)
+        }
+    }
 }
 
 /// Rewrites `pg_hba.conf` when the dynamic configuration's `pg_hba`
@@ -398,6 +428,10 @@ pub fn write_all(cfg: &Config, inputs: &ConfInputs, run_as: &RunAs, role: &Role)
     };
     write_atomic(&data.join(TUSK_CONF), render_conf(&parameters(cfg, inputs, upstream)).as_bytes(), 0o600, run_as)?;
     super::replication::set_standby(data, matches!(role, Role::Replica(_)), run_as)?;
+    if matches!(role, Role::Replica(_)) {
+        // Only a leader waits for synchronous standbys.
+        write_sync_names(cfg, run_as, None)?;
+    }
     write_atomic(&data.join("pg_hba.conf"), render_hba(cfg, inputs.dynamic_hba.as_deref()).as_bytes(), 0o600, run_as)?;
     let conf_path = data.join("postgresql.conf");
     let conf = std::fs::read_to_string(&conf_path).map_err(|e| PgError::io(conf_path.display().to_string(), e))?;

@@ -227,6 +227,28 @@ impl Position {
     }
 }
 
+/// A primary's streaming standbys (`application_name`, reported `sync` or
+/// `quorum`, flush position) and its own flush position.
+pub async fn standbys(client: &Client) -> Result<(Vec<(String, bool, u64)>, u64), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT application_name, sync_state IN ('sync', 'quorum'),
+                    COALESCE(pg_wal_lsn_diff(flush_lsn, '0/0'), 0)::bigint
+               FROM pg_stat_replication WHERE state = 'streaming'",
+            &[],
+        )
+        .await?;
+    let lsn: i64 =
+        client.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint", &[]).await?.get(0);
+    let standbys = rows
+        .iter()
+        .map(|r| {
+            (r.get::<_, String>(0), r.get::<_, Option<bool>>(1).unwrap_or(false), r.get::<_, i64>(2).max(0) as u64)
+        })
+        .collect();
+    Ok((standbys, lsn.max(0) as u64))
+}
+
 pub async fn position(client: &Client) -> Result<Position, tokio_postgres::Error> {
     let row = client
         .query_one(
