@@ -148,6 +148,7 @@ fn patronictl_symlink_runs_the_cluster_from_the_environment() {
     // The pretty table: the cluster title with the system identifier in
     // the top border, patronictl's columns, the same rows.
     let pretty = ctl_ok(&c, &replicas[0], &["list"]);
+    eprintln!("patronictl list:\n{pretty}");
     let first = pretty.lines().next().unwrap_or_default();
     assert!(first.starts_with(&format!("+ Cluster: {} ({sysid}) -", c.scope)), "title: {pretty}");
     assert!(first.ends_with("-+") && pretty.lines().all(|l| l.len() == first.len()), "frame: {pretty}");
@@ -212,6 +213,7 @@ fn patronictl_symlink_runs_the_cluster_from_the_environment() {
 
     // topology: the leader, then the replicas under it.
     let topo = ctl_ok(&c, &leader, &["topology"]);
+    eprintln!("patronictl topology:\n{topo}");
     let names: Vec<String> = cells(&topo).into_iter().skip(1).map(|r| r[0].clone()).collect();
     assert_eq!(names, [leader.clone(), format!("+ {}", replicas[0]), format!("+ {}", replicas[1])], "{topo}");
 
@@ -228,6 +230,7 @@ fn patronictl_symlink_runs_the_cluster_from_the_environment() {
     assert!(!o.ok && o.stdout.contains("+loop_wait: 3") && o.stderr.contains("Aborted!"), "{}{}", o.stdout, o.stderr);
     assert_eq!(etcd_json(&c, "config")["loop_wait"], 2, "an unconfirmed edit was applied");
     let out = ctl_ok(&c, &replicas[1], &["edit-config", "--set", "loop_wait=3", "--pg", "work_mem=8MB", "--force"]);
+    eprintln!("patronictl edit-config --set loop_wait=3 --pg work_mem=8MB --force:\n{out}");
     assert!(out.contains("-loop_wait: 2\n+loop_wait: 3\n") && out.ends_with("Configuration changed\n"), "{out}");
     let cfg = etcd_json(&c, "config");
     assert_eq!(
@@ -276,12 +279,18 @@ fn patronictl_symlink_runs_the_cluster_from_the_environment() {
     );
     assert_eq!(c.leader_key().as_deref(), Some(leader.as_str()), "an unconfirmed switchover happened");
     let out = ctl_ok(&c, &leader, &["switchover", "--candidate", &candidate, "--force"]);
+    eprintln!("patronictl switchover --candidate {candidate} --force:\n{out}");
     assert!(out.contains(&format!(" Successfully switched over to \"{candidate}\"\n")), "{out}");
     assert_eq!(c.wait_leader(Duration::from_secs(60), None), candidate);
     c.wait_streaming(&leader, Duration::from_secs(120));
 
     // history: the timeline switch, naming the new leader.
-    let hist = ctl_ok(&c, &leader, &["history"]);
+    // (The new leader writes the key once its new timeline shows.)
+    let hist = wait_for("the history key", Duration::from_secs(30), || {
+        let hist = ctl_ok(&c, &leader, &["history"]);
+        (cells(&hist).len() > 1).then_some(hist.clone()).ok_or(hist)
+    });
+    eprintln!("patronictl history:\n{hist}");
     let rows = cells(&hist);
     assert_eq!(rows[0], ["TL", "LSN", "Reason", "Timestamp", "New Leader"], "{hist}");
     assert!(rows.len() >= 2 && rows[1][0] == "1" && rows.last().unwrap()[4] == candidate, "{hist}");
@@ -314,6 +323,7 @@ fn patronictl_symlink_runs_the_cluster_from_the_environment() {
 
     // version: patronictl's line, then each member's versions.
     let out = ctl_ok(&c, &leader, &["version", &c.scope]);
+    eprintln!("patronictl version {}:\n{out}", c.scope);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("patronictl version 3.0.2") && lines[1].is_empty(), "{out}");
     for n in c.names() {
