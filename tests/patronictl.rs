@@ -4,8 +4,9 @@
 //! TLS: `list` (pretty, tsv, json, yaml; the same members Debian's
 //! patronictl 3.0.2 reads), `topology`, `show-config`, `edit-config`,
 //! `pause --wait`/`resume --wait`, `switchover` (refused without --force
-//! and no terminal; done with it), `history`, `restart`, `reinit --wait`,
-//! `version`, and the refusals (another cluster name, `-c`, an editor).
+//! and no terminal; done with it; scheduled, then `flush`ed), `history`,
+//! `restart`, `reinit --wait`, `failover`, `dsn`, `version`, and the
+//! refusals (another cluster name, `-c`, an editor).
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -321,6 +322,33 @@ fn patronictl_symlink_runs_the_cluster_from_the_environment() {
     );
     c.wait_streaming(&leader, Duration::from_secs(120));
 
+    // A scheduled switchover shows below the table; flush withdraws it.
+    let at = time_in_an_hour();
+    let out = ctl_ok(&c, &leader, &["switchover", "--candidate", &leader, "--scheduled", &at, "--force"]);
+    assert!(out.contains(" Switchover scheduled\n"), "{out}");
+    let table = ctl_ok(&c, &leader, &["list"]);
+    assert!(
+        table.contains(" Switchover scheduled at: ")
+            && table
+                .contains(&format!("\n                    from: {candidate}\n                      to: {leader}\n")),
+        "{table}"
+    );
+    let out = ctl_ok(&c, &leader, &["flush", &c.scope, "switchover"]);
+    assert!(out.starts_with("Success: "), "{out}");
+    assert!(etcd_json(&c, "failover").as_object().is_none_or(|o| o.is_empty()), "flush left the failover key");
+    assert_eq!(ctl_ok(&c, &leader, &["flush", &c.scope, "switchover"]), "No pending scheduled switchover\n");
+
+    // failover to a named candidate (the leader alive: through its API).
+    let o = ctl(&c, &leader, &["failover", "--force"]);
+    assert!(!o.ok && o.stderr.contains("Failover could be performed only to a specific candidate"), "{}", o.stderr);
+    let out = ctl_ok(&c, &leader, &["failover", "--candidate", &leader, "--force"]);
+    assert!(out.contains(&format!(" Successfully failed over to \"{leader}\"\n")), "{out}");
+    assert_eq!(c.wait_leader(Duration::from_secs(60), None), leader);
+    c.wait_streaming(&candidate, Duration::from_secs(120));
+    // dsn: the leader's address.
+    let port = c.node(&leader).pg_port;
+    assert_eq!(ctl_ok(&c, &candidate, &["dsn"]), format!("host=127.0.0.1 port={port}\n"));
+
     // version: patronictl's line, then each member's versions.
     let out = ctl_ok(&c, &leader, &["version", &c.scope]);
     eprintln!("patronictl version {}:\n{out}", c.scope);
@@ -329,4 +357,10 @@ fn patronictl_symlink_runs_the_cluster_from_the_environment() {
     for n in c.names() {
         assert!(lines.iter().any(|l| l.starts_with(&format!("{n}: Patroni 3.0.2 PostgreSQL 15."))), "{out}");
     }
+}
+
+/// An hour from now, RFC 3339 (for a scheduled switchover).
+fn time_in_an_hour() -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    t.replace_nanosecond(0).expect("0 ns").format(&time::format_description::well_known::Rfc3339).expect("RFC 3339")
 }
