@@ -62,6 +62,28 @@ fn ctl(c: &Cluster, name: &str, args: &[&str]) -> Out {
     }
 }
 
+/// `patronictl ARGS` answering its questions with `input` on stdin.
+fn ctl_answering(c: &Cluster, name: &str, args: &[&str], input: &str) -> Out {
+    use std::io::Write;
+    let mut child = Command::new(symlink(c))
+        .args(args)
+        .env_clear()
+        .envs(&c.node(name).env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run patronictl");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("answers");
+    let out = child.wait_with_output().expect("patronictl output");
+    Out {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 fn ctl_ok(c: &Cluster, name: &str, args: &[&str]) -> String {
     let o = ctl(c, name, args);
     assert!(o.ok, "patronictl {args:?} failed ({:?}):\n{}{}", o.code, o.stdout, o.stderr);
@@ -240,6 +262,14 @@ fn patronictl_symlink_runs_the_cluster_from_the_environment() {
     );
     assert_eq!(cfg["ttl"], 10, "other keys kept: {cfg}");
     assert_eq!(ctl_ok(&c, &leader, &["edit-config", "-s", "loop_wait=3", "--force"]), "Not changed\n");
+    // Answered questions: "n" leaves the key, "maybe" is asked again, "y" applies.
+    let o = ctl_answering(&c, &leader, &["edit-config", "-s", "retry_timeout=4"], "n\n");
+    assert!(o.ok && !o.stdout.contains("Configuration changed"), "{}{}", o.stdout, o.stderr);
+    assert_eq!(etcd_json(&c, "config")["retry_timeout"], 3);
+    let o = ctl_answering(&c, &leader, &["edit-config", "-s", "retry_timeout=4"], "maybe\ny\n");
+    assert!(o.ok && o.stdout.matches("Apply these changes? [y/N]: ").count() == 2, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.ends_with("Configuration changed\n"), "{}", o.stdout);
+    assert_eq!(etcd_json(&c, "config")["retry_timeout"], 4);
     let o = ctl(&c, &leader, &["edit-config", "-s", "loop_wait=soon", "--force"]);
     assert!(!o.ok && o.stderr.contains("not a valid configuration"), "{}{}", o.stdout, o.stderr);
     wait_for("work_mem from edit-config on every node", Duration::from_secs(60), || {
