@@ -1,8 +1,12 @@
-//! Entry point: PID 1 becomes the init, anything else runs the command.
+//! Entry point: PID 1 becomes the init, anything else runs the command;
+//! invoked as `patronictl` (a symlink), patronictl's command line.
 
 use clap::Parser;
 
 fn main() {
+    if std::env::args_os().next().is_some_and(|a| tusk::cli::patronictl::invoked_as(&a)) {
+        std::process::exit(tusk::cli::patronictl::run(std::env::args_os()));
+    }
     let cli = tusk::cli::Cli::parse();
     if cli.is_daemon() {
         // A stop that arrives before the supervisor's handlers exist must

@@ -1,13 +1,16 @@
 //! The container image, end to end with podman: build it (scripts/build-image.sh),
 //! run it standalone on a bind-mounted volume, write a row, stop it (SIGTERM must
 //! end in exit code 0 well inside podman's 10 s), start it again on the same volume
-//! and read the row back.
+//! and read the row back; `patronictl` (a symlink to tusk) inside it, on the
+//! standalone container and on an HA container against the test bed's etcd.
 //!
 //! Needs root, podman and a reachable Debian mirror (scripts/podman-setup.sh
 //! installs podman when missing).
 
 #[path = "support/ports.rs"]
 mod ports;
+#[path = "support/testbed.rs"]
+mod testbed;
 
 use ports::free_port;
 use std::path::{Path, PathBuf};
@@ -235,6 +238,13 @@ fn image_runs_postgres_and_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // patronictl is there, and says why a standalone node has no cluster.
+    let out = podman.output(&["exec", &ctr.name, "patronictl", "version"]);
+    assert!(out.status.success() && text(&out.stdout).starts_with("patronictl version "), "{}", text(&out.stderr));
+    let out = podman.output(&["exec", &ctr.name, "patronictl", "list"]);
+    assert_eq!(out.status.code(), Some(78), "patronictl list standalone: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("ETCD3_HOSTS"), "{}", text(&out.stderr));
+
     let out = ctr.psql(&psql, pg_port, "create table image_test (v text); insert into image_test values ('kept')");
     assert!(out.status.success(), "create/insert: {}", text(&out.stderr));
 
@@ -263,7 +273,71 @@ fn image_runs_postgres_and_stops_cleanly() {
     assert_eq!(code, "0", "exit code after the second podman stop");
     drop(ctr);
 
+    patronictl_in_ha(&podman, &psql);
     locales(&podman, &psql);
+}
+
+/// An HA container (one member) on the test bed's etcd with mutual TLS:
+/// `podman exec <c> patronictl list` shows it, from the container's own
+/// environment, with no configuration file.
+fn patronictl_in_ha(podman: &Podman, psql: &str) {
+    let etcd = testbed::shared_etcd();
+    let volume = tempfile::Builder::new().prefix("tusk-image-ha-").tempdir().expect("tempdir");
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let ctr = Container { podman, name: format!("tusk-image-ha-{}-{nanos}", std::process::id()) };
+    let scope = format!("image-{}", std::process::id());
+    let (pg_port, api_port) = (free_port(), free_port());
+    let certs = etcd.dir.display().to_string();
+    let env = [
+        format!("SCOPE={scope}"),
+        "PATRONI_NAME=pg1".to_owned(),
+        format!("PGPORT={pg_port}"),
+        format!("APIPORT={api_port}"),
+        format!("PG_CONNECT_ADDRESS=127.0.0.1:{pg_port}"),
+        format!("RESTAPI_CONNECT_ADDRESS=127.0.0.1:{api_port}"),
+        format!("ETCD3_HOSTS={}", etcd.endpoints.join(",")),
+        "ETCD3_PROTOCOL=https".to_owned(),
+        format!("ETCD3_CACERT={}", etcd.ca.display()),
+        format!("ETCD3_CERT={}", etcd.cert.display()),
+        format!("ETCD3_KEY={}", etcd.key.display()),
+        r#"TUSK_BOOTSTRAP_DCS={"ttl":10,"loop_wait":2,"retry_timeout":3}"#.to_owned(),
+        r#"TUSK_PG_PARAMETERS={"shared_buffers":"64MB"}"#.to_owned(),
+    ];
+    let mut args: Vec<String> = ["run", "-d", "--name", &ctr.name, "--network", "host"].map(String::from).to_vec();
+    args.extend(["-v".into(), format!("{}:/home/postgres/pgdata", volume.path().display())]);
+    args.extend(["-v".into(), format!("{certs}:{certs}:ro")]);
+    for e in &env {
+        args.extend(["-e".into(), e.clone()]);
+    }
+    args.push(TAG.into());
+    podman.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    ctr.wait_ready(psql, pg_port);
+    let t0 = Instant::now();
+    let table = loop {
+        let out = podman.output(&["exec", &ctr.name, "patronictl", "list"]);
+        let table = text(&out.stdout);
+        if out.status.success() && table.contains("| Leader | running |") {
+            break table;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "patronictl list in the container: {table}{}",
+            text(&out.stderr)
+        );
+        thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("podman exec {} patronictl list:\n{table}", ctr.name);
+    assert!(table.starts_with(&format!("+ Cluster: {scope} (")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with(&format!("| pg1    | 127.0.0.1:{pg_port} | Leader | running |"))),
+        "{table}"
+    );
+    let json = podman.ok(&["exec", &ctr.name, "patronictl", "list", "-f", "json"]);
+    let members: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(members.len(), 1, "{json}");
+    assert_eq!((members[0]["Member"].as_str(), members[0]["Role"].as_str()), (Some("pg1"), Some("Leader")), "{json}");
+    podman.ok(&["stop", "-t", "10", &ctr.name]);
+    assert_eq!(podman.ok(&["inspect", "--format", "{{.State.ExitCode}}", &ctr.name]), "0");
 }
 
 /// The image's locales: a data directory initialised with `en_US.UTF-8`

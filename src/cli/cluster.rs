@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use axum::http::Method;
 
+use super::patronictl::Format;
 use super::{CliError, runtime};
 use crate::api::ApiClient;
 use crate::api::client::endpoint;
 use crate::config::{Config, ConfigError};
-use crate::dcs::client::{Dcs, Snapshot};
+use crate::dcs::client::Dcs;
 use crate::patroni::{Failover, Role, State};
 
 /// Runs `f` against the cluster's etcd on a small runtime.
@@ -31,68 +32,14 @@ where
     })
 }
 
-/// `tusk list`: like `patronictl list`.
+/// `tusk list`: `patronictl list`'s table (the same renderer).
 pub fn list() -> Result<(), CliError> {
     with_dcs(|cfg, dcs| async move {
         let snap = dcs.snapshot().await?;
-        print!("{}", render_list(&cfg.scope, &snap));
+        let extra = super::patronictl::render::Extra::default();
+        print!("{}", super::patronictl::render::output_members(&cfg.scope, &snap.view, &extra, false, Format::Pretty));
         Ok(())
     })
-}
-
-/// The table: Member, Host, Role, State, TL, Lag in MB.
-pub fn render_list(scope: &str, snap: &Snapshot) -> String {
-    let v = &snap.view;
-    let header = ["Member", "Host", "Role", "State", "TL", "Lag in MB"];
-    let mut rows: Vec<[String; 6]> = Vec::new();
-    for (name, m) in &v.members {
-        let leader = v.leader.as_deref() == Some(name.as_str());
-        let lag = if leader {
-            String::new()
-        } else {
-            match (v.optime, m.xlog_location) {
-                (Some(o), Some(x)) => format!("{}", (o.saturating_sub(x) as f64 / (1u64 << 20) as f64).round() as u64),
-                _ => "unknown".into(),
-            }
-        };
-        rows.push([
-            name.clone(),
-            m.pg_address().unwrap_or("").to_owned(),
-            match (leader, v.config.standby_cluster.is_some()) {
-                (true, true) => "Standby Leader",
-                (true, false) => "Leader",
-                _ => "Replica",
-            }
-            .to_owned(),
-            m.state.to_string(),
-            m.timeline.map(|t| t.to_string()).unwrap_or_default(),
-            lag,
-        ]);
-    }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |cells: &[String]| {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!(" {c:<w$} ")).collect();
-        format!("|{}|\n", parts.join("|"))
-    };
-    let sep = format!("+{}+\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
-    let sysid = v.initialize.as_deref().filter(|s| !s.is_empty()).map(|s| format!(" ({s})")).unwrap_or_default();
-    let mut out =
-        format!("+ Cluster: {scope}{sysid} {}\n", "-".repeat(sep.len().saturating_sub(14 + scope.len() + sysid.len())));
-    out.push_str(&line(&header.map(String::from)));
-    out.push_str(&sep);
-    for r in &rows {
-        out.push_str(&line(r));
-    }
-    out.push_str(&sep);
-    if v.config.pause {
-        out.push_str(" Maintenance mode: on\n");
-    }
-    out
 }
 
 /// `tusk switchover [--candidate NAME]` (`failover`: the leader may be gone,

@@ -5,6 +5,7 @@
 mod api;
 mod backup;
 pub mod cluster;
+pub mod patronictl;
 
 use axum::http::Method;
 use clap::{Parser, Subcommand};
@@ -40,6 +41,15 @@ pub enum CliError {
     /// `tusk healthcheck`: reported on stdout, for the health-check log (exit 1).
     #[error("{0}")]
     Unhealthy(String),
+    /// A question found no answer (end of input; patronictl's `Aborted!`, exit 1).
+    #[error("Aborted!")]
+    Aborted,
+    /// The failure was already printed (patronictl's `Failed: ...` lines; exit 1).
+    #[error("failed")]
+    Failed,
+    /// stdout could not be written (a closed pipe; exit 1).
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
 }
 
 impl CliError {
@@ -52,7 +62,10 @@ impl CliError {
             | CliError::Api(_)
             | CliError::Backup(_)
             | CliError::Refused(_)
-            | CliError::Unhealthy(_) => EXIT_FAILURE,
+            | CliError::Unhealthy(_)
+            | CliError::Aborted
+            | CliError::Failed
+            | CliError::Output(_) => EXIT_FAILURE,
         }
     }
 }
@@ -91,7 +104,7 @@ pub enum Command {
     Run,
     /// Print the effective configuration as JSON, secrets redacted; exit 78 if invalid.
     Config,
-    /// List the cluster's members (like `patronictl list`).
+    /// List the cluster's members (`patronictl list`'s table).
     List,
     /// Hand leadership to another member (any healthy replica, or --candidate).
     Switchover {
