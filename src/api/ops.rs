@@ -51,7 +51,14 @@ pub(super) fn cluster_json(scope: &str, snap: &Snapshot) -> Value {
         let leader = v.leader.as_deref() == Some(name.as_str());
         let mut o = Map::new();
         o.insert("name".into(), json!(name));
-        o.insert("role".into(), json!(if leader { "leader" } else { "replica" }));
+        let sync = v.config.synchronous_mode() && v.sync.as_ref().is_some_and(|s| s.is_standby(name));
+        let role = match (leader, sync) {
+            (true, _) if v.config.standby_cluster.is_some() => "standby_leader",
+            (true, _) => "leader",
+            (false, true) => "sync_standby",
+            (false, false) => "replica",
+        };
+        o.insert("role".into(), json!(role));
         let state = match (&m.replication_state, leader) {
             (Some(rs), false) if m.state == State::Running => rs.to_string(),
             _ => m.state.to_string(),

@@ -335,23 +335,11 @@ impl Ctx {
     /// The members in synchronous replication (the `sync` key), when the
     /// configuration turns `synchronous_mode` on.
     async fn extra(&self, snap: &Snapshot) -> Extra {
-        let on = match snap.view.config.other.get("synchronous_mode") {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1" | "quorum"),
-            _ => false,
-        };
-        if !on {
-            return Extra::default();
+        let v = &snap.view;
+        match &v.sync {
+            Some(sync) if v.config.synchronous_mode() => Extra { sync_standbys: sync.standbys() },
+            _ => Extra::default(),
         }
-        let key = format!("{}sync", self.dcs.keys.prefix());
-        let Ok(Some(kv)) = self.dcs.get_raw(&key).await else { return Extra::default() };
-        let Ok(v) = serde_json::from_slice::<Value>(kv.value()) else { return Extra::default() };
-        let sync_standbys = match v.get("sync_standby") {
-            Some(Value::String(s)) => s.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-            _ => vec![],
-        };
-        Extra { sync_standbys }
     }
 
     async fn members_text(&self, name: &str, snap: &Snapshot, extended: bool, fmt: Format) -> String {
