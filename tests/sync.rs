@@ -143,10 +143,10 @@ fn synchronous_mode_loses_no_acknowledged_commit_when_the_leader_is_killed() {
         // Every acknowledged commit is on the new leader.
         let t = Instant::now();
         let rows: BTreeSet<u64> = loop {
-            if let Some(out) = try_sql(c.node(&new), "SELECT id FROM w WHERE NOT pg_is_in_recovery()") {
-                if !out.is_empty() {
-                    break out.lines().filter_map(|l| l.trim().parse().ok()).collect();
-                }
+            if let Some(out) = try_sql(c.node(&new), "SELECT id FROM w WHERE NOT pg_is_in_recovery()")
+                && !out.is_empty()
+            {
+                break out.lines().filter_map(|l| l.trim().parse().ok()).collect();
             }
             assert!(t.elapsed() < Duration::from_secs(60), "round {round}: {new} never took writes");
             std::thread::sleep(Duration::from_millis(100));
