@@ -328,6 +328,14 @@ impl DynamicConfig {
         self.other.get("synchronous_node_count").and_then(as_u64).map_or(1, |n| n.clamp(1, 64) as usize)
     }
 
+    /// `primary_start_timeout` (Patroni 2's `master_start_timeout`), default
+    /// 300 s: how long a crashed primary may take to come back in place
+    /// before the leader key is released.
+    pub fn primary_start_timeout(&self) -> std::time::Duration {
+        let v = self.other.get("primary_start_timeout").or_else(|| self.other.get("master_start_timeout"));
+        std::time::Duration::from_secs(v.and_then(as_u64).unwrap_or(300))
+    }
+
     /// `maximum_lag_on_syncnode` in bytes (`None`: -1, off).
     pub fn maximum_lag_on_syncnode(&self) -> Option<u64> {
         self.other.get("maximum_lag_on_syncnode").and_then(as_u64).filter(|n| *n > 0)

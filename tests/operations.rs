@@ -578,3 +578,59 @@ fn nofailover_and_noloadbalance_tags() {
     c.nodes[1].stop_cleanly(Duration::from_secs(60));
     c.nodes[0].stop_cleanly(Duration::from_secs(60));
 }
+
+/// Postgres SIGKILLed on the leader (tusk survives) is restarted in place:
+/// same leader, same timeline. When it cannot start at all, the leader key
+/// is released at once (tusk still renews its lease, so without the
+/// release the key would never move) and the replica takes over; once
+/// postgres can start again the old leader rejoins as a replica.
+#[test]
+fn a_crashed_primary_restarts_in_place_and_one_that_cannot_start_lets_go() {
+    require_root();
+    let mut c = cluster("startfail", 2);
+    let leader = c.start_settled(Duration::from_secs(120));
+    let replica = c.names().into_iter().find(|n| n != &leader).expect("a replica");
+    c.wait_streaming(&replica, Duration::from_secs(60));
+    let li = c.index(&leader);
+    let timeline = psql_ok(&c.nodes[li], "SELECT timeline_id FROM pg_control_checkpoint()");
+
+    // A crash: restarted in place.
+    let pm = c.nodes[li].postmaster_pid().expect("postmaster");
+    let t0 = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pm), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    loop {
+        let back = c.nodes[li].postmaster_pid().is_some_and(|p| p != pm)
+            && try_sql(&c.nodes[li], "SELECT pg_is_in_recovery()").as_deref() == Some("f");
+        if back {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "postgres not restarted in place:\n{}", c.nodes[li].log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("crashed postgres back as primary in place after {:?}", t0.elapsed());
+    assert_eq!(c.leader_key().as_deref(), Some(leader.as_str()), "still the leader");
+    assert_eq!(psql_ok(&c.nodes[li], "SELECT timeline_id FROM pg_control_checkpoint()"), timeline, "no failover");
+    c.wait_streaming(&replica, Duration::from_secs(60));
+
+    // A postgres that cannot start: the key goes to the replica.
+    let conf = c.nodes[li].data().join("postgresql.conf");
+    let original = std::fs::read_to_string(&conf).expect("postgresql.conf");
+    std::fs::write(&conf, format!("{original}\nthis_is_not_a_parameter = 1\n")).expect("break postgresql.conf");
+    let pm = c.nodes[li].postmaster_pid().expect("postmaster");
+    let t0 = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pm), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let new = c.wait_leader(Duration::from_secs(60), Some(&leader));
+    assert_eq!(new, replica);
+    eprintln!("postgres unable to start: {new} leads after {:?} (ttl {TTL} s, never expired)", t0.elapsed());
+    let log = c.nodes[li].log_text();
+    assert!(log.contains("leader key released"), "the key was released, not lost:\n{log}");
+    let ri = c.index(&replica);
+    psql_ok(&c.nodes[ri], "CREATE TABLE after_release (id int)");
+
+    // Fixed: the old leader rejoins as a replica.
+    std::fs::write(&conf, original).expect("restore postgresql.conf");
+    c.wait_streaming(&leader, Duration::from_secs(180));
+    for n in [li, ri] {
+        c.nodes[n].stop_cleanly(Duration::from_secs(60));
+    }
+}

@@ -74,6 +74,14 @@ impl Ha {
                     Err(e) => tracing::warn!(error = %e, "cannot claim the cluster"),
                 }
             }
+            Action::ReleaseLeader(why) => {
+                tracing::error!("{why}");
+                match self.dcs.release_leader(&self.cfg.name).await {
+                    Ok(true) => tracing::info!("leader key released"),
+                    Ok(false) => tracing::warn!("the leader key was no longer ours"),
+                    Err(e) => tracing::warn!(error = %e, "cannot release the leader key"),
+                }
+            }
             Action::StartPrimary => {
                 if let Err(e) = self.start(Role::Primary).await {
                     tracing::error!("cannot start postgres as primary: {e}");

@@ -56,6 +56,9 @@ pub struct Local {
     pub data: DataDir,
     pub postgres: Postgres,
     pub nofailover: bool,
+    /// postgres exited during a start-up since it last ran, or has been
+    /// down longer than `primary_start_timeout` after a crash.
+    pub start_failed: bool,
     /// pg_rewind failed on this data directory and it was kept
     /// (`remove_data_directory_on_rewind_failure` false): it may hold the
     /// only copy of transactions that never replicated.
@@ -82,6 +85,10 @@ pub enum Action {
     AdoptData,
     /// I hold the leader key and my postgres is stopped: start it as primary.
     StartPrimary,
+    /// I hold the leader key but postgres cannot start (or stayed down past
+    /// `primary_start_timeout`): release the key so a replica takes over
+    /// without waiting for the lease.
+    ReleaseLeader(&'static str),
     /// Start postgres as a replica of this member (`None`: no leader yet).
     StartReplica(Option<String>),
     /// I lead: renew the lease, publish status.
@@ -166,6 +173,11 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
     match (&view.leader, me.postgres) {
         // I lead.
         (Some(_), Postgres::Stopped) if leader_is_me && standby_cluster => Action::StartStandbyLeader,
+        (Some(_), Postgres::Stopped | Postgres::Starting)
+            if leader_is_me && me.start_failed && another_can_take_over(view, &me.name) =>
+        {
+            Action::ReleaseLeader("postgres cannot start on the leader: releasing the leader key for a replica")
+        }
         (Some(_), Postgres::Stopped) if leader_is_me => Action::StartPrimary,
         (Some(_), Postgres::Starting) if leader_is_me => Action::Idle("postgres is starting"),
         (Some(_), Postgres::Replica { .. }) if leader_is_me => {
@@ -290,6 +302,18 @@ fn wants_handover(f: &Failover, me: &str) -> bool {
     }
 }
 
+/// Another member runs and may be promoted (in synchronous mode: one the
+/// `sync` key names), by the member keys.
+fn another_can_take_over(view: &ClusterView, me: &str) -> bool {
+    let sync = view.sync.as_ref().filter(|s| view.config.synchronous_mode() && !s.is_empty());
+    view.members.iter().any(|(name, m)| {
+        name != me
+            && m.state == crate::patroni::State::Running
+            && !m.nofailover()
+            && sync.is_none_or(|s| s.matches(name))
+    })
+}
+
 /// A peer that can take over: reachable, a replica, not `nofailover`, the
 /// named candidate if one is named, and within the lag limit.
 fn usable_candidate(p: &PeerReport, view: &ClusterView, candidate: Option<&str>) -> bool {
@@ -327,6 +351,7 @@ mod tests {
             data: DataDir::Cluster { sysid: SYSID.into() },
             postgres,
             nofailover: false,
+            start_failed: false,
             rewind_failed: false,
             lease_alive: true,
             peers: None,
@@ -348,6 +373,46 @@ mod tests {
     fn with_peers(mut l: Local, peers: Vec<PeerReport>) -> Local {
         l.peers = Some(peers);
         l
+    }
+
+    #[test]
+    fn a_leader_whose_postgres_cannot_start_releases_the_key() {
+        let member = |state: &str| -> crate::patroni::MemberValue {
+            serde_json::from_str(&format!(
+                r#"{{"conn_url":"","api_url":"","state":"{state}","role":"replica","version":""}}"#
+            ))
+            .expect("member")
+        };
+        let with = |members: &[(&str, &str)]| {
+            let mut v = view(Some("a"));
+            for (n, st) in members {
+                v.members.insert((*n).into(), member(st));
+            }
+            v
+        };
+        let failed = |p: Postgres| Local { start_failed: true, ..me(p) };
+        let release =
+            Action::ReleaseLeader("postgres cannot start on the leader: releasing the leader key for a replica");
+        let cases: Vec<(&str, ClusterView, Local, Action)> = vec![
+            ("a running replica: release", with(&[("b", "running")]), failed(Postgres::Stopped), release.clone()),
+            (
+                "still starting past the timeout: release",
+                with(&[("b", "running")]),
+                failed(Postgres::Starting),
+                release,
+            ),
+            (
+                "nobody to take over: start again",
+                with(&[("b", "stopped")]),
+                failed(Postgres::Stopped),
+                Action::StartPrimary,
+            ),
+            ("alone: start again", with(&[]), failed(Postgres::Stopped), Action::StartPrimary),
+            ("no failure: restart in place", with(&[("b", "running")]), me(Postgres::Stopped), Action::StartPrimary),
+        ];
+        for (name, v, l, want) in cases {
+            assert_eq!(decide(&v, &l), want, "{name}");
+        }
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl Ha {
             self.pm = None;
             self.client = None;
             self.state = State::Crashed;
+            self.down_since.get_or_insert_with(tokio::time::Instant::now);
             process::reap_leftover_group(pid).await;
         }
         let postgres = match &self.pm {
@@ -91,6 +92,8 @@ impl Ha {
             data: data_state,
             postgres,
             nofailover: self.cfg.tags.get("nofailover").and_then(|v| v.as_bool()).unwrap_or(false),
+            start_failed: self.start_failures > 0
+                || self.down_since.is_some_and(|t| t.elapsed() >= self.config.primary_start_timeout()),
             rewind_failed: self.rewind_failed,
             lease_alive: self.lease_alive(),
             peers: None,

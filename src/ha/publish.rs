@@ -89,6 +89,7 @@ impl Ha {
             self.state = State::Running;
             self.start_failures = 0;
             self.start_not_before = None;
+            self.down_since = None;
         }
         let has_data = self.sysid.is_some() || self.cfg.postgres.data.join("PG_VERSION").exists();
         let mut role = member_role(pos.as_ref(), has_data);

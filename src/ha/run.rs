@@ -76,6 +76,9 @@ pub struct Ha {
     pub(super) start_failures: u32,
     /// ...so it is not started again before this (no restart loop).
     pub(super) start_not_before: Option<Instant>,
+    /// When postgres last exited unexpectedly (cleared once it runs):
+    /// `primary_start_timeout` counts from here.
+    pub(super) down_since: Option<Instant>,
     pub(super) status: watch::Sender<NodeStatus>,
     pub(super) wake: Arc<Notify>,
     pub(super) last_idle: &'static str,
@@ -196,6 +199,7 @@ pub(crate) async fn run(
         dynamic_written: false,
         start_failures: 0,
         start_not_before: None,
+        down_since: None,
         status: api.status.clone(),
         wake: wake.clone(),
         last_idle: "",
