@@ -50,11 +50,15 @@ fn wait_sync_settled(c: &Cluster, leader: &str, all: bool, limit: Duration) -> S
         {
             return s.clone();
         }
-        assert!(
-            t0.elapsed() < limit,
-            "no synchronous standby of {leader} after {limit:?}:\n{}",
-            c.node(leader).log_text()
-        );
+        if t0.elapsed() > limit {
+            let mut logs = String::new();
+            for n in c.names() {
+                let text = c.node(&n).log_text();
+                let lines: Vec<&str> = text.lines().collect();
+                logs.push_str(&format!("==== {n}\n{}\n", lines[lines.len().saturating_sub(60)..].join("\n")));
+            }
+            panic!("no synchronous standby of {leader} (all streaming: {all}) after {limit:?}:\n{logs}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
