@@ -20,8 +20,12 @@ use std::time::{Duration, Instant};
 use cluster::{Cluster, psql_ok, try_sql};
 use node::require_root;
 
-/// Short timings: each failover waits out the killed leader's lease.
-const SYNC_DCS: &str = r#"{"ttl":6,"loop_wait":1,"retry_timeout":2,"synchronous_mode":true}"#;
+/// Short timings: each failover waits out the killed leader's lease. A
+/// member rejoining while the next kill happens can lose its pg_rewind
+/// source mid-copy, which leaves its data unusable: as a production
+/// cluster that rebuilds members by itself, it is removed and cloned again.
+const SYNC_DCS: &str = r#"{"ttl":6,"loop_wait":1,"retry_timeout":2,"synchronous_mode":true,
+    "postgresql":{"remove_data_directory_on_rewind_failure":true}}"#;
 
 fn cluster(name: &str, n: usize, dcs: &str) -> Cluster {
     let etcd = testbed::shared_etcd();

@@ -96,6 +96,13 @@ impl Ha {
                     match self.rewind_if_needed(view, l, up).await {
                         Ok(true) => {}
                         Ok(false) => return None,
+                        Err(HaError::Rewind(e)) if !replication::rewind_touched_target(&e) => {
+                            // It never got to change the data directory (the
+                            // leader went away, a connection failed): try again.
+                            tracing::warn!("{e}; the data directory was not changed: trying again");
+                            self.state = State::Stopped;
+                            return None;
+                        }
                         Err(e)
                             if self.cfg.postgres.remove_data_on_rewind_failure.unwrap_or_else(|| {
                                 self.config.postgresql.remove_data_directory_on_rewind_failure()

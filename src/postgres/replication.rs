@@ -120,6 +120,14 @@ pub async fn rewind(
     Ok(())
 }
 
+/// Whether a failed pg_rewind had begun to change the target (it logs
+/// "rewinding from last common checkpoint" before its first write); before
+/// that, a failure (the source went away) leaves the data as it was and a
+/// later attempt can succeed.
+pub fn rewind_touched_target(e: &PgError) -> bool {
+    e.to_string().contains("rewinding from last common checkpoint")
+}
+
 /// Whether pg_rewind may fetch missing WAL through restore_command.
 fn restore_target_wal(cfg: &Config, bin: &Binaries) -> bool {
     cfg.storage.is_some() && bin.version >= 13
@@ -340,6 +348,22 @@ pub async fn wait_replica_received(client: &Client, lsn: u64, timeout: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rewind_that_never_wrote_can_be_tried_again() {
+        let before = PgError::Other(
+            "pg_rewind failed (exit status: 1): pg_rewind: error: could not connect to server: Connection refused"
+                .into(),
+        );
+        let during = PgError::Other(
+            "pg_rewind failed (exit status: 1): pg_rewind: servers diverged at WAL location 0/4047720 on timeline 9\n\
+             pg_rewind: rewinding from last common checkpoint at 0/4042B30 on timeline 9\n\
+             pg_rewind: error: unexpected result while fetching remote files"
+                .into(),
+        );
+        assert!(!rewind_touched_target(&before));
+        assert!(rewind_touched_target(&during));
+    }
 
     #[test]
     fn slot_names_are_patronis() {
