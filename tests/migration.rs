@@ -13,7 +13,7 @@ mod testbed;
 
 use std::time::Duration;
 
-use cluster::{Cluster, psql_ok};
+use cluster::{Cluster, psql_ok, sql_at};
 use node::require_root;
 
 fn cluster(name: &str, n: usize) -> Cluster {
@@ -332,17 +332,6 @@ impl Drop for PatroniNode {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn sql_at(sock: &std::path::Path, port: u16, q: &str) -> Option<String> {
-    let out = std::process::Command::new(format!("{}/psql", node::PG_BIN))
-        .args(["-XAtq", "-h"])
-        .arg(sock)
-        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", q])
-        .env("PGCONNECT_TIMEOUT", "1")
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Inserts a numbered row every 20 ms into whichever member takes writes,

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, psql_ok, try_sql};
+use cluster::{Cluster, psql_ok, sql_at, try_sql};
 use node::require_root;
 
 /// Short timings: each failover waits out the killed leader's lease. A
@@ -111,17 +111,6 @@ impl Writer {
         }
         self.acks()
     }
-}
-
-fn sql_at(sock: &std::path::Path, port: u16, q: &str) -> Option<String> {
-    let out = std::process::Command::new(format!("{}/psql", node::PG_BIN))
-        .args(["-XAtq", "-h"])
-        .arg(sock)
-        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", q])
-        .env("PGCONNECT_TIMEOUT", "1")
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Kills the leader's whole tree (tusk and postmaster, SIGKILL) at random

@@ -230,3 +230,15 @@ pub fn first_write(c: &Cluster, not: &str, t0: Instant, timeout: Duration) -> (S
 pub fn psql_ok(n: &Node, sql: &str) -> String {
     try_sql(n, sql).unwrap_or_else(|| panic!("{sql} failed; log:\n{}", n.log_text()))
 }
+
+/// One statement through psql on a unix socket (`None`: it failed).
+pub fn sql_at(sock: &std::path::Path, port: u16, q: &str) -> Option<String> {
+    let out = Command::new(format!("{PG_BIN}/psql"))
+        .args(["-XAtq", "-h"])
+        .arg(sock)
+        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", q])
+        .env("PGCONNECT_TIMEOUT", "1")
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
