@@ -108,12 +108,18 @@ impl Libraries {
 
     /// Applies [`Libraries::filter`] to the library lists in `params`,
     /// logging what a user asked for and cannot have (`source` says where
-    /// it came from).
+    /// it came from), once per process: `tusk.conf` is written at every start.
     fn apply(&self, params: &mut BTreeMap<String, String>, source: &str) {
+        static LOGGED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
         for name in LIBRARY_LISTS {
             if let Some(v) = params.get_mut(name) {
                 let (kept, dropped) = self.filter(v);
-                if !dropped.is_empty() {
+                let first = !dropped.is_empty()
+                    && LOGGED
+                        .lock()
+                        .is_ok_and(|mut seen| seen.insert(format!("{source} {name} {}", dropped.join(","))));
+                if first {
                     tracing::warn!(
                         parameter = name,
                         dropped = dropped.join(","),
