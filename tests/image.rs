@@ -433,6 +433,18 @@ fn locales(podman: &Podman, psql: &str) {
         "CLONE_PASSWORD=clone-pw",
         TAG,
     ]);
+    // Not the first answer: the clone's recovery run answers too, then
+    // stops; tusk says when postgres serves as the clone's primary.
+    let t0 = Instant::now();
+    let logs = |name: &str| {
+        let out = podman.output(&["logs", name]);
+        format!("{}{}", text(&out.stdout), text(&out.stderr))
+    };
+    while !logs(&clone.name).contains("PostgreSQL is ready") {
+        assert!(t0.elapsed() < READY_TIMEOUT, "the clone never became ready");
+        assert_eq!(clone.state(), "running", "the clone container stopped");
+        thread::sleep(Duration::from_millis(250));
+    }
     clone.wait_ready(psql, clone_pg);
     let out = clone.psql(
         psql,
