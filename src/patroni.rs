@@ -147,16 +147,26 @@ pub struct MemberValue {
     pub scheduled_restart: Option<serde_json::Value>,
 }
 
+/// Patroni's `failover_priority` tag (default 1; 0 is `nofailover`).
+pub fn failover_priority(tags: &BTreeMap<String, serde_json::Value>) -> u64 {
+    tags.get("failover_priority").and_then(as_u64).unwrap_or(1)
+}
+
+/// `nofailover`, or a `failover_priority` of 0 (Patroni 3.2's rule).
+pub fn tagged_nofailover(tags: &BTreeMap<String, serde_json::Value>) -> bool {
+    tags.get("nofailover").is_some_and(truthy) || failover_priority(tags) == 0
+}
+
 impl MemberValue {
-    /// The `nofailover` tag (Patroni accepts booleans and truthy strings).
+    /// The `nofailover` tag (Patroni accepts booleans and truthy strings),
+    /// or `failover_priority: 0`.
     pub fn nofailover(&self) -> bool {
-        match self.tags.get("nofailover") {
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(serde_json::Value::String(s)) => {
-                matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")
-            }
-            _ => false,
-        }
+        tagged_nofailover(&self.tags)
+    }
+
+    /// The `clonefrom` tag: new replicas may copy their data from it.
+    pub fn clonefrom(&self) -> bool {
+        self.tags.get("clonefrom").is_some_and(truthy)
     }
 
     /// `host:port` of `conn_url`.

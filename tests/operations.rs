@@ -634,3 +634,36 @@ fn a_crashed_primary_restarts_in_place_and_one_that_cannot_start_lets_go() {
         c.nodes[n].stop_cleanly(Duration::from_secs(60));
     }
 }
+
+/// `TUSK_CLONEFROM`: a new replica copies its data from the member tagged
+/// `clonefrom`, not from the leader. `TUSK_FAILOVER_PRIORITY`: when the
+/// leader dies and the replicas have as much WAL, the one with the higher
+/// priority takes over.
+#[test]
+fn clonefrom_and_failover_priority_tags() {
+    require_root();
+    let mut c = cluster("tagsclone", 3);
+    c.nodes[1].set("TUSK_CLONEFROM", "true").set("TUSK_FAILOVER_PRIORITY", "1");
+    c.nodes[2].set("TUSK_FAILOVER_PRIORITY", "5");
+    c.nodes[0].start();
+    c.wait_leader(Duration::from_secs(120), None);
+    c.nodes[1].start();
+    c.wait_streaming("n2", Duration::from_secs(120));
+    c.nodes[2].start();
+    c.wait_streaming("n3", Duration::from_secs(120));
+    let n2 = format!("127.0.0.1:{}", c.nodes[1].pg_port);
+    let log = c.nodes[2].log_text();
+    let cloned = log.lines().find(|l| l.contains("creating the replica with pg_basebackup")).unwrap_or_default();
+    assert!(cloned.contains(&n2), "n3 copied from the clonefrom member {n2}: {cloned:?}\n{log}");
+    // Idle cluster: both replicas have the leader's last WAL.
+    psql_ok(&c.nodes[0], "CHECKPOINT");
+    std::thread::sleep(Duration::from_secs(3));
+    c.kill_node("n1");
+    let new = c.wait_leader(Duration::from_secs(60), Some("n1"));
+    assert_eq!(new, "n3", "the higher failover_priority takes over:\n{}", c.nodes[1].log_text());
+    c.nodes[0].start();
+    c.wait_streaming("n1", Duration::from_secs(120));
+    for i in 0..3 {
+        c.nodes[i].stop_cleanly(Duration::from_secs(60));
+    }
+}

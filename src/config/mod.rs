@@ -79,8 +79,9 @@ pub struct Config {
     /// `postgresql.callbacks`.
     pub callbacks: Option<CallbackConfig>,
     /// Patroni's member tags this member announces (`TUSK_NOFAILOVER`,
-    /// `TUSK_NOLOADBALANCE`, `SPILO_CONFIGURATION`'s `tags`): in its member
-    /// key and `/patroni`.
+    /// `TUSK_NOLOADBALANCE`, `TUSK_NOSYNC`, `TUSK_CLONEFROM`,
+    /// `TUSK_FAILOVER_PRIORITY`, `SPILO_CONFIGURATION`'s `tags`): in its
+    /// member key and `/patroni`.
     pub tags: BTreeMap<String, serde_json::Value>,
     /// What was read but ignored, for the start-up log (never a secret).
     #[serde(skip)]
@@ -278,6 +279,9 @@ pub(crate) struct RawEnv {
     pub tusk_bootstrap_dcs: Option<String>,
     pub callback_script: Option<String>,
     pub tusk_nofailover: Option<String>,
+    pub tusk_nosync: Option<String>,
+    pub tusk_clonefrom: Option<String>,
+    pub tusk_failover_priority: Option<String>,
     pub tusk_noloadbalance: Option<String>,
     pub notify_socket: Option<String>,
 
@@ -480,10 +484,21 @@ impl Config {
         for (var, tag, v) in [
             ("TUSK_NOFAILOVER", "nofailover", &raw.tusk_nofailover),
             ("TUSK_NOLOADBALANCE", "noloadbalance", &raw.tusk_noloadbalance),
+            ("TUSK_NOSYNC", "nosync", &raw.tusk_nosync),
+            ("TUSK_CLONEFROM", "clonefrom", &raw.tusk_clonefrom),
         ] {
             if parse_bool(var, v.as_deref())?.unwrap_or(false) {
                 tags.insert(tag.to_owned(), serde_json::Value::Bool(true));
             }
+        }
+        if let Some(p) = raw.tusk_failover_priority.as_deref() {
+            let p: u64 = p.trim().parse().map_err(|_| {
+                ConfigError::new(
+                    "TUSK_FAILOVER_PRIORITY",
+                    format!("{p:?} is not a number (0: never a failover target)"),
+                )
+            })?;
+            tags.insert("failover_priority".to_owned(), serde_json::json!(p));
         }
         tags.extend(spilo.tags.clone());
         let replica_methods = spilo.replica_methods.clone().unwrap_or_else(|| {

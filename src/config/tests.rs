@@ -569,6 +569,11 @@ fn member_tags() {
     assert_eq!(serde_json::to_string(&c.tags).unwrap(), r#"{"nofailover":true}"#);
     let c = parse(&[("TUSK_NOFAILOVER", "yes"), ("TUSK_NOLOADBALANCE", "on")]).unwrap();
     assert_eq!(c.tags.len(), 2);
+    let c = parse(&[("TUSK_NOSYNC", "true"), ("TUSK_CLONEFROM", "1"), ("TUSK_FAILOVER_PRIORITY", "3")]).unwrap();
+    assert_eq!(serde_json::to_string(&c.tags).unwrap(), r#"{"clonefrom":true,"failover_priority":3,"nosync":true}"#);
+    assert_eq!(parse(&[("TUSK_FAILOVER_PRIORITY", "high")]).unwrap_err().var, "TUSK_FAILOVER_PRIORITY");
+    let c = parse(&[("TUSK_FAILOVER_PRIORITY", "0")]).unwrap();
+    assert!(crate::patroni::tagged_nofailover(&c.tags), "priority 0 is nofailover");
 }
 
 #[test]

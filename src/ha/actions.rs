@@ -303,19 +303,31 @@ impl Ha {
         self.publish(view).await;
         // `create_replica_methods`, in order; pg_basebackup's failure is the
         // error when it is the last method tried.
+        // pg_basebackup from a member tagged `clonefrom` first, else the leader.
+        let mut sources: Vec<String> = super::observe::clone_sources(view, &self.cfg.name)
+            .iter()
+            .filter_map(|m| view.members.get(m)?.pg_address().map(str::to_owned))
+            .collect();
+        sources.push(up.address.clone());
         let methods = &self.cfg.postgres.replica_methods;
         let mut done = false;
         for (i, method) in methods.iter().enumerate() {
             match method {
                 ReplicaMethod::Backup => done = self.replica_from_backup(view).await,
-                ReplicaMethod::Basebackup if i + 1 == methods.len() => {
-                    replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await?;
-                    done = true;
-                }
                 ReplicaMethod::Basebackup => {
-                    match replication::basebackup(&self.cfg, &self.bin, &self.run_as, &up.address).await {
-                        Ok(()) => done = true,
-                        Err(e) => tracing::warn!(error = %e, "pg_basebackup failed; trying the next replica method"),
+                    for (j, source) in sources.iter().enumerate() {
+                        let last = i + 1 == methods.len() && j + 1 == sources.len();
+                        tracing::info!(source, "creating the replica with pg_basebackup");
+                        match replication::basebackup(&self.cfg, &self.bin, &self.run_as, source).await {
+                            Ok(()) => {
+                                done = true;
+                                break;
+                            }
+                            Err(e) if last => return Err(e.into()),
+                            Err(e) => {
+                                tracing::warn!(error = %e, source, "pg_basebackup failed; trying the next source")
+                            }
+                        }
                     }
                 }
             }

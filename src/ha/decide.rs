@@ -47,6 +47,8 @@ pub struct PeerReply {
     pub primary: bool,
     pub wal: u64,
     pub nofailover: bool,
+    /// Its `failover_priority` tag (default 1).
+    pub failover_priority: u64,
 }
 
 /// What this node knows about itself.
@@ -56,6 +58,9 @@ pub struct Local {
     pub data: DataDir,
     pub postgres: Postgres,
     pub nofailover: bool,
+    /// My `failover_priority` tag (default 1): with equal WAL, the member
+    /// with the higher one takes over.
+    pub failover_priority: u64,
     /// postgres exited during a start-up since it last ran, or has been
     /// down longer than `primary_start_timeout` after a crash.
     pub start_failed: bool,
@@ -253,6 +258,9 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
                     if !r.nofailover && may_race && r.wal > wal {
                         return Action::Idle("a peer has more WAL");
                     }
+                    if !r.nofailover && may_race && r.wal == wal && r.failover_priority > me.failover_priority {
+                        return Action::Idle("a peer with as much WAL has a higher failover_priority");
+                    }
                 }
             }
             Action::AcquireLeader
@@ -351,6 +359,7 @@ mod tests {
             data: DataDir::Cluster { sysid: SYSID.into() },
             postgres,
             nofailover: false,
+            failover_priority: 1,
             start_failed: false,
             rewind_failed: false,
             lease_alive: true,
@@ -367,7 +376,10 @@ mod tests {
     }
 
     fn peer(name: &str, primary: bool, wal: u64) -> PeerReport {
-        PeerReport { name: name.into(), reply: Some(PeerReply { primary, wal, nofailover: false }) }
+        PeerReport {
+            name: name.into(),
+            reply: Some(PeerReply { primary, wal, nofailover: false, failover_priority: 1 }),
+        }
     }
 
     fn with_peers(mut l: Local, peers: Vec<PeerReport>) -> Local {
@@ -412,6 +424,29 @@ mod tests {
         ];
         for (name, v, l, want) in cases {
             assert_eq!(decide(&v, &l), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn failover_priority_breaks_ties() {
+        let prio = |name: &str, wal: u64, p: u64| PeerReport {
+            name: name.into(),
+            reply: Some(PeerReply { primary: false, wal, nofailover: false, failover_priority: p }),
+        };
+        let mine = |p: u64| Local { failover_priority: p, ..me(replica(1000)) };
+        let cases: Vec<(&str, Local, Vec<PeerReport>, Action)> = vec![
+            (
+                "equal WAL, higher priority elsewhere: wait",
+                mine(1),
+                vec![prio("b", 1000, 2)],
+                Action::Idle("a peer with as much WAL has a higher failover_priority"),
+            ),
+            ("equal WAL, my priority higher: race", mine(3), vec![prio("b", 1000, 2)], Action::AcquireLeader),
+            ("more WAL beats priority", mine(5), vec![prio("b", 900, 9)], Action::AcquireLeader),
+            ("equal WAL, equal priority: race", mine(1), vec![prio("b", 1000, 1)], Action::AcquireLeader),
+        ];
+        for (name, l, peers, want) in cases {
+            assert_eq!(decide(&view(None), &with_peers(l, peers)), want, "{name}");
         }
     }
 

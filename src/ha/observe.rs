@@ -16,8 +16,19 @@ pub(super) fn peer_reply(s: &NodeStatus) -> PeerReply {
     PeerReply {
         primary: s.role == MemberRole::Primary && s.state == State::Running,
         wal: s.xlog.position(),
-        nofailover: s.tags.get("nofailover").and_then(|v| v.as_bool()).unwrap_or(false),
+        nofailover: crate::patroni::tagged_nofailover(&s.tags),
+        failover_priority: crate::patroni::failover_priority(&s.tags),
     }
+}
+
+/// Members a new replica may copy its data from before the leader: running
+/// members tagged `clonefrom` (Patroni's rule), other than `me`.
+pub(super) fn clone_sources(view: &ClusterView, me: &str) -> Vec<String> {
+    view.members
+        .iter()
+        .filter(|(name, m)| name.as_str() != me && m.clonefrom() && m.state == State::Running)
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// How long to wait before starting postgres again after `failures`
@@ -91,7 +102,8 @@ impl Ha {
             name: self.cfg.name.clone(),
             data: data_state,
             postgres,
-            nofailover: self.cfg.tags.get("nofailover").and_then(|v| v.as_bool()).unwrap_or(false),
+            nofailover: crate::patroni::tagged_nofailover(&self.cfg.tags),
+            failover_priority: crate::patroni::failover_priority(&self.cfg.tags),
             start_failed: self.start_failures > 0
                 || self.down_since.is_some_and(|t| t.elapsed() >= self.config.primary_start_timeout()),
             rewind_failed: self.rewind_failed,
@@ -139,6 +151,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn clone_sources_are_running_clonefrom_members() {
+        let member = |state: &str, clonefrom: bool| -> crate::patroni::MemberValue {
+            let tags = if clonefrom { r#","tags":{"clonefrom":true}"# } else { "" };
+            serde_json::from_str(&format!(
+                r#"{{"conn_url":"","api_url":"","state":"{state}","role":"replica","version":""{tags}}}"#
+            ))
+            .expect("member")
+        };
+        let mut v = ClusterView::default();
+        v.members.insert("a".into(), member("running", true));
+        v.members.insert("b".into(), member("running", true));
+        v.members.insert("c".into(), member("stopped", true));
+        v.members.insert("d".into(), member("running", false));
+        assert_eq!(clone_sources(&v, "a"), ["b"]);
+        assert!(clone_sources(&ClusterView::default(), "a").is_empty());
+    }
+
+    #[test]
     fn start_backoff_doubles_to_a_minute() {
         let secs: Vec<u64> = (1..=9).map(|n| start_backoff(n).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
@@ -151,11 +181,11 @@ mod tests {
         s.role = MemberRole::Replica;
         s.xlog.received_location = Some(100);
         s.xlog.replayed_location = Some(90);
-        assert_eq!(peer_reply(&s), PeerReply { primary: false, wal: 100, nofailover: false });
+        assert_eq!(peer_reply(&s), PeerReply { primary: false, wal: 100, nofailover: false, failover_priority: 1 });
         s.role = MemberRole::Primary;
         s.xlog = crate::api::Xlog { location: Some(200), ..Default::default() };
         s.tags.insert("nofailover".into(), serde_json::json!(true));
-        assert_eq!(peer_reply(&s), PeerReply { primary: true, wal: 200, nofailover: true });
+        assert_eq!(peer_reply(&s), PeerReply { primary: true, wal: 200, nofailover: true, failover_priority: 1 });
         s.state = State::Stopping;
         assert!(!peer_reply(&s).primary, "a stopping primary is not one");
     }
