@@ -87,6 +87,8 @@ SPILO_PARAMS = {
     "log_min_duration_statement": "500", "log_statement": "ddl", "log_temp_files": "0",
     "recovery_init_sync_method": "syncfs", "tcp_keepalives_idle": "900", "tcp_keepalives_interval": "100",
     "track_functions": "all", "wal_compression": "on", "shared_preload_libraries": "pg_stat_statements",
+    # Spilo's (and tusk's) max_connections: clamp(memory MB / 30, 100, 1000).
+    "max_connections": str(min(max(100, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 30), 1000)),
 }
 
 
@@ -402,6 +404,11 @@ def bench(system, sync_on, a, setting, etcd, base, tusk):
         pgbench(l, ["-i", "-q", "-s", str(a.scale)], timeout=600)
         l = wait_ready(nodes, sync_on, etcd, scope, 120, "ready before pgbench")
         ssn = ha.sql(l.sock, l.port, "SHOW synchronous_standby_names")
+        if a.dump_settings:
+            # Every setting not at its built-in default, to compare the two systems' PostgreSQL.
+            rows = ha.sql(l.sock, l.port, "SELECT name || '=' || setting FROM pg_settings "
+                          "WHERE source NOT IN ('default', 'override') ORDER BY 1", timeout=10)
+            log("settings: " + " ".join(rows.split()))
         out = pgbench(l, ["-c", str(a.clients), "-j", str(a.jobs), "-T", str(a.duration)], timeout=a.duration + 120)
         tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
         lat = re.search(r"latency average = ([0-9.]+) ms", out)
@@ -553,6 +560,7 @@ def main():
     ap.add_argument("--peer-params", choices=("spilo", "plain"), default="spilo",
                     help="spilo: Patroni's PostgreSQL gets the parameters tusk sets by itself (Spilo's); "
                     "plain: only shared_buffers and --pg-params")
+    ap.add_argument("--dump-settings", action="store_true", help="log the leader's non-default settings")
     ap.add_argument("--tusk", default=os.path.join(ROOT, "target/release/tusk"), help="tusk binary (not rebuilt)")
     a = ap.parse_args()
     if os.geteuid() != 0:

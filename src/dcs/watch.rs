@@ -25,6 +25,8 @@ pub struct KeyEvent {
     /// The key relative to the prefix (`leader`, `members/n1`, ...).
     pub key: String,
     pub deleted: bool,
+    /// The key did not exist before this event (its version is 1).
+    pub created: bool,
     pub revision: i64,
 }
 
@@ -115,6 +117,7 @@ impl Dcs {
                                     (revision >= floor).then_some(KeyEvent {
                                         key,
                                         deleted: ev.event_type() == EventType::Delete,
+                                        created: ev.event_type() == EventType::Put && kv.version() == 1,
                                         revision,
                                     })
                                 })

@@ -63,16 +63,22 @@ impl Ha {
         let dcs = self.dcs.clone();
         let wake = self.wake.clone();
         let leading = self.leading.clone();
+        let own = format!("members/{}", self.cfg.name);
         self.watch_task = Some(tokio::spawn(async move {
             let restarted = || wake.notify_one();
             dcs.follow(
                 |events| {
                     let relevant = events.iter().any(|ev| {
-                        // Member changes matter to the leader (slots); a
-                        // member leaving matters to everyone (peer checks).
+                        // A member leaving matters to everyone (peer checks); one
+                        // joining matters to the leader (its slot). A member key
+                        // rewritten (its WAL position moves with every write) does
+                        // not: waking on it would run a round per write, and the
+                        // leader's own rewrite would wake it again and again.
                         matches!(ev.key.as_str(), "leader" | "config" | "failover" | "initialize")
                             || (ev.key.starts_with("members/")
-                                && (ev.deleted || leading.load(std::sync::atomic::Ordering::Relaxed)))
+                                && ev.key != own
+                                && (ev.deleted
+                                    || (ev.created && leading.load(std::sync::atomic::Ordering::Relaxed))))
                     });
                     if relevant {
                         wake.notify_one();
