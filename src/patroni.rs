@@ -338,6 +338,12 @@ impl DynamicConfig {
         self.other.get("synchronous_node_count").and_then(as_u64).map_or(1, |n| n.clamp(1, 64) as usize)
     }
 
+    /// `failsafe_mode`: a primary that loses etcd keeps running while
+    /// every member in the `failsafe` key confirms it (`POST /failsafe`).
+    pub fn failsafe_mode(&self) -> bool {
+        self.other.get("failsafe_mode").is_some_and(truthy)
+    }
+
     /// `primary_start_timeout` (Patroni 2's `master_start_timeout`), default
     /// 300 s: how long a crashed primary may take to come back in place
     /// before the leader key is released.

@@ -88,7 +88,11 @@ pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
         s.server_version.unwrap_or(0) as f64,
     );
     gauge("patroni_cluster_unlocked", "Value is 1 if the cluster has no leader, 0 otherwise.", b(s.cluster_unlocked));
-    gauge("patroni_failsafe_mode_is_active", "Value is 1 if failsafe mode is active, 0 otherwise.", 0.0);
+    gauge(
+        "patroni_failsafe_mode_is_active",
+        "Value is 1 if failsafe mode is active, 0 otherwise.",
+        b(s.failsafe_mode_is_active),
+    );
     gauge("patroni_postgres_timeline", "PostgreSQL timeline of this node.", s.timeline.unwrap_or(0) as f64);
     gauge(
         "patroni_dcs_last_seen",

@@ -87,6 +87,18 @@ struct Inner {
     peers: ApiClient,
     /// WAL archiving's figures for `/patroni` and `/metrics`.
     archive: Option<Arc<dyn ArchiveView>>,
+    /// The last `POST /failsafe` a primary sent (read by the HA loop).
+    failsafe: watch::Sender<Option<FailsafeNotice>>,
+}
+
+/// A primary's `POST /failsafe`: it runs without etcd, on its members'
+/// confirmations, and this member confirmed (it does not race for the
+/// leader key for a `ttl` after this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailsafeNotice {
+    /// The primary's member name.
+    pub name: String,
+    pub received: std::time::Instant,
 }
 
 /// What the archiver shows through the API.
@@ -113,7 +125,13 @@ impl ApiState {
             verify_client: api.tls.as_ref().map_or(VerifyClient::None, |t| t.verify_client),
             peers,
             archive: None,
+            failsafe: watch::channel(None).0,
         }))
+    }
+
+    /// Follows the `POST /failsafe` notices this API accepts.
+    pub fn failsafe_notices(&self) -> watch::Receiver<Option<FailsafeNotice>> {
+        self.0.failsafe.subscribe()
     }
 
     /// Shows the archiver's figures in `/patroni` and `/metrics`.
@@ -134,6 +152,8 @@ pub struct Started {
     pub tls: Arc<std::sync::RwLock<Option<tokio_rustls::TlsAcceptor>>>,
     /// A client for the peers' APIs, with this node's TLS identity and auth.
     pub client: ApiClient,
+    /// The primaries' `POST /failsafe` notices (failsafe mode).
+    pub failsafe: watch::Receiver<Option<FailsafeNotice>>,
 }
 
 impl Started {
@@ -178,6 +198,7 @@ pub async fn start(
     if let Some(a) = archive {
         state = state.with_archive(a);
     }
+    let failsafe = state.failsafe_notices();
     // Its own thread and runtime: a flood of requests competes with the HA
     // loop for a core through the OS scheduler, never inside one executor.
     let tls_for_server = tls.clone();
@@ -205,5 +226,5 @@ pub async fn start(
             });
         })
         .map_err(|e| ConfigError::new("APIPORT", format!("cannot start the REST API thread: {e}")))?;
-    Ok(Started { status: status_tx, commands: cmd_rx, tls, client })
+    Ok(Started { status: status_tx, commands: cmd_rx, tls, client, failsafe })
 }

@@ -563,3 +563,44 @@ mod tests {
         assert_eq!(seconds("x"), None);
     }
 }
+
+fn failsafe_disabled() -> Response<Body> {
+    text(StatusCode::BAD_GATEWAY, "Failsafe mode is not enabled")
+}
+
+/// `GET /failsafe`: the members of the `failsafe` key as last read.
+pub(super) fn get_failsafe(state: &ApiState) -> Response<Body> {
+    let st = state.0.status.borrow();
+    if !st.facts.failsafe_mode {
+        return failsafe_disabled();
+    }
+    json(StatusCode::OK, &st.facts.failsafe.clone().unwrap_or_default())
+}
+
+/// `POST /failsafe` from a primary that cannot reach etcd: a replica
+/// accepts (and then does not race for the leader key for a `ttl`) and
+/// answers its WAL position in an `lsn` header; a running primary refuses.
+pub(super) async fn post_failsafe(state: &ApiState, req: Request<Body>) -> Response<Body> {
+    if !state.0.status.borrow().facts.failsafe_mode {
+        return failsafe_disabled();
+    }
+    let body = match read_json(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let Some(name) = body.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) else {
+        return text(StatusCode::BAD_REQUEST, "name is required");
+    };
+    let st = state.0.status.borrow().clone();
+    if st.role == Role::Primary && st.running() {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "Running as a leader");
+    }
+    let notice = super::FailsafeNotice { name: name.to_owned(), received: std::time::Instant::now() };
+    if state.0.failsafe.borrow().as_ref().is_none_or(|n| n.name != notice.name) {
+        tracing::info!(primary = name, "failsafe mode: the primary runs without etcd; not racing for the leader key");
+    }
+    state.0.failsafe.send_replace(Some(notice));
+    let mut resp = text(StatusCode::OK, "Accepted");
+    resp.headers_mut().insert("lsn", st.xlog.position().into());
+    resp
+}

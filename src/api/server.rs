@@ -237,7 +237,7 @@ async fn route(state: ApiState, peer: Peer, req: Request<Body>) -> Response<Body
         (&Method::GET, "cluster") => ops::cluster(&state).await,
         (&Method::GET, "history") => ops::history(&state).await,
         (&Method::GET, "config") => ops::get_config(&state).await,
-        (&Method::GET, "failsafe") => text(StatusCode::BAD_GATEWAY, "Failsafe mode is not enabled"),
+        (&Method::GET, "failsafe") => ops::get_failsafe(&state),
         (&Method::GET, _) => health(&state, &path, query.as_deref(), true),
         (&Method::HEAD | &Method::OPTIONS, "patroni" | "metrics" | "cluster" | "history" | "config") => {
             status_only(StatusCode::OK)
@@ -254,6 +254,7 @@ async fn route(state: ApiState, peer: Peer, req: Request<Body>) -> Response<Body
                 (&Method::POST, "restart") => ops::restart(&state, req).await,
                 (&Method::DELETE, "restart") => ops::cancel_restart(&state).await,
                 (&Method::POST, "reload") => ops::reload(&state).await,
+                (&Method::POST, "failsafe") => ops::post_failsafe(&state, req).await,
                 (&Method::POST, "reinitialize") => ops::reinitialize(&state, req).await,
                 (&Method::PATCH, "config") => ops::patch_config(&state, req).await,
                 (&Method::PUT, "config") => ops::put_config(&state, req).await,

@@ -38,6 +38,10 @@ pub struct NodeStatus {
     pub cluster_unlocked: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause: bool,
+    /// etcd is unreachable and the primary runs on its members'
+    /// confirmations (failsafe mode).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failsafe_mode_is_active: bool,
     /// Unix time of the last successful read of the DCS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dcs_last_seen: Option<u64>,
@@ -76,6 +80,10 @@ pub struct Facts {
     pub last_loop: Option<std::time::Instant>,
     /// The last read of the DCS succeeded.
     pub dcs_reachable: bool,
+    /// `failsafe_mode` of the dynamic configuration, and the `failsafe`
+    /// key's members as last read (`GET /failsafe`).
+    pub failsafe_mode: bool,
+    pub failsafe: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -120,6 +120,9 @@ impl Keys {
     pub fn sync(&self) -> String {
         format!("{}sync", self.prefix)
     }
+    pub fn failsafe(&self) -> String {
+        format!("{}failsafe", self.prefix)
+    }
     /// tusk's own: the generated role passwords, shared with the members
     /// (Patroni's readers ignore keys they do not know).
     pub fn credentials(&self) -> String {
@@ -235,6 +238,10 @@ impl Dcs {
                     snap.sync_revision = Some(kv.mod_revision());
                     // Unreadable: restricts nobody, as an empty one.
                     snap.view.sync = serde_json::from_str::<SyncState>(value).ok();
+                }
+                "failsafe" => {
+                    // Unreadable: as absent (nobody is restricted by it).
+                    snap.view.failsafe = serde_json::from_str(value).ok();
                 }
                 r if r.starts_with("members/") && !r["members/".len()..].contains('/') => {
                     // A member key that does not parse is skipped, as Patroni does.
@@ -412,6 +419,18 @@ impl Dcs {
         };
         let txn = Txn::new().when([cmp]).and_then([TxnOp::put(key, json, None)]);
         Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Writes `failsafe`: every member's name and REST API address, as
+    /// the leader knows them (failsafe mode).
+    pub async fn put_failsafe(&self, members: &BTreeMap<String, String>) -> Result<(), DcsError> {
+        let json = serde_json::to_string(members).expect("a string map serializes");
+        self.put(self.keys.failsafe(), json, None).await
+    }
+
+    /// Deletes `failsafe` (failsafe mode turned off).
+    pub async fn delete_failsafe(&self) -> Result<(), DcsError> {
+        self.delete(self.keys.failsafe()).await
     }
 
     /// Deletes `sync` (synchronous mode turned off), compare-and-set.

@@ -20,4 +20,7 @@ pub struct ClusterView {
     pub failover: Option<Failover>,
     /// `sync`: the leader and its synchronous standbys (synchronous mode).
     pub sync: Option<SyncState>,
+    /// `failsafe`: the members (name → REST API address) the leader last
+    /// listed, in failsafe mode.
+    pub failsafe: Option<BTreeMap<String, String>>,
 }

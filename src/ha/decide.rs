@@ -9,6 +9,8 @@
 //!   a primary or ahead of it, it is within `maximum_lag_on_failover` of the
 //!   last known leader position, it is not tagged `nofailover`, and a
 //!   requested failover candidate (if any) is itself;
+//! - a replica that confirmed a primary's `POST /failsafe` within `ttl`
+//!   does not race; in failsafe mode only members listed in `failsafe` race;
 //! - in synchronous mode only the members the `sync` key names (the last
 //!   leader and its synchronous standbys) race, and only their WAL counts
 //!   against mine; a switchover goes only to a synchronous standby;
@@ -72,6 +74,10 @@ pub struct Local {
     /// succeeded less than the lease TTL (minus a margin) ago, on the
     /// executor's monotonic clock.
     pub lease_alive: bool,
+    /// Failsafe mode: the primary that told this member, less than a
+    /// `ttl` ago, that it runs without etcd on its members' confirmations
+    /// (`POST /failsafe`); this member promised not to race meanwhile.
+    pub failsafe_primary: Option<String>,
     /// Peer reports gathered for this decision (`None`: not asked yet).
     pub peers: Option<Vec<PeerReport>>,
 }
@@ -231,6 +237,20 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
             if me.nofailover {
                 return Action::Idle("tagged nofailover: not racing for the leader key");
             }
+            if matches!(me.postgres, Postgres::Replica { .. }) && me.failsafe_primary.is_some() {
+                return Action::Idle(
+                    "failsafe mode: the primary confirmed within ttl that it runs; not racing for the leader key",
+                );
+            }
+            // Failsafe mode: only the members the last leader listed race
+            // (a member it never knew of cannot have confirmed it).
+            if view.config.failsafe_mode()
+                && let Some(listed) = &view.failsafe
+                && !listed.is_empty()
+                && !listed.contains_key(&me.name)
+            {
+                return Action::Idle("failsafe mode: not listed in the failsafe key, not racing for the leader key");
+            }
             if let Some(f) = &view.failover
                 && let Some(c) = &f.member
                 && c != &me.name
@@ -339,6 +359,14 @@ mod tests {
 
     const SYSID: &str = "7268616322854375442";
 
+    /// No leader; failsafe mode on, `listed` in the `failsafe` key.
+    fn failsafe_view(listed: &[&str]) -> ClusterView {
+        let mut v = view(None);
+        v.config.other.insert("failsafe_mode".into(), serde_json::json!(true));
+        v.failsafe = Some(listed.iter().map(|n| (n.to_string(), format!("http://{n}:8008/patroni"))).collect());
+        v
+    }
+
     fn view(leader: Option<&str>) -> ClusterView {
         ClusterView {
             initialize: Some(SYSID.into()),
@@ -363,6 +391,7 @@ mod tests {
             start_failed: false,
             rewind_failed: false,
             lease_alive: true,
+            failsafe_primary: None,
             peers: None,
         }
     }
@@ -679,6 +708,32 @@ mod tests {
                 view(None),
                 Local { nofailover: true, ..with_peers(me(replica(1000)), vec![]) },
                 Action::Idle("tagged nofailover: not racing for the leader key"),
+            ),
+            (
+                "failsafe: a primary confirmed within ttl: do not race",
+                view(None),
+                Local { failsafe_primary: Some("b".into()), ..with_peers(me(replica(1000)), vec![]) },
+                Action::Idle(
+                    "failsafe mode: the primary confirmed within ttl that it runs; not racing for the leader key",
+                ),
+            ),
+            (
+                "failsafe: the primary itself re-takes the key it lost with etcd",
+                view(None),
+                Local { failsafe_primary: Some("b".into()), ..with_peers(me(primary()), vec![]) },
+                Action::AcquireLeader,
+            ),
+            (
+                "failsafe mode: not listed in the failsafe key: do not race",
+                failsafe_view(&["b", "c"]),
+                with_peers(me(replica(1000)), vec![]),
+                Action::Idle("failsafe mode: not listed in the failsafe key, not racing for the leader key"),
+            ),
+            (
+                "failsafe mode: listed: race",
+                failsafe_view(&["a", "b"]),
+                with_peers(me(replica(1000)), vec![]),
+                Action::AcquireLeader,
             ),
             (
                 "failover to another candidate: do not race",

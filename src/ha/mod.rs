@@ -6,6 +6,7 @@ mod commands;
 mod credentials;
 pub mod decide;
 mod error;
+mod failsafe;
 mod lease;
 mod observe;
 mod publish;

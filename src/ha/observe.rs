@@ -108,6 +108,7 @@ impl Ha {
                 || self.down_since.is_some_and(|t| t.elapsed() >= self.config.primary_start_timeout()),
             rewind_failed: self.rewind_failed,
             lease_alive: self.lease_alive(),
+            failsafe_primary: self.failsafe_primary(),
             peers: None,
         }
     }

@@ -135,6 +135,8 @@ impl Ha {
             maximum_lag_on_failover: c.maximum_lag_on_failover,
             last_loop: Some(std::time::Instant::now()),
             dcs_reachable: self.dcs_reachable,
+            failsafe_mode: c.failsafe_mode(),
+            failsafe: self.failsafe.members.clone(),
         };
         self.status.send_replace(st);
     }

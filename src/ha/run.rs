@@ -113,6 +113,9 @@ pub struct Ha {
     /// `synchronous_standby_names` as last written, and the primary's
     /// flush position then (synchronous mode; see `sync.rs`).
     pub(super) standby_names: Option<(Option<String>, u64)>,
+    /// Failsafe mode: the members to ask, and how long their
+    /// confirmations keep this primary writable (see `failsafe.rs`).
+    pub(super) failsafe: super::failsafe::Failsafe,
 }
 
 /// Runs the node in HA mode until told to stop; returns the exit status.
@@ -220,6 +223,7 @@ pub(crate) async fn run(
         dcs_reachable: false,
         sync_revision: None,
         standby_names: None,
+        failsafe: super::failsafe::Failsafe::new(api.failsafe),
     };
     ha.dcs_tx.send_replace(Some(ha.dcs.clone()));
     ha.spawn_watch();
@@ -236,14 +240,14 @@ impl Ha {
         loop {
             // One iteration, raced against the fencing deadline while primary.
             let fence_pid = self.running_primary_pid();
-            let deadline = self.lease.alive_until.unwrap_or_else(Instant::now);
+            let deadline = self.fence_deadline();
             let outcome = tokio::select! {
                 o = self.iterate() => Some(o),
                 _ = sleep_until(deadline), if fence_pid.is_some() => None,
             };
             match outcome {
                 None => {
-                    self.fence("the leader lease could not be renewed before its deadline").await;
+                    self.deadline_passed().await;
                     continue;
                 }
                 Some(Some(code)) => {
@@ -264,7 +268,7 @@ impl Ha {
             // the REST API serves fresh (lag checks, metrics).
             let wait_until = Instant::now() + self.tick();
             let fence_pid = self.running_primary_pid();
-            let deadline = self.lease.alive_until.unwrap_or_else(Instant::now);
+            let deadline = self.fence_deadline();
             let mut refresh = tokio::time::interval_at(Instant::now() + STATUS_REFRESH, STATUS_REFRESH);
             loop {
                 tokio::select! {
@@ -272,7 +276,7 @@ impl Ha {
                     _ = sleep_until(wait_until) => break,
                     _ = refresh.tick() => self.refresh_status().await,
                     _ = sleep_until(deadline), if fence_pid.is_some() => {
-                        self.fence("the leader lease could not be renewed before its deadline").await;
+                        self.deadline_passed().await;
                         break;
                     }
                     req = signals.recv() => match req {
@@ -324,6 +328,22 @@ impl Ha {
         (st.role == MemberRole::Primary).then(|| self.pm.as_ref().map(|p| p.pid())).flatten()
     }
 
+    /// Until when this primary may write: its lease's deadline, or later
+    /// while its members' confirmations hold (failsafe mode).
+    pub(super) fn fence_deadline(&self) -> Instant {
+        let lease = self.lease.alive_until.unwrap_or_else(Instant::now);
+        self.failsafe.until.map_or(lease, |f| f.max(lease))
+    }
+
+    /// The writable deadline passed: one more round of failsafe
+    /// confirmations if etcd is out of reach, else fencing.
+    async fn deadline_passed(&mut self) {
+        if !self.dcs_reachable && self.failsafe_confirm().await {
+            return;
+        }
+        self.fence("the leader lease could not be renewed before its deadline").await;
+    }
+
     /// Stops writes now: immediate shutdown of a primary.
     pub(super) async fn fence(&mut self, why: &str) {
         // An immediate stop of a primary may leave WAL the leader lacks.
@@ -346,6 +366,7 @@ impl Ha {
                 self.dcs_reachable = false;
                 self.observe().await;
                 self.status.send_modify(|st| st.facts.dcs_reachable = false);
+                self.failsafe_confirm().await;
                 return None;
             }
         };
@@ -384,6 +405,7 @@ impl Ha {
         self.config =
             if snap.config_revision.is_some() { snap.view.config.clone() } else { self.cfg.bootstrap_dcs.clone() };
         self.sync_revision = snap.sync_revision;
+        self.failsafe_observed(&snap.view).await;
         if snap.config_revision.is_none() {
             // The decision too: a standby cluster's data adopted before its
             // `config` exists must not be promoted for want of `standby_cluster`.
