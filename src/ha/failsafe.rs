@@ -27,6 +27,10 @@ use crate::patroni::Role as MemberRole;
 /// How long a member has to confirm (Patroni's).
 const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 
+/// How long before its deadline a primary in failsafe mode asks its
+/// members (again): the answers come before the deadline passes.
+pub(super) const ASK_AHEAD: Duration = Duration::from_millis(2500);
+
 /// The failsafe side of the executor.
 #[derive(Debug)]
 pub(super) struct Failsafe {

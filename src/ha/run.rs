@@ -328,17 +328,24 @@ impl Ha {
         (st.role == MemberRole::Primary).then(|| self.pm.as_ref().map(|p| p.pid())).flatten()
     }
 
-    /// Until when this primary may write: its lease's deadline, or later
-    /// while its members' confirmations hold (failsafe mode).
+    /// When a primary must act on its deadline: until then it may write
+    /// on its lease, or on its members' confirmations (failsafe mode).
+    /// In failsafe mode it wakes early enough to ask the members once more
+    /// before the deadline itself.
     pub(super) fn fence_deadline(&self) -> Instant {
         let lease = self.lease.alive_until.unwrap_or_else(Instant::now);
-        self.failsafe.until.map_or(lease, |f| f.max(lease))
+        let deadline = self.failsafe.until.map_or(lease, |f| f.max(lease));
+        if self.config.failsafe_mode() {
+            deadline.checked_sub(super::failsafe::ASK_AHEAD).unwrap_or(deadline)
+        } else {
+            deadline
+        }
     }
 
-    /// The writable deadline passed: one more round of failsafe
-    /// confirmations if etcd is out of reach, else fencing.
+    /// The deadline is (about to be) reached without a renewed lease: in
+    /// failsafe mode, every member's confirmation moves it; else fencing.
     async fn deadline_passed(&mut self) {
-        if !self.dcs_reachable && self.failsafe_confirm().await {
+        if self.config.failsafe_mode() && self.failsafe_confirm().await {
             return;
         }
         self.fence("the leader lease could not be renewed before its deadline").await;
