@@ -338,6 +338,12 @@ impl DynamicConfig {
         self.other.get("synchronous_node_count").and_then(as_u64).map_or(1, |n| n.clamp(1, 64) as usize)
     }
 
+    /// `check_timeline`: a member on an older timeline than the cluster's
+    /// (the `history` key) does not take over.
+    pub fn check_timeline(&self) -> bool {
+        self.other.get("check_timeline").is_some_and(truthy)
+    }
+
     /// `failsafe_mode`: a primary that loses etcd keeps running while
     /// every member in the `failsafe` key confirms it (`POST /failsafe`).
     pub fn failsafe_mode(&self) -> bool {
@@ -350,6 +356,13 @@ impl DynamicConfig {
     pub fn primary_start_timeout(&self) -> std::time::Duration {
         let v = self.other.get("primary_start_timeout").or_else(|| self.other.get("master_start_timeout"));
         std::time::Duration::from_secs(v.and_then(as_u64).unwrap_or(300))
+    }
+
+    /// `primary_stop_timeout` (in synchronous mode only; `None`: unset or
+    /// ≤ 0): how long a primary's stop may take before postgres is killed.
+    pub fn primary_stop_timeout(&self) -> Option<std::time::Duration> {
+        let v = self.other.get("primary_stop_timeout").or_else(|| self.other.get("master_stop_timeout"));
+        v.and_then(as_u64).filter(|s| *s > 0 && self.synchronous_mode()).map(std::time::Duration::from_secs)
     }
 
     /// `maximum_lag_on_syncnode` in bytes (`None`: -1, off).
@@ -460,6 +473,21 @@ pub struct Status {
     pub slots: BTreeMap<String, u64>,
 }
 
+/// The cluster's timeline by the `history` key, as Patroni reads it: the
+/// last line's parent timeline + 1; `[]` is timeline 1; 0 when unknown.
+pub fn history_timeline(value: &str) -> u32 {
+    match serde_json::from_str::<Vec<Vec<serde_json::Value>>>(value) {
+        Ok(lines) if lines.is_empty() => 1,
+        Ok(lines) => lines
+            .last()
+            .and_then(|l| l.first())
+            .and_then(|tl| tl.as_u64().or_else(|| tl.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|tl| u32::try_from(tl).ok())
+            .map_or(0, |tl| tl.saturating_add(1)),
+        Err(_) => 0,
+    }
+}
+
 /// One line of `history`: `[parent timeline, switch LSN, reason, timestamp, new leader]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryLine(pub u32, pub u64, pub String, pub String, pub String);
@@ -484,6 +512,32 @@ pub struct Replication {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn primary_stop_timeout_applies_in_synchronous_mode_only() {
+        let c = |json: &str| serde_json::from_str::<DynamicConfig>(json).expect("config");
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(c(r#"{"primary_stop_timeout":5}"#).primary_stop_timeout(), None);
+        assert_eq!(c(r#"{"synchronous_mode":true,"primary_stop_timeout":5}"#).primary_stop_timeout(), Some(secs(5)));
+        assert_eq!(c(r#"{"synchronous_mode":true,"master_stop_timeout":"7"}"#).primary_stop_timeout(), Some(secs(7)));
+        assert_eq!(c(r#"{"synchronous_mode":true,"primary_stop_timeout":0}"#).primary_stop_timeout(), None);
+        assert_eq!(c(r#"{"synchronous_mode":true}"#).primary_stop_timeout(), None);
+        assert!(c(r#"{"check_timeline":true}"#).check_timeline());
+        assert!(!c("{}").check_timeline());
+        assert!(c(r#"{"failsafe_mode":"on"}"#).failsafe_mode());
+    }
+
+    #[test]
+    fn timeline_from_history() {
+        assert_eq!(history_timeline("[]"), 1);
+        assert_eq!(history_timeline(r#"[[1,25165984,"no recovery target specified"]]"#), 2);
+        assert_eq!(
+            history_timeline(r#"[[1,1,"a"],[2,50331808,"no recovery target specified","2024-08-28T19:39:26+00:00","n2"]]"#),
+            3
+        );
+        assert_eq!(history_timeline(r#"[["4",1,"a"]]"#), 5);
+        assert_eq!(history_timeline("not json"), 0);
+    }
 
     #[test]
     fn member_json_is_patronis() {

@@ -239,6 +239,7 @@ impl Dcs {
                     // Unreadable: restricts nobody, as an empty one.
                     snap.view.sync = serde_json::from_str::<SyncState>(value).ok();
                 }
+                "history" => snap.view.timeline = crate::patroni::history_timeline(value),
                 "failsafe" => {
                     // Unreadable: as absent (nobody is restricted by it).
                     snap.view.failsafe = serde_json::from_str(value).ok();

@@ -23,4 +23,6 @@ pub struct ClusterView {
     /// `failsafe`: the members (name → REST API address) the leader last
     /// listed, in failsafe mode.
     pub failsafe: Option<BTreeMap<String, String>>,
+    /// The cluster's timeline by the `history` key (0: unknown).
+    pub timeline: u32,
 }

@@ -582,7 +582,7 @@ impl Ha {
             st.state = State::Stopping;
             st.leader = false;
         });
-        self.stop_local(Mode::Graceful, self.cfg.tusk.shutdown_timeout).await;
+        self.stop_local(Mode::Graceful, self.stop_budget()).await;
         match self.dcs.release_leader(&self.cfg.name).await {
             Ok(true) => tracing::info!("leader key released"),
             Ok(false) => tracing::warn!("the leader key was no longer ours"),

@@ -118,7 +118,7 @@ impl Ha {
         tracing::info!(role = %st.role, "restarting postgres (REST API)");
         self.state = State::Restarting;
         self.publish_status();
-        self.stop_local(Mode::Graceful, self.cfg.tusk.shutdown_timeout).await;
+        self.stop_local(Mode::Graceful, self.stop_budget()).await;
         if let Err(e) = self.start(role).await {
             tracing::error!("cannot start postgres again: {e}");
             self.state = State::Stopped;

@@ -145,6 +145,13 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
             _ => {}
         }
     }
+    // A primary on a timeline older than the cluster's was replaced.
+    if let Postgres::Primary { timeline, .. } = me.postgres
+        && view.leader.is_none()
+        && timeline < view.timeline
+    {
+        return Action::Demote("running as primary on a timeline older than the cluster's");
+    }
 
     // Maintenance mode: no automatic action but keeping what runs.
     if view.config.pause && view.initialize.is_some() && me.data != DataDir::Empty {
@@ -236,6 +243,12 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
         (None, Postgres::Replica { wal, .. } | Postgres::Primary { wal, .. }) => {
             if me.nofailover {
                 return Action::Idle("tagged nofailover: not racing for the leader key");
+            }
+            if let Postgres::Replica { timeline, .. } = me.postgres
+                && view.config.check_timeline()
+                && timeline < view.timeline
+            {
+                return Action::Idle("check_timeline: on an older timeline than the cluster's, not racing");
             }
             if matches!(me.postgres, Postgres::Replica { .. }) && me.failsafe_primary.is_some() {
                 return Action::Idle(
@@ -708,6 +721,29 @@ mod tests {
                 view(None),
                 Local { nofailover: true, ..with_peers(me(replica(1000)), vec![]) },
                 Action::Idle("tagged nofailover: not racing for the leader key"),
+            ),
+            (
+                "check_timeline: a replica on an older timeline does not race",
+                {
+                    let mut v = view(None);
+                    v.config.other.insert("check_timeline".into(), serde_json::json!(true));
+                    v.timeline = 3;
+                    v
+                },
+                with_peers(me(Postgres::Replica { wal: 1000, timeline: 2 }), vec![]),
+                Action::Idle("check_timeline: on an older timeline than the cluster's, not racing"),
+            ),
+            (
+                "check_timeline off: the timeline does not matter",
+                ClusterView { timeline: 3, ..view(None) },
+                with_peers(me(Postgres::Replica { wal: 1000, timeline: 2 }), vec![]),
+                Action::AcquireLeader,
+            ),
+            (
+                "a primary on an older timeline than the cluster's demotes",
+                ClusterView { timeline: 3, ..view(None) },
+                with_peers(me(Postgres::Primary { wal: 1000, timeline: 2 }), vec![]),
+                Action::Demote("running as primary on a timeline older than the cluster's"),
             ),
             (
                 "failsafe: a primary confirmed within ttl: do not race",

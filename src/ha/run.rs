@@ -351,6 +351,16 @@ impl Ha {
         self.fence("the leader lease could not be renewed before its deadline").await;
     }
 
+    /// How long stopping postgres may take: the shutdown budget, or a
+    /// primary's `primary_stop_timeout` in synchronous mode when shorter.
+    pub(super) fn stop_budget(&self) -> Duration {
+        let budget = self.cfg.tusk.shutdown_timeout;
+        match self.config.primary_stop_timeout() {
+            Some(t) if self.running_primary_pid().is_some() => budget.min(t),
+            _ => budget,
+        }
+    }
+
     /// Stops writes now: immediate shutdown of a primary.
     pub(super) async fn fence(&mut self, why: &str) {
         // An immediate stop of a primary may leave WAL the leader lacks.
@@ -540,6 +550,7 @@ impl Ha {
         tracing::info!("shutting down: stopping postgres, then giving up the leader and member keys");
         // Peers asking our API from now on must not see a running primary.
         let leader = self.status.borrow().leader;
+        let budget = self.stop_budget();
         self.state = State::Stopping;
         self.status.send_modify(|st| {
             st.state = State::Stopping;
@@ -549,7 +560,7 @@ impl Ha {
             Some(mut pm) => {
                 let client = self.client.take();
                 notifier.stopping();
-                stop::stop(&mut pm, client, Mode::for_request(req), self.cfg.tusk.shutdown_timeout, Some(signals)).await
+                stop::stop(&mut pm, client, Mode::for_request(req), budget, Some(signals)).await
             }
             None => {
                 notifier.stopping();
