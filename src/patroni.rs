@@ -315,8 +315,8 @@ impl DynamicConfig {
     /// `loop_wait + 2 * retry_timeout ≤ ttl`: its leader renews the lease on
     /// its own schedule and demotes on a deadline from the last successful
     /// keepalive, so 10/2/5 (a setting Patroni 3.0.2 runs with) stays 10/2/5.
-    /// `synchronous_mode`: `true`/`on` (or Patroni 4's `quorum`, which
-    /// tusk runs as priority mode).
+    /// `synchronous_mode`: `true`/`on`, or Patroni 4's `quorum`
+    /// ([`DynamicConfig::quorum_mode`]).
     pub fn synchronous_mode(&self) -> bool {
         self.other.get("synchronous_mode").is_some_and(|v| match v {
             serde_json::Value::Bool(b) => *b,
@@ -325,6 +325,16 @@ impl DynamicConfig {
             }
             _ => false,
         })
+    }
+
+    /// `synchronous_mode: quorum` (Patroni 4's quorum commit): every
+    /// eligible standby is listed in `ANY n (...)`, and a member may take
+    /// over once enough of them confirm it is not behind.
+    pub fn quorum_mode(&self) -> bool {
+        self.other
+            .get("synchronous_mode")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|s| s.eq_ignore_ascii_case("quorum"))
     }
 
     /// `synchronous_mode_strict`: never acknowledge a commit without a
@@ -387,7 +397,9 @@ pub struct SyncState {
     pub leader: Option<String>,
     #[serde(default)]
     pub sync_standby: Option<String>,
-    /// Patroni 4's quorum mode; kept as read.
+    /// Quorum mode (Patroni 4): how many of the standbys (`voters`) a
+    /// member must hear from, besides itself when it is one, before it may
+    /// take over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum: Option<u64>,
 }
@@ -399,6 +411,11 @@ impl SyncState {
             sync_standby: Some(standbys.join(",")).filter(|s| !s.is_empty()),
             quorum: None,
         }
+    }
+
+    /// Quorum mode's key: `voters` and how many must confirm.
+    pub fn quorum_of(leader: &str, voters: &[String], quorum: u64) -> SyncState {
+        SyncState { quorum: Some(quorum), ..SyncState::new(leader, voters) }
     }
 
     /// The synchronous standbys.

@@ -263,3 +263,104 @@ fn strict_mode_blocks_commits_without_a_synchronous_standby() {
     let li = c.index(&leader);
     c.nodes[li].stop_cleanly(Duration::from_secs(60));
 }
+
+/// Quorum mode, as the leader settles it with every replica streaming:
+/// `synchronous_standby_names = 'ANY 1 (...)'` naming both replicas, the
+/// `sync` key naming both as voters with quorum 1, and both answering
+/// `/quorum` (not `/sync`).
+fn wait_quorum_settled(c: &Cluster, leader: &str, limit: Duration) {
+    let t0 = Instant::now();
+    let others: Vec<String> = c.names().into_iter().filter(|n| n != leader).collect();
+    loop {
+        let names = try_sql(c.node(leader), "SHOW synchronous_standby_names").unwrap_or_default();
+        let out = c.etcd.etcdctl(&["get", "--print-value-only", &format!("/service/{}/sync", c.scope)]);
+        let key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let voters: BTreeSet<String> =
+            key["sync_standby"].as_str().unwrap_or("").split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let want: BTreeSet<String> = others.iter().cloned().collect();
+        let settled = names.starts_with("ANY 1 (")
+            && others.iter().all(|o| names.contains(&format!("\"{o}\"")))
+            && key["leader"] == leader
+            && voters == want
+            && key["quorum"] == 1
+            && others.iter().all(|o| {
+                c.api_status(o).is_some_and(|s| s["quorum_standby"] == true && s.get("sync_standby").is_none())
+            });
+        if settled {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "quorum mode never settled on {leader} after {limit:?}: synchronous_standby_names '{names}', sync key {key}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Quorum mode (Patroni 4's `synchronous_mode: quorum`) with 3 nodes and
+/// `synchronous_node_count: 1`: every commit is on one of the two
+/// replicas, either may take over once it hears from the other, and
+/// killing the leader's whole tree at random moments loses no
+/// acknowledged commit.
+#[test]
+fn quorum_mode_loses_no_acknowledged_commit_when_the_leader_is_killed() {
+    require_root();
+    let rounds: usize = std::env::var("TUSK_QUORUM_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let dcs = r#"{"ttl":6,"loop_wait":1,"retry_timeout":2,"synchronous_mode":"quorum","synchronous_node_count":1,
+        "postgresql":{"remove_data_directory_on_rewind_failure":true}}"#;
+    let mut c = cluster("quorum", 3, dcs);
+    let mut leader = c.start_settled(Duration::from_secs(120));
+    wait_quorum_settled(&c, &leader, Duration::from_secs(60));
+    // `/quorum` answers on the voters, `/sync` does not.
+    for r in c.names().into_iter().filter(|n| n != &leader) {
+        for (path, want) in [("quorum", "200"), ("sync", "503"), ("read-only-quorum", "200")] {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("http://127.0.0.1:{}/{path}", c.api_port(&r)))
+                .output()
+                .expect("curl");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), want, "GET /{path} on {r}");
+        }
+    }
+    psql_ok(c.node(&leader), "CREATE TABLE w (id bigint PRIMARY KEY)");
+    let targets: Vec<(std::path::PathBuf, u16)> = c.nodes.iter().map(|n| (n.socket_dir(), n.pg_port)).collect();
+    let writer = Writer::start(targets);
+    for round in 1..=rounds {
+        wait_quorum_settled(&c, &leader, Duration::from_secs(120));
+        let before = writer.acks().len();
+        std::thread::sleep(Duration::from_millis(200 + rand::random::<u64>() % 2000));
+        let t0 = Instant::now();
+        c.kill_node(&leader);
+        let acked = writer.acks();
+        assert!(acked.len() > before, "round {round}: the writer made no progress before the kill");
+        let new = c.wait_leader(Duration::from_secs(60), Some(&leader));
+        let t = Instant::now();
+        let rows: BTreeSet<u64> = loop {
+            if let Some(out) = try_sql(c.node(&new), "SELECT id FROM w WHERE NOT pg_is_in_recovery()")
+                && !out.is_empty()
+            {
+                break out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "round {round}: {new} never took writes");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let lost: Vec<u64> = acked.iter().filter(|a| !rows.contains(a)).copied().collect();
+        assert!(lost.is_empty(), "round {round}: {} acknowledged commits lost on {new}: {lost:?}", lost.len());
+        eprintln!("quorum round {round}: killed {leader}, {new} took over after {:?}", t0.elapsed());
+        let i = c.index(&leader);
+        c.nodes[i].start();
+        leader = new;
+    }
+    let acked = writer.finish();
+    wait_quorum_settled(&c, &leader, Duration::from_secs(120));
+    let rows: BTreeSet<u64> =
+        psql_ok(c.node(&leader), "SELECT id FROM w").lines().filter_map(|l| l.parse().ok()).collect();
+    assert_eq!(acked.iter().filter(|a| !rows.contains(a)).count(), 0, "acknowledged commits lost at the end");
+    eprintln!("quorum mode: {rounds} kills, {} acknowledged commits, none lost", acked.len());
+    for n in c.names() {
+        let i = c.index(&n);
+        if c.nodes[i].child.is_some() {
+            c.nodes[i].stop_cleanly(Duration::from_secs(60));
+        }
+    }
+}

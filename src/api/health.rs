@@ -172,19 +172,22 @@ pub fn health_status(c: &Check, s: &NodeStatus, now: Instant) -> StatusCode {
     if path.contains("health") {
         return code(s.running());
     }
-    if path.contains("read-only-sync") || path.contains("read-only-synchronous") || path.contains("read-only-quorum") {
-        // The primary, or a synchronous standby (no quorum mode in tusk).
+    if path.contains("read-only-sync") || path.contains("read-only-synchronous") {
         return code(primary || (s.sync_standby && replica && tags_match(c, s)));
+    }
+    if path.contains("read-only-quorum") {
+        // Patroni 3.0.2 answered for synchronous standbys here too.
+        return code(primary || ((s.quorum_standby || s.sync_standby) && replica && tags_match(c, s)));
     }
     if s.facts.dcs_reachable && !s.facts.standalone {
         if path == "/sync" || path == "/synchronous" {
             return code(s.sync_standby && replica && tags_match(c, s));
         }
-        if path.contains("quorum") {
-            return StatusCode::SERVICE_UNAVAILABLE;
+        if path == "/quorum" {
+            return code(s.quorum_standby && replica && tags_match(c, s));
         }
         if path == "/async" || path == "/asynchronous" {
-            return code(!s.sync_standby && replica && tags_match(c, s));
+            return code(!s.sync_standby && !s.quorum_standby && replica && tags_match(c, s));
         }
     }
     StatusCode::SERVICE_UNAVAILABLE
@@ -261,6 +264,7 @@ mod tests {
             r
         };
         let sync_replica = NodeStatus { sync_standby: true, ..node("replica", "running", false) };
+        let quorum_replica = NodeStatus { quorum_standby: true, ..node("replica", "running", false) };
         // A primary that lost the leader key (about to be fenced).
         let unleaded_primary = node("primary", "running", false);
         let standalone = {
@@ -347,6 +351,13 @@ mod tests {
             (&sync_replica, "/async", NO),
             (&sync_replica, "/read-only-sync", OK),
             (&sync_replica, "/read-only-quorum", OK),
+            (&sync_replica, "/quorum", NO),
+            (&quorum_replica, "/quorum", OK),
+            (&quorum_replica, "/read-only-quorum", OK),
+            (&quorum_replica, "/sync", NO),
+            (&quorum_replica, "/read-only-sync", NO),
+            (&quorum_replica, "/async", NO),
+            (&replica, "/quorum", NO),
             (&replica, "/sync", NO),
             (&replica, "/synchronous", NO),
             (&replica, "/async", OK),

@@ -55,6 +55,7 @@ pub(super) fn cluster_json(scope: &str, snap: &Snapshot) -> Value {
         let role = match (leader, sync) {
             (true, _) if v.config.standby_cluster.is_some() => "standby_leader",
             (true, _) => "leader",
+            (false, true) if v.config.quorum_mode() => "quorum_standby",
             (false, true) => "sync_standby",
             (false, false) => "replica",
         };

@@ -50,6 +50,9 @@ pub struct NodeStatus {
     /// Named a synchronous standby in the `sync` key (synchronous mode).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sync_standby: bool,
+    /// One of the `sync` key's voters in quorum mode (Patroni 4).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quorum_standby: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_restart: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -219,7 +219,7 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
                 None => Action::AskPeers,
                 Some(peers) => {
                     let candidate = f.member.clone();
-                    let sync = view.config.synchronous_mode();
+                    let sync = view.config.synchronous_mode() && !view.config.quorum_mode();
                     let is_sync = |p: &PeerReport| view.sync.as_ref().is_some_and(|s| s.is_standby(&p.name));
                     if peers.iter().any(|p| usable_candidate(p, view, candidate.as_deref()) && (!sync || is_sync(p))) {
                         Action::HandOver { candidate }
@@ -272,7 +272,10 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
             }
             // Synchronous mode: the `sync` key says who has every
             // acknowledged commit; nobody else may take over.
-            let sync = view.sync.as_ref().filter(|s| view.config.synchronous_mode() && !s.is_empty());
+            let any_sync = view.sync.as_ref().filter(|s| view.config.synchronous_mode() && !s.is_empty());
+            // Quorum mode: anyone may race who hears from enough voters.
+            let quorum = any_sync.filter(|_| view.config.quorum_mode());
+            let sync = any_sync.filter(|_| !view.config.quorum_mode());
             if sync.is_some_and(|s| !s.matches(&me.name)) {
                 return Action::Idle("synchronous mode: not a synchronous standby, not racing for the leader key");
             }
@@ -296,9 +299,32 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
                     }
                 }
             }
+            if let Some(q) = quorum
+                && !quorum_reached(q, &me.name, wal, peers)
+            {
+                return Action::Idle("quorum mode: too few synchronous standbys confirm this member is not behind");
+            }
             Action::AcquireLeader
         }
     }
+}
+
+/// Quorum mode: every commit is on `n - quorum` of the `n` voters (the
+/// key's standbys), so a member that hears from `quorum` voters besides
+/// itself (`quorum + 1` when it is not one), none of them ahead, has every
+/// acknowledged commit. The key's own leader (restarted in place) needs
+/// nobody.
+fn quorum_reached(q: &crate::patroni::SyncState, me: &str, wal: u64, peers: &[PeerReport]) -> bool {
+    if q.leader.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(me)) {
+        return true;
+    }
+    let votes = peers
+        .iter()
+        .filter(|p| q.is_standby(&p.name))
+        .filter(|p| p.reply.is_some_and(|r| !r.primary && r.wal > 0 && r.wal <= wal))
+        .count() as u64;
+    let need = q.quorum.unwrap_or(0) + u64::from(!q.is_standby(me));
+    votes >= need
 }
 
 /// When a scheduled switchover is due (Patroni's rules): more than
@@ -371,6 +397,16 @@ mod tests {
     use crate::patroni::DynamicConfig;
 
     const SYSID: &str = "7268616322854375442";
+
+    /// No leader; quorum mode, the `sync` key naming `leader`, `voters`
+    /// and `quorum`.
+    fn quorum_view(leader: &str, voters: &[&str], quorum: u64) -> ClusterView {
+        let mut v = view(None);
+        v.config.other.insert("synchronous_mode".into(), serde_json::json!("quorum"));
+        let voters: Vec<String> = voters.iter().map(|s| s.to_string()).collect();
+        v.sync = Some(crate::patroni::SyncState::quorum_of(leader, &voters, quorum));
+        v
+    }
 
     /// No leader; failsafe mode on, `listed` in the `failsafe` key.
     fn failsafe_view(listed: &[&str]) -> ClusterView {
@@ -721,6 +757,42 @@ mod tests {
                 view(None),
                 Local { nofailover: true, ..with_peers(me(replica(1000)), vec![]) },
                 Action::Idle("tagged nofailover: not racing for the leader key"),
+            ),
+            (
+                "quorum: a voter heard from quorum other voters, none ahead: race",
+                quorum_view("x", &["a", "b"], 1),
+                with_peers(me(replica(1000)), vec![peer("b", false, 900)]),
+                Action::AcquireLeader,
+            ),
+            (
+                "quorum: a voter that cannot hear from enough voters does not race",
+                quorum_view("x", &["a", "b"], 1),
+                with_peers(me(replica(1000)), vec![PeerReport { name: "b".into(), reply: None }]),
+                Action::Idle("quorum mode: too few synchronous standbys confirm this member is not behind"),
+            ),
+            (
+                "quorum: a non-voter needs one vote more",
+                quorum_view("x", &["b", "c"], 1),
+                with_peers(me(replica(1000)), vec![peer("b", false, 900)]),
+                Action::Idle("quorum mode: too few synchronous standbys confirm this member is not behind"),
+            ),
+            (
+                "quorum: a non-voter with quorum + 1 votes races",
+                quorum_view("x", &["b", "c"], 1),
+                with_peers(me(replica(1000)), vec![peer("b", false, 900), peer("c", false, 1000)]),
+                Action::AcquireLeader,
+            ),
+            (
+                "quorum: a voter ahead wins, whatever the votes",
+                quorum_view("x", &["a", "b", "c"], 1),
+                with_peers(me(replica(1000)), vec![peer("b", false, 900), peer("c", false, 1100)]),
+                Action::Idle("a peer has more WAL"),
+            ),
+            (
+                "quorum: the key's leader, restarted in place, needs no vote",
+                quorum_view("a", &["b", "c"], 1),
+                with_peers(me(replica(1000)), vec![]),
+                Action::AcquireLeader,
             ),
             (
                 "check_timeline: a replica on an older timeline does not race",

@@ -117,9 +117,11 @@ impl Ha {
         st.state = member.state.clone();
         st.role = member.role.clone();
         st.tags = member.tags.clone();
-        st.sync_standby = !leader
+        let named = !leader
             && view.config.synchronous_mode()
             && view.sync.as_ref().is_some_and(|s| s.is_standby(&self.cfg.name));
+        st.sync_standby = named && !view.config.quorum_mode();
+        st.quorum_standby = named && view.config.quorum_mode();
         st.leader = leader;
         st.cluster_unlocked = view.leader.is_none();
         st.pause = view.config.pause;

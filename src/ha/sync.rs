@@ -78,6 +78,94 @@ pub(super) fn standby_names(picked: &[Standby], strict: bool) -> Option<String> 
     }
 }
 
+/// Quorum mode's `synchronous_standby_names`: `ANY n ("a","b")`.
+pub(super) fn quorum_names(active: &[Standby], numsync: usize, strict: bool) -> Option<String> {
+    if active.is_empty() || numsync == 0 {
+        return strict.then(|| format!("\"{STRICT_PLACEHOLDER}\""));
+    }
+    let names: Vec<String> = active.iter().map(|s| format!("\"{}\"", s.application_name)).collect();
+    Some(format!("ANY {numsync} ({})", names.join(",")))
+}
+
+/// What a `synchronous_standby_names` tusk wrote asks for: how many
+/// acknowledgements, from which names (unquoted). Nothing, or strict
+/// mode's placeholder: `(0, [])` (commits may be on the primary alone).
+pub(super) fn parse_names(names: Option<&str>) -> (usize, Vec<String>) {
+    let Some(s) = names.map(str::trim).filter(|s| !s.is_empty()) else { return (0, Vec::new()) };
+    let unquote = |n: &str| n.trim().trim_matches('"').to_owned();
+    let (num, list) = match s.split_once('(') {
+        Some((head, rest)) => {
+            let head = head.trim();
+            let head = head.strip_prefix("ANY").or_else(|| head.strip_prefix("FIRST")).unwrap_or(head);
+            let list: Vec<String> = rest.trim_end_matches(')').split(',').map(unquote).collect();
+            (head.trim().parse().unwrap_or(1), list)
+        }
+        None => (1, vec![unquote(s)]),
+    };
+    let list: Vec<String> = list.into_iter().filter(|n| !n.is_empty() && n != STRICT_PLACEHOLDER).collect();
+    if list.is_empty() { (0, list) } else { (num.min(list.len()), list) }
+}
+
+/// One step of quorum mode (Patroni's order): the `sync` key promises
+/// that any `quorum` of its voters besides a candidate (`quorum + 1` for a
+/// non-voter) include one with every acknowledged commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum QuorumStep {
+    /// Write the key: these voters, this quorum.
+    Key { voters: Vec<String>, quorum: u64 },
+    /// Write `synchronous_standby_names` for the target.
+    Names,
+    /// Nothing to change.
+    Settled,
+}
+
+/// The next step from the key (`voters`, `quorum`; `None`: not this
+/// leader's) and the setting in force (`numsync` of `sync`) to the target
+/// (`want` of `active`). Raising a requirement comes first, lowering it
+/// last: the key widens to cover both the setting in force and the target,
+/// then the setting changes, then the key narrows, once `confirmed` of the
+/// target's standbys flushed everything the primary had when it changed.
+pub(super) fn quorum_step(
+    key: Option<(&[String], u64)>,
+    (numsync, sync): (usize, &[String]),
+    (want, active): (usize, &[String]),
+    names_differ: bool,
+    confirmed: usize,
+) -> QuorumStep {
+    let has = |set: &[String], n: &String| set.iter().any(|x| x.eq_ignore_ascii_case(n));
+    let kmin = numsync.min(want) as u64;
+    let Some((voters, quorum)) = key else {
+        let mut v: Vec<String> = Vec::new();
+        for n in sync.iter().chain(active) {
+            if !has(&v, n) {
+                v.push(n.clone());
+            }
+        }
+        let q = (v.len() as u64).saturating_sub(kmin);
+        return QuorumStep::Key { voters: v, quorum: q };
+    };
+    let covered = sync.iter().chain(active).all(|n| has(voters, n));
+    if !covered || quorum < (voters.len() as u64).saturating_sub(kmin) {
+        let mut v = voters.to_vec();
+        for n in sync.iter().chain(active) {
+            if !has(&v, n) {
+                v.push(n.clone());
+            }
+        }
+        let q = (v.len() as u64).saturating_sub(kmin);
+        return QuorumStep::Key { voters: v, quorum: q };
+    }
+    if names_differ {
+        return QuorumStep::Names;
+    }
+    let target_q = (active.len() as u64).saturating_sub(want as u64);
+    let same_voters = voters.len() == active.len() && active.iter().all(|n| has(voters, n));
+    if (!same_voters || quorum != target_q) && confirmed >= want {
+        return QuorumStep::Key { voters: active.to_vec(), quorum: target_q };
+    }
+    QuorumStep::Settled
+}
+
 fn same_set(a: &[String], b: &[String]) -> bool {
     a.len() == b.len() && a.iter().all(|x| b.iter().any(|y| y.eq_ignore_ascii_case(x)))
 }
@@ -93,7 +181,8 @@ impl Ha {
         let names = self.config.synchronous_mode_strict().then(|| format!("\"{STRICT_PLACEHOLDER}\""));
         self.set_standby_names(names, 0);
         let me = self.cfg.name.clone();
-        match self.dcs.put_sync(&SyncState::new(&me, &[]), self.sync_revision).await {
+        let key = if self.config.quorum_mode() { SyncState::quorum_of(&me, &[], 0) } else { SyncState::new(&me, &[]) };
+        match self.dcs.put_sync(&key, self.sync_revision).await {
             Ok(true) => {
                 tracing::info!("synchronous mode: the sync key names this member before it promotes");
                 true
@@ -188,6 +277,9 @@ impl Ha {
             }
             return;
         };
+        if self.config.quorum_mode() {
+            return self.manage_quorum(view, &standbys, &by_app, primary_lsn).await;
+        }
         let count = self.config.synchronous_node_count();
         let picked = pick(&standbys, view, &current, primary_lsn, self.config.maximum_lag_on_syncnode(), count);
         let picked_names: Vec<String> = picked.iter().map(|s| s.member.clone()).collect();
@@ -227,10 +319,134 @@ impl Ha {
     }
 }
 
+impl Ha {
+    /// Quorum mode, each round on the leader: every eligible standby in
+    /// `ANY n (...)`, the `sync` key's voters and quorum moved one step at a
+    /// time ([`quorum_step`]).
+    async fn manage_quorum(
+        &mut self,
+        view: &ClusterView,
+        standbys: &[Standby],
+        by_app: &BTreeMap<String, String>,
+        primary_lsn: u64,
+    ) {
+        let me = self.cfg.name.clone();
+        let mine = view.sync.as_ref().filter(|s| s.leader.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(&me)));
+        let voters = mine.map(SyncState::standbys).unwrap_or_default();
+        let key = mine.map(|s| (voters.as_slice(), s.quorum.unwrap_or(0)));
+        let active = pick(standbys, view, &voters, primary_lsn, self.config.maximum_lag_on_syncnode(), usize::MAX);
+        let want = self.config.synchronous_node_count().min(active.len());
+        let active_members: Vec<String> = active.iter().map(|s| s.member.clone()).collect();
+        // The setting in force, by member (a name no member has any more
+        // stays: it may hold commits nobody else has).
+        let current = self.standby_names.as_ref().and_then(|(n, _)| n.clone());
+        let (numsync, sync_apps) = parse_names(current.as_deref());
+        let sync: Vec<String> =
+            sync_apps.iter().map(|a| by_app.get(&a.to_ascii_lowercase()).cloned().unwrap_or_else(|| a.clone())).collect();
+        let target = quorum_names(&active, want, self.config.synchronous_mode_strict());
+        let since = self.standby_names.as_ref().map_or(u64::MAX, |(_, lsn)| *lsn);
+        let confirmed = active.iter().filter(|s| s.sync && s.flush_lsn >= since).count();
+        let names_differ = self.standby_names.as_ref().map(|(n, _)| n) != Some(&target);
+        match quorum_step(key, (numsync, &sync), (want, &active_members), names_differ, confirmed) {
+            QuorumStep::Key { voters, quorum } => {
+                match self.dcs.put_sync(&SyncState::quorum_of(&me, &voters, quorum), self.sync_revision).await {
+                    Ok(true) => tracing::info!(voters = voters.join(","), quorum, "quorum mode: sync key written"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot write the sync key"),
+                }
+            }
+            QuorumStep::Names => {
+                self.set_standby_names(target, primary_lsn);
+            }
+            QuorumStep::Settled => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::patroni::MemberValue;
+
+    fn v(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn quorum_names_and_their_parse() {
+        let act = [sb("b", true, 1), sb("c", true, 1)];
+        assert_eq!(quorum_names(&act, 1, false).as_deref(), Some("ANY 1 (\"b\",\"c\")"));
+        assert_eq!(quorum_names(&[], 0, false), None);
+        assert_eq!(parse_names(quorum_names(&act, 1, false).as_deref()), (1, v(&["b", "c"])));
+        assert_eq!(parse_names(quorum_names(&[], 0, true).as_deref()), (0, vec![]));
+        assert_eq!(parse_names(Some("\"b\"")), (1, v(&["b"])));
+        assert_eq!(parse_names(Some("2 (\"b\",\"c\")")), (2, v(&["b", "c"])));
+        assert_eq!(parse_names(Some("FIRST 3 (b, c)")), (2, v(&["b", "c"])), "never more than listed");
+        assert_eq!(parse_names(None), (0, vec![]));
+    }
+
+    /// Runs the steps the leader would take, applying each, until settled;
+    /// checks the promise after every step: any `quorum` voters besides a
+    /// candidate, or `quorum + 1` for a non-voter, meet every set of
+    /// `numsync` standbys that may have acknowledged a commit (those of the
+    /// setting in force and, until confirmed, of the one before).
+    fn run(mut key: Option<(Vec<String>, u64)>, mut ssn: (usize, Vec<String>), want: usize, active: &[&str]) -> usize {
+        let active = v(active);
+        let mut previous: Option<(usize, Vec<String>)> = None;
+        for step in 0..10 {
+            let names_differ = ssn != (want, active.clone()) && !(want == 0 && ssn.0 == 0);
+            let confirmed = if previous.is_some() { 0 } else { want };
+            let k = key.as_ref().map(|(v, q)| (v.as_slice(), *q));
+            match quorum_step(k, (ssn.0, &ssn.1), (want, &active), names_differ, confirmed) {
+                QuorumStep::Key { voters, quorum } => key = Some((voters, quorum)),
+                QuorumStep::Names => {
+                    previous = Some(ssn.clone());
+                    ssn = (want, active.clone());
+                }
+                QuorumStep::Settled if previous.is_some() => previous = None, // the standbys confirmed
+                QuorumStep::Settled => return step,
+            }
+            let (voters, quorum) = key.clone().expect("a key after the first step");
+            for (k, set) in std::iter::once(&ssn).chain(previous.iter()) {
+                if *k == 0 {
+                    continue;
+                }
+                // Worst case: the acknowledging standbys are all voters
+                // the candidate does not ask; a set of `quorum + 1` voters
+                // (candidate included) must still meet them.
+                let acking_in_voters = set.iter().filter(|n| voters.contains(n)).count().min(*k);
+                // (No set of `quorum + 1` voters: nobody but the leader can take over.)
+                let nobody = quorum as usize + 1 > voters.len();
+                assert!(
+                    nobody
+                        || (set.iter().all(|n| voters.contains(n))
+                            && quorum as usize + 1 + acking_in_voters > voters.len()),
+                    "broken promise at step {step}: key {voters:?}/{quorum}, setting {k} of {set:?}"
+                );
+            }
+        }
+        panic!("never settled")
+    }
+
+    #[test]
+    fn quorum_steps_keep_the_promise_to_the_optimum() {
+        // First key of a new leader with no standbys yet.
+        assert_eq!(quorum_step(None, (0, &[]), (0, &[]), false, 0), QuorumStep::Key { voters: vec![], quorum: 0 });
+        // Two standbys appear: the key first (nobody can promote yet), then
+        // the setting, then the key narrows to its optimum.
+        run(Some((vec![], 0)), (0, vec![]), 1, &["b", "c"]);
+        // One of them goes away.
+        run(Some((v(&["b", "c"]), 1)), (1, v(&["b", "c"])), 1, &["b"]);
+        // synchronous_node_count 1 -> 2 and back.
+        run(Some((v(&["b", "c"]), 1)), (1, v(&["b", "c"])), 2, &["b", "c"]);
+        run(Some((v(&["b", "c"]), 0)), (2, v(&["b", "c"])), 1, &["b", "c"]);
+        // From priority mode's key and setting.
+        run(Some((v(&["b"]), 0)), (1, v(&["b"])), 1, &["b", "c", "d"]);
+        // Everyone gone: the key ends naming no voter.
+        run(Some((v(&["b", "c"]), 1)), (1, v(&["b", "c"])), 0, &[]);
+        let settled = quorum_step(Some((&v(&["b", "c"]), 1)), (1, &v(&["b", "c"])), (1, &v(&["b", "c"])), false, 2);
+        assert_eq!(settled, QuorumStep::Settled);
+    }
 
     fn sb(member: &str, sync: bool, flush: u64) -> Standby {
         Standby { member: member.into(), application_name: member.into(), sync, flush_lsn: flush }

@@ -337,7 +337,9 @@ impl Ctx {
     async fn extra(&self, snap: &Snapshot) -> Extra {
         let v = &snap.view;
         match &v.sync {
-            Some(sync) if v.config.synchronous_mode() => Extra { sync_standbys: sync.standbys() },
+            Some(sync) if v.config.synchronous_mode() => {
+                Extra { sync_standbys: sync.standbys(), quorum: v.config.quorum_mode() }
+            }
             _ => Extra::default(),
         }
     }

@@ -308,6 +308,8 @@ pub fn py_json(v: &Value) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Extra {
     pub sync_standbys: Vec<String>,
+    /// Quorum mode: they are shown as `Quorum Standby` (Patroni 4).
+    pub quorum: bool,
 }
 
 /// patronictl's `output_members`: the members table of cluster `name`
@@ -360,7 +362,7 @@ pub fn members_table(name: &str, view: &ClusterView, extra: &Extra, extended: bo
             let role = if leader {
                 if is_standby_cluster(view) { "Standby Leader" } else { "Leader" }
             } else if extra.sync_standbys.iter().any(|s| s == n) {
-                "Sync Standby"
+                if extra.quorum { "Quorum Standby" } else { "Sync Standby" }
             } else {
                 "Replica"
             };
@@ -642,7 +644,7 @@ mod tests {
         let mut n3 = member("10.0.0.13:5432", State::Running, 12, None);
         n3.replication_state = Some(ReplicationState::Streaming);
         v.members.insert("node-three".into(), n3);
-        (v, Extra { sync_standbys: vec!["node-three".into()] })
+        (v, Extra { sync_standbys: vec!["node-three".into()], quorum: false })
     }
 
     #[test]
