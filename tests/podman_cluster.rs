@@ -307,6 +307,9 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("==== {} ({}) podman run output, tail:\n{}", self.name, self.ctr, self.log_tail(80));
+        }
         let _ = podman(&["rm", "-f", "-v", "-t", "0", &self.ctr]);
         if let Some(mut c) = self.child.take() {
             let t = Instant::now();
@@ -581,9 +584,21 @@ impl Bed {
                 let i = self.index(&leader);
                 let q = "SELECT (NOT pg_is_in_recovery())::text || ' ' || \
                          (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming') || ' ' || \
-                         (SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync')";
+                         coalesce((SELECT string_agg(application_name, ',') FROM pg_stat_replication \
+                                   WHERE sync_state = 'sync'), '-')";
+                // In synchronous mode only the member the `sync` key names may
+                // take over: settled means that key names the standby
+                // PostgreSQL replicates to synchronously (tusk writes it once
+                // it has seen that, as Patroni does).
+                let sync_key = || {
+                    let v: serde_json::Value = serde_json::from_str(&self.etcd_get("sync")?).ok()?;
+                    (v["leader"] == leader.as_str()).then(|| v["sync_standby"].as_str().map(String::from)).flatten()
+                };
                 match self.q(i, q) {
-                    Some(s) if s == "true 2 1" || (!sync && s.starts_with("true 2 ")) => return i,
+                    Some(s) if !sync && s.starts_with("true 2 ") => return i,
+                    Some(s) if s.starts_with("true 2 ") && s.len() > 7 && sync_key().as_deref() == Some(&s[7..]) => {
+                        return i;
+                    }
                     Some(s) => last = format!("leader {leader}: primary/streaming/sync = {s}"),
                     None => last = format!("leader {leader} does not answer"),
                 }
