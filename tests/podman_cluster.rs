@@ -671,7 +671,12 @@ impl Bed {
     /// The keys under the cluster's WAL prefix in the bucket.
     fn wal_objects(&self) -> BTreeSet<String> {
         let prefix = format!("spilo/{SCOPE}/wal/15/wal_005/");
-        let url = format!("{}/{}?list-type=2&prefix={prefix}", self.garage.endpoint, self.garage.bucket);
+        let url = format!(
+            "{}/{}?list-type=2&prefix={}",
+            self.garage.endpoint,
+            self.garage.bucket,
+            prefix.replace('/', "%2F")
+        );
         let out = self.garage.curl(&[&url]);
         let body = text(&out.stdout);
         assert!(out.status.success() && body.contains("<ListBucketResult"), "list {url}: {body} {}", text(&out.stderr));
@@ -733,6 +738,12 @@ fn check_wal_archive(bed: &Bed, leader: usize) -> (usize, u32) {
     (last_seg as usize, tli)
 }
 
+/// Prints a finding as it happens and keeps it for the summary.
+fn note(report: &mut Vec<String>, line: String) {
+    eprintln!("[podman-cluster] {line}");
+    report.push(line);
+}
+
 /// The whole story on one cluster; see the module comment.
 #[test]
 fn podman_cluster_forms_and_survives_faults() {
@@ -747,9 +758,9 @@ fn podman_cluster_forms_and_survives_faults() {
     let ready = bed.start(&[0, 1, 2]);
     let mut leader = bed.wait_settled(Duration::from_secs(150), true, "formation");
     for (i, d) in &ready {
-        report.push(format!("{}: podman run -> SQL answers {d:.1?}", bed.nodes[*i].name));
+        note(&mut report, format!("{}: podman run -> SQL answers {d:.1?}", bed.nodes[*i].name));
     }
-    report.push(format!("cluster formed (leader + 2 streaming, 1 sync) {:.1?} after the runs", t.elapsed()));
+    note(&mut report, format!("cluster formed (leader + 2 streaming, 1 sync) {:.1?} after the runs", t.elapsed()));
 
     // Names and addresses as Spilo derives them: host name, its address.
     let json = {
@@ -788,8 +799,8 @@ fn podman_cluster_forms_and_survives_faults() {
     let (new, failover) = writer.first_elsewhere(leader, t0, Duration::from_secs(60));
     let stop_took = stopper.join().expect("podman stop");
     let st = bed.nodes[leader].wait_exit(Duration::from_secs(20));
-    report.push(format!(
-        "podman stop {} (leader): took {stop_took:.1?}, exit {st}; first write on {} after {failover:.1?}",
+    note(&mut report, format!(
+        "podman stop {} (leader): took {stop_took:.1?}, {st}; first write on {} after {failover:.1?}",
         bed.nodes[leader].name, bed.nodes[new].name
     ));
     assert_eq!(st.code(), Some(0), "exit status of the stopped leader's container:\n{}", bed.nodes[leader].log_tail(40));
@@ -798,7 +809,7 @@ fn podman_cluster_forms_and_survives_faults() {
     let t = Instant::now();
     bed.start(&[old]);
     leader = bed.wait_settled(Duration::from_secs(90), true, "rejoin after podman stop");
-    report.push(format!("  {} rejoined (streaming) {:.1?} after podman run", bed.nodes[old].name, t.elapsed()));
+    note(&mut report, format!("  {} rejoined (streaming) {:.1?} after podman run", bed.nodes[old].name, t.elapsed()));
 
     // 3. podman kill and 4. podman rm -f of the leader.
     for (label, args) in [("podman kill", vec!["kill"]), ("podman rm -f", vec!["rm", "-f"])] {
@@ -811,7 +822,7 @@ fn podman_cluster_forms_and_survives_faults() {
         let took = t0.elapsed();
         let (new, failover) = writer.first_elsewhere(leader, t0, Duration::from_secs(60));
         let st = bed.nodes[leader].wait_exit(Duration::from_secs(30));
-        report.push(format!(
+        note(&mut report, format!(
             "{label} {} (leader): took {took:.1?}, podman run ended with {st}; first write on {} after {failover:.1?}",
             bed.nodes[leader].name, bed.nodes[new].name
         ));
@@ -819,7 +830,7 @@ fn podman_cluster_forms_and_survives_faults() {
         let t = Instant::now();
         bed.start(&[old]);
         leader = bed.wait_settled(Duration::from_secs(90), true, &format!("rejoin after {label}"));
-        report.push(format!("  {} rejoined {:.1?} after podman run", bed.nodes[old].name, t.elapsed()));
+        note(&mut report, format!("  {} rejoined {:.1?} after podman run", bed.nodes[old].name, t.elapsed()));
     }
 
     // 5. The leader's network cut (its only link down: etcd, peers, clients).
@@ -849,14 +860,14 @@ fn podman_cluster_forms_and_survives_faults() {
     // A write from inside the partition is not acknowledged.
     let inside = bed.nodes[cut].local_sql("INSERT INTO w VALUES (-1)", 5);
     assert!(inside.is_none(), "the cut-off old leader acknowledged a write");
-    report.push(format!(
+    note(&mut report, format!(
         "network cut of {} (leader): it stopped being primary after {fenced:.1?}; first write on {} after {failover:.1?}",
         bed.nodes[cut].name, bed.nodes[new].name
     ));
     let t = Instant::now();
     bed.net.link(cut, true);
     leader = bed.wait_settled(Duration::from_secs(90), true, "rejoin after the network cut");
-    report.push(format!("  {} rejoined {:.1?} after its link came back", bed.nodes[cut].name, t.elapsed()));
+    note(&mut report, format!("  {} rejoined {:.1?} after its link came back", bed.nodes[cut].name, t.elapsed()));
 
     // 6. One etcd member of three stopped (the first endpoint, where every
     // member's client starts): no failover, writes go on.
@@ -873,7 +884,7 @@ fn podman_cluster_forms_and_survives_faults() {
     assert!(during.len() > 20, "only {} writes while etcd n0 was down", during.len());
     assert!(during.iter().all(|a| a.node == leader), "the leader changed while one etcd member of three was down");
     assert_eq!(bed.etcd_get("leader"), before, "leader key changed while one etcd member was down");
-    report.push(format!(
+    note(&mut report, format!(
         "etcd member n0 stopped 15 s: leader kept, {} writes, longest gap {max_gap:.1?}",
         during.len()
     ));
@@ -895,7 +906,7 @@ fn podman_cluster_forms_and_survives_faults() {
     let outage = t0.elapsed();
     let t = Instant::now();
     let (segments, tli) = check_wal_archive(&bed, leader);
-    report.push(format!(
+    note(&mut report, format!(
         "garage stopped {outage:.1?}: {writes_during} writes, archive failures {failed_before} -> {failed_after}; \
          archive complete again {:.1?} after garage came back",
         t.elapsed()
@@ -907,14 +918,14 @@ fn podman_cluster_forms_and_survives_faults() {
     let t0 = Instant::now();
     let stops = bed.stop(&[0, 1, 2]);
     for (i, d, st) in &stops {
-        report.push(format!("restart all: podman stop {} took {d:.1?}, exit {st}", bed.nodes[*i].name));
+        note(&mut report, format!("restart all: podman stop {} took {d:.1?}, {st}", bed.nodes[*i].name));
         assert_eq!(st.code(), Some(0), "exit status of {} on podman stop:\n{}", bed.nodes[*i].name, bed.nodes[*i].log_tail(40));
     }
     let ready = bed.start(&[0, 1, 2]);
     leader = bed.wait_settled(Duration::from_secs(120), true, "restart of all three");
     let first = writer.wait_progress(Instant::now() - Duration::from_millis(1), Duration::from_secs(30));
     let _ = first;
-    report.push(format!(
+    note(&mut report, format!(
         "restart all: cluster settled {:.1?} after the stops began (SQL answers: {})",
         t0.elapsed(),
         ready.iter().map(|(i, d)| format!("{} {d:.1?}", bed.nodes[*i].name)).collect::<Vec<_>>().join(", ")
@@ -937,20 +948,20 @@ fn podman_cluster_forms_and_survives_faults() {
         *lost_by_step.entry(step_of(a.at)).or_default() += 1;
     }
     let (segments, tli) = check_wal_archive(&bed, leader);
-    report.push(format!(
+    note(&mut report, format!(
         "writer: {} acknowledged writes, {} lost {lost_by_step:?}; census: {rounds} rounds, {} with two primaries",
         acks.len(),
         lost.len(),
         violations.len()
     ));
-    report.push(format!("WAL archive: segments 1..={segments} on timeline {tli} and its parents all in the bucket"));
+    note(&mut report, format!("WAL archive: segments 1..={segments} on timeline {tli} and its parents all in the bucket"));
 
     // Clean stop of all three.
     for (i, d, st) in bed.stop(&[0, 1, 2]) {
-        report.push(format!("final podman stop {}: {d:.1?}, exit {st}", bed.nodes[i].name));
+        note(&mut report, format!("final podman stop {}: {d:.1?}, {st}", bed.nodes[i].name));
         assert_eq!(st.code(), Some(0), "exit status of {} on the final podman stop", bed.nodes[i].name);
     }
-    report.push(format!("test took {:.1?}", test_start.elapsed()));
+    note(&mut report, format!("test took {:.1?}", test_start.elapsed()));
     eprintln!("---- podman cluster ----\n{}", report.join("\n"));
     assert!(violations.is_empty(), "two primaries at once: {violations:?}");
     assert!(lost.is_empty(), "acknowledged writes lost (synchronous mode): {:?}", lost.iter().map(|a| a.id).collect::<Vec<_>>());
