@@ -67,16 +67,18 @@ fn text(b: &[u8]) -> String {
 
 /// Runs a command; panics only when it cannot be started.
 fn cmd(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"))
+    Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{program} {args:?}: {e}"))
 }
 
 fn cmd_ok(program: &str, args: &[&str]) -> String {
     let out = cmd(program, args);
-    assert!(out.status.success(), "{program} {args:?} failed ({}): {} {}", out.status, text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}): {} {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stdout)
 }
 
@@ -107,7 +109,13 @@ fn podman(args: &[&str]) -> Output {
 
 fn podman_ok(args: &[&str]) -> String {
     let out = podman(args);
-    assert!(out.status.success(), "podman {args:?} failed ({}): {} {}", out.status, text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "podman {args:?} failed ({}): {} {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stdout)
 }
 
@@ -226,12 +234,25 @@ impl Node {
         fs::write(&hosts, format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n{addr}\t{name}\n")).expect("hosts");
         let conf = dir.path().join("containers.conf");
         let base = fs::read_to_string(base_conf()).expect("containers.conf");
-        let conf_text = base.replacen("[containers]", &format!("[containers]\nbase_hosts_file = \"{}\"", hosts.display()), 1);
+        let conf_text =
+            base.replacen("[containers]", &format!("[containers]\nbase_hosts_file = \"{}\"", hosts.display()), 1);
         assert!(conf_text.contains("base_hosts_file"), "no [containers] table in {}", base_conf());
         fs::write(&conf, conf_text).expect("containers.conf");
         let log = dir.path().join("podman-run.log");
         let ctr = format!("patroni-container-{}-{}", std::process::id(), i + 1);
-        Node { name, ctr, netns, addr, dir, conf, log, env, certs: certs.to_path_buf(), child: None, started: Instant::now() }
+        Node {
+            name,
+            ctr,
+            netns,
+            addr,
+            dir,
+            conf,
+            log,
+            env,
+            certs: certs.to_path_buf(),
+            child: None,
+            started: Instant::now(),
+        }
     }
 
     fn start(&mut self) {
@@ -292,8 +313,22 @@ impl Node {
     fn local_sql(&self, sql: &str, timeout_s: u32) -> Option<String> {
         let t = timeout_s.to_string();
         let out = self.exec(&[
-            "timeout", "-s", "KILL", &t, "psql", "-h", "/run/postgresql", "-U", "postgres", "-d", "postgres", "-XAtq",
-            "-v", "ON_ERROR_STOP=1", "-c", sql,
+            "timeout",
+            "-s",
+            "KILL",
+            &t,
+            "psql",
+            "-h",
+            "/run/postgresql",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
         ]);
         out.status.success().then(|| text(&out.stdout))
     }
@@ -518,7 +553,9 @@ impl Bed {
         if with_s3 {
             let g = garage.env();
             env.push(format!("WAL_S3_BUCKET={}", garage.bucket));
-            for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT", "AWS_S3_FORCE_PATH_STYLE"] {
+            for k in
+                ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT", "AWS_S3_FORCE_PATH_STYLE"]
+            {
                 env.push(format!("{k}={}", g[k]));
             }
         }
@@ -681,7 +718,11 @@ impl Bed {
         let body = text(&out.stdout);
         assert!(out.status.success() && body.contains("<ListBucketResult"), "list {url}: {body} {}", text(&out.stderr));
         assert!(!body.contains("<IsTruncated>true"), "more than one page of WAL objects");
-        body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(|k| k[prefix.len()..].to_string()).collect()
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(|k| k[prefix.len()..].to_string())
+            .collect()
     }
 }
 
@@ -711,7 +752,8 @@ fn check_wal_archive(bed: &Bed, leader: usize) -> (usize, u32) {
         thread::sleep(Duration::from_millis(250));
     }
     let tli = u32::from_str_radix(&cur[..8], 16).expect("tli");
-    let last_seg = u64::from_str_radix(&cur[8..16], 16).expect("seg") << 8 | u64::from_str_radix(&cur[16..], 16).expect("seg");
+    let last_seg =
+        u64::from_str_radix(&cur[8..16], 16).expect("seg") << 8 | u64::from_str_radix(&cur[16..], 16).expect("seg");
     let mut switches: Vec<(u32, u64)> = Vec::new();
     if tli > 1 {
         let history = bed.q(leader, &format!("SELECT pg_read_file('pg_wal/{tli:08X}.history')")).expect("history file");
@@ -769,8 +811,10 @@ fn podman_cluster_forms_and_survives_faults() {
         text(&out.stdout)
     };
     let members: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
-    let mut seen: Vec<(String, String)> =
-        members.iter().map(|m| (m["Member"].as_str().unwrap_or("").into(), m["Host"].as_str().unwrap_or("").into())).collect();
+    let mut seen: Vec<(String, String)> = members
+        .iter()
+        .map(|m| (m["Member"].as_str().unwrap_or("").into(), m["Host"].as_str().unwrap_or("").into()))
+        .collect();
     seen.sort();
     let want: Vec<(String, String)> = bed.nodes.iter().map(|n| (n.name.clone(), n.addr.clone())).collect();
     assert_eq!(seen, want, "members (name, host) from patronictl list: {json}");
@@ -799,11 +843,19 @@ fn podman_cluster_forms_and_survives_faults() {
     let (new, failover) = writer.first_elsewhere(leader, t0, Duration::from_secs(60));
     let stop_took = stopper.join().expect("podman stop");
     let st = bed.nodes[leader].wait_exit(Duration::from_secs(20));
-    note(&mut report, format!(
-        "podman stop {} (leader): took {stop_took:.1?}, {st}; first write on {} after {failover:.1?}",
-        bed.nodes[leader].name, bed.nodes[new].name
-    ));
-    assert_eq!(st.code(), Some(0), "exit status of the stopped leader's container:\n{}", bed.nodes[leader].log_tail(40));
+    note(
+        &mut report,
+        format!(
+            "podman stop {} (leader): took {stop_took:.1?}, {st}; first write on {} after {failover:.1?}",
+            bed.nodes[leader].name, bed.nodes[new].name
+        ),
+    );
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "exit status of the stopped leader's container:\n{}",
+        bed.nodes[leader].log_tail(40)
+    );
     assert!(stop_took < Duration::from_secs(10), "podman stop took {stop_took:?}: the grace ran out");
     let old = leader;
     let t = Instant::now();
@@ -822,10 +874,13 @@ fn podman_cluster_forms_and_survives_faults() {
         let took = t0.elapsed();
         let (new, failover) = writer.first_elsewhere(leader, t0, Duration::from_secs(60));
         let st = bed.nodes[leader].wait_exit(Duration::from_secs(30));
-        note(&mut report, format!(
-            "{label} {} (leader): took {took:.1?}, podman run ended with {st}; first write on {} after {failover:.1?}",
-            bed.nodes[leader].name, bed.nodes[new].name
-        ));
+        note(
+            &mut report,
+            format!(
+                "{label} {} (leader): took {took:.1?}, podman run ended with {st}; first write on {} after {failover:.1?}",
+                bed.nodes[leader].name, bed.nodes[new].name
+            ),
+        );
         let old = leader;
         let t = Instant::now();
         bed.start(&[old]);
@@ -855,15 +910,22 @@ fn podman_cluster_forms_and_survives_faults() {
     let (new, failover) = writer.first_elsewhere(cut, t0, Duration::from_secs(60));
     let first_new = t0 + failover;
     if let Some(p) = last_primary_probe {
-        assert!(p < first_new, "two primaries: the cut-off leader was still primary after {} took a write", bed.nodes[new].name);
+        assert!(
+            p < first_new,
+            "two primaries: the cut-off leader was still primary after {} took a write",
+            bed.nodes[new].name
+        );
     }
     // A write from inside the partition is not acknowledged.
     let inside = bed.nodes[cut].local_sql("INSERT INTO w VALUES (-1)", 5);
     assert!(inside.is_none(), "the cut-off old leader acknowledged a write");
-    note(&mut report, format!(
-        "network cut of {} (leader): it stopped being primary after {fenced:.1?}; first write on {} after {failover:.1?}",
-        bed.nodes[cut].name, bed.nodes[new].name
-    ));
+    note(
+        &mut report,
+        format!(
+            "network cut of {} (leader): it stopped being primary after {fenced:.1?}; first write on {} after {failover:.1?}",
+            bed.nodes[cut].name, bed.nodes[new].name
+        ),
+    );
     let t = Instant::now();
     bed.net.link(cut, true);
     leader = bed.wait_settled(Duration::from_secs(90), true, "rejoin after the network cut");
@@ -884,33 +946,38 @@ fn podman_cluster_forms_and_survives_faults() {
     assert!(during.len() > 20, "only {} writes while etcd n0 was down", during.len());
     assert!(during.iter().all(|a| a.node == leader), "the leader changed while one etcd member of three was down");
     assert_eq!(bed.etcd_get("leader"), before, "leader key changed while one etcd member was down");
-    note(&mut report, format!(
-        "etcd member n0 stopped 15 s: leader kept, {} writes, longest gap {max_gap:.1?}",
-        during.len()
-    ));
+    note(
+        &mut report,
+        format!("etcd member n0 stopped 15 s: leader kept, {} writes, longest gap {max_gap:.1?}", during.len()),
+    );
     bed.etcd.restart_stopped();
 
     // 7. garage stopped while writing; archiving resumes when it is back.
     mark("garage stop");
-    let failed_before: u64 = bed.q(leader, "SELECT failed_count FROM pg_stat_archiver").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let failed_before: u64 =
+        bed.q(leader, "SELECT failed_count FROM pg_stat_archiver").and_then(|s| s.parse().ok()).unwrap_or(0);
     bed.garage.stop();
     let t0 = Instant::now();
     for _ in 0..3 {
         thread::sleep(Duration::from_secs(3));
         bed.q(leader, "SELECT pg_switch_wal()").expect("switch wal while S3 is down");
     }
-    let failed_after: u64 = bed.q(leader, "SELECT failed_count FROM pg_stat_archiver").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let failed_after: u64 =
+        bed.q(leader, "SELECT failed_count FROM pg_stat_archiver").and_then(|s| s.parse().ok()).unwrap_or(0);
     let writes_during = writer.acks().iter().filter(|a| a.at > t0).count();
     assert!(writes_during > 20, "only {writes_during} writes while S3 was down");
     bed.garage.restart();
     let outage = t0.elapsed();
     let t = Instant::now();
     let (segments, tli) = check_wal_archive(&bed, leader);
-    note(&mut report, format!(
-        "garage stopped {outage:.1?}: {writes_during} writes, archive failures {failed_before} -> {failed_after}; \
+    note(
+        &mut report,
+        format!(
+            "garage stopped {outage:.1?}: {writes_during} writes, archive failures {failed_before} -> {failed_after}; \
          archive complete again {:.1?} after garage came back",
-        t.elapsed()
-    ));
+            t.elapsed()
+        ),
+    );
     let _ = (segments, tli);
 
     // 8. All three containers restarted at once.
@@ -919,28 +986,33 @@ fn podman_cluster_forms_and_survives_faults() {
     let stops = bed.stop(&[0, 1, 2]);
     for (i, d, st) in &stops {
         note(&mut report, format!("restart all: podman stop {} took {d:.1?}, {st}", bed.nodes[*i].name));
-        assert_eq!(st.code(), Some(0), "exit status of {} on podman stop:\n{}", bed.nodes[*i].name, bed.nodes[*i].log_tail(40));
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "exit status of {} on podman stop:\n{}",
+            bed.nodes[*i].name,
+            bed.nodes[*i].log_tail(40)
+        );
     }
     let ready = bed.start(&[0, 1, 2]);
     leader = bed.wait_settled(Duration::from_secs(120), true, "restart of all three");
     let first = writer.wait_progress(Instant::now() - Duration::from_millis(1), Duration::from_secs(30));
     let _ = first;
-    note(&mut report, format!(
-        "restart all: cluster settled {:.1?} after the stops began (SQL answers: {})",
-        t0.elapsed(),
-        ready.iter().map(|(i, d)| format!("{} {d:.1?}", bed.nodes[*i].name)).collect::<Vec<_>>().join(", ")
-    ));
+    note(
+        &mut report,
+        format!(
+            "restart all: cluster settled {:.1?} after the stops began (SQL answers: {})",
+            t0.elapsed(),
+            ready.iter().map(|(i, d)| format!("{} {d:.1?}", bed.nodes[*i].name)).collect::<Vec<_>>().join(", ")
+        ),
+    );
     thread::sleep(Duration::from_secs(2));
 
     // The end: every acknowledged write is on the leader; no WAL gap.
     let acks = writer.finish();
     let (rounds, violations) = census.finish();
-    let rows: BTreeSet<u64> = bed
-        .q(leader, "SELECT id FROM w")
-        .expect("read back")
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
+    let rows: BTreeSet<u64> =
+        bed.q(leader, "SELECT id FROM w").expect("read back").lines().filter_map(|l| l.trim().parse().ok()).collect();
     let marks = step_marks.into_inner().unwrap();
     let step_of = |at: Instant| marks.iter().rev().find(|(_, m)| *m <= at).map_or("?".to_string(), |(s, _)| s.clone());
     let lost: Vec<&Ack> = acks.iter().filter(|a| !rows.contains(&a.id)).collect();
@@ -948,13 +1020,19 @@ fn podman_cluster_forms_and_survives_faults() {
         *lost_by_step.entry(step_of(a.at)).or_default() += 1;
     }
     let (segments, tli) = check_wal_archive(&bed, leader);
-    note(&mut report, format!(
-        "writer: {} acknowledged writes, {} lost {lost_by_step:?}; census: {rounds} rounds, {} with two primaries",
-        acks.len(),
-        lost.len(),
-        violations.len()
-    ));
-    note(&mut report, format!("WAL archive: segments 1..={segments} on timeline {tli} and its parents all in the bucket"));
+    note(
+        &mut report,
+        format!(
+            "writer: {} acknowledged writes, {} lost {lost_by_step:?}; census: {rounds} rounds, {} with two primaries",
+            acks.len(),
+            lost.len(),
+            violations.len()
+        ),
+    );
+    note(
+        &mut report,
+        format!("WAL archive: segments 1..={segments} on timeline {tli} and its parents all in the bucket"),
+    );
 
     // Clean stop of all three.
     for (i, d, st) in bed.stop(&[0, 1, 2]) {
@@ -964,5 +1042,165 @@ fn podman_cluster_forms_and_survives_faults() {
     note(&mut report, format!("test took {:.1?}", test_start.elapsed()));
     eprintln!("---- podman cluster ----\n{}", report.join("\n"));
     assert!(violations.is_empty(), "two primaries at once: {violations:?}");
-    assert!(lost.is_empty(), "acknowledged writes lost (synchronous mode): {:?}", lost.iter().map(|a| a.id).collect::<Vec<_>>());
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost (synchronous mode): {:?}",
+        lost.iter().map(|a| a.id).collect::<Vec<_>>()
+    );
+}
+
+// -------------------------------------------------------------- bench ----
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn fmt_runs(v: &mut [Duration]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let (min, max) = (*v.iter().min().unwrap(), *v.iter().max().unwrap());
+    format!(
+        "{:.2} s (min {:.2}, max {:.2}, n={})",
+        median(v).as_secs_f64(),
+        min.as_secs_f64(),
+        max.as_secs_f64(),
+        v.len()
+    )
+}
+
+/// The memory the container's cgroup charges (`memory.current`, or cgroup
+/// v1's `memory.usage_in_bytes`), in MiB.
+fn container_memory_mib(n: &Node) -> Option<f64> {
+    let out = n.exec(&[
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory.current 2>/dev/null || cat /sys/fs/cgroup/memory/memory.usage_in_bytes",
+    ]);
+    text(&out.stdout).parse::<f64>().ok().map(|b| b / 1048576.0)
+}
+
+/// One cluster with the given bootstrap DCS settings (none: tusk's
+/// defaults, ttl 30): formation, idle memory, then `rounds` × podman stop
+/// and `rounds` × podman kill of the leader, each timed to the first write
+/// acknowledged elsewhere.
+fn bench_cluster(label: &str, dcs: Option<&str>, rounds: usize, stops: bool, table: &mut Vec<(String, String)>) {
+    let env: Vec<String> = dcs.map(|d| format!("TUSK_BOOTSTRAP_DCS={d}")).into_iter().collect();
+    let mut bed = Bed::new(&env, false);
+    let t = Instant::now();
+    let ready = bed.start(&[0, 1, 2]);
+    let mut leader = bed.wait_settled(Duration::from_secs(180), false, "formation");
+    let formed = t.elapsed();
+    let mut r: Vec<Duration> = ready.iter().map(|(_, d)| *d).collect();
+    table.push((format!("{label}: podman run -> SQL answers, per node"), fmt_runs(&mut r)));
+    table.push((
+        format!("{label}: podman run (3 at once) -> leader + 2 streaming"),
+        format!("{:.2} s", formed.as_secs_f64()),
+    ));
+    // Idle memory: 10 s after the cluster settled, nothing running.
+    thread::sleep(Duration::from_secs(10));
+    let mem: Vec<String> = bed
+        .nodes
+        .iter()
+        .map(|n| container_memory_mib(n).map_or("?".into(), |m| format!("{} {m:.0} MiB", n.name)))
+        .collect();
+    table.push((format!("{label}: container memory at idle (cgroup)"), mem.join(", ")));
+
+    bed.q(leader, "CREATE TABLE w (id bigint PRIMARY KEY)").expect("create table");
+    let writer = Writer::start(bed.addrs(), bed.password());
+    writer.wait_progress(Instant::now(), Duration::from_secs(20));
+    let (mut stop_times, mut stop_durations, mut kill_times) = (Vec::new(), Vec::new(), Vec::new());
+    let faults: Vec<&str> = if stops { vec!["stop", "kill"] } else { vec!["kill"] };
+    for fault in faults {
+        for _ in 0..rounds {
+            thread::sleep(Duration::from_secs(2));
+            let t0 = Instant::now();
+            let ctr = bed.nodes[leader].ctr.clone();
+            let f = fault.to_string();
+            let h = thread::spawn(move || {
+                let t = Instant::now();
+                podman_ok(&[&f, &ctr]);
+                t.elapsed()
+            });
+            let (_, failover) = writer.first_elsewhere(leader, t0, Duration::from_secs(120));
+            let took = h.join().expect("podman");
+            let st = bed.nodes[leader].wait_exit(Duration::from_secs(30));
+            if fault == "stop" {
+                assert_eq!(st.code(), Some(0), "podman stop exit status");
+                stop_times.push(failover);
+                stop_durations.push(took);
+            } else {
+                kill_times.push(failover);
+            }
+            eprintln!(
+                "[bench] {label}: podman {fault} of {}: first write elsewhere after {failover:.2?}",
+                bed.nodes[leader].name
+            );
+            let old = leader;
+            bed.start(&[old]);
+            leader = bed.wait_settled(Duration::from_secs(180), false, "rejoin");
+        }
+    }
+    let acks = writer.finish();
+    let rows: BTreeSet<u64> =
+        bed.q(leader, "SELECT id FROM w").unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let lost = acks.iter().filter(|a| !rows.contains(&a.id)).count();
+    if stops {
+        table.push((format!("{label}: podman stop of the leader: the stop itself"), fmt_runs(&mut stop_durations)));
+        table.push((format!("{label}: podman stop of the leader -> first write elsewhere"), fmt_runs(&mut stop_times)));
+    }
+    table.push((format!("{label}: podman kill of the leader -> first write elsewhere"), fmt_runs(&mut kill_times)));
+    table.push((
+        format!("{label}: acknowledged writes lost (asynchronous replication)"),
+        format!("{lost} of {}", acks.len()),
+    ));
+    for (_, _, st) in bed.stop(&[0, 1, 2]) {
+        assert_eq!(st.code(), Some(0), "podman stop exit status");
+    }
+}
+
+/// The benchmark (scripts/bench/podman.sh): image size and a pull-equivalent
+/// load, then a fresh cluster with tusk's defaults (ttl 30) and one at ttl
+/// 10, timed from `podman run` / `stop` / `kill` to what users see. tusk's
+/// figures only: Patroni does not run as a container here.
+#[test]
+#[ignore = "benchmark: scripts/bench/podman.sh"]
+fn bench_podman_cluster() {
+    node::require_root();
+    let rounds: usize = std::env::var("TUSK_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let mut table: Vec<(String, String)> = Vec::new();
+    let tag = image();
+    let size: f64 = podman_ok(&["image", "inspect", "--format", "{{.Size}}", tag]).parse().expect("size");
+    table.push(("image size".into(), format!("{:.0} MB", size / 1e6)));
+    // `podman save | podman load` into an empty store: what a pull costs
+    // once the bytes are here.
+    let store = testbed::temp_dir("tusk-podman-store-");
+    let (root, runroot) = (store.path().join("root"), store.path().join("runroot"));
+    let t = Instant::now();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"podman save "$0" | podman --root "$1" --runroot "$2" load -q"#)
+        .args([tag, root.to_str().unwrap(), runroot.to_str().unwrap()])
+        .env("CONTAINERS_CONF", base_conf())
+        .output()
+        .expect("save | load");
+    let load = t.elapsed();
+    assert!(out.status.success(), "podman save | podman load: {}", text(&out.stderr));
+    table.push(("podman save | podman load (empty store)".into(), format!("{:.2} s", load.as_secs_f64())));
+    let _ = Command::new("podman")
+        .args(["--root", root.to_str().unwrap(), "--runroot", runroot.to_str().unwrap(), "system", "reset", "-f"])
+        .env("CONTAINERS_CONF", base_conf())
+        .output();
+
+    bench_cluster("ttl 30 (defaults)", None, rounds, true, &mut table);
+    bench_cluster("ttl 10", Some(r#"{"ttl":10,"loop_wait":2,"retry_timeout":5}"#), rounds, false, &mut table);
+
+    let w = table.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    println!("\ntusk under podman, 3 nodes (--net=host in per-node network namespaces); Patroni not measured here");
+    println!("{:w$}  {}", "measure", "tusk");
+    println!("{}  {}", "-".repeat(w), "-".repeat(40));
+    for (k, v) in &table {
+        println!("{k:w$}  {v}");
+    }
 }
