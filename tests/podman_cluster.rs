@@ -132,6 +132,7 @@ fn image() -> &'static str {
             eprintln!("image {TAG}: reused (its tusk is {bin})");
             return;
         }
+        let previous = podman(&["image", "inspect", "--format", "{{.Id}}", TAG]);
         let t = Instant::now();
         let target = Path::new(bin).parent().and_then(Path::parent).expect("target dir");
         let out = Command::new("bash")
@@ -145,6 +146,12 @@ fn image() -> &'static str {
             .expect("build-image.sh");
         assert!(out.status.success(), "build-image.sh failed: {}", text(&out.stdout));
         eprintln!("image {TAG}: built in {:?} ({})", t.elapsed(), text(&out.stdout));
+        // The image this tag named before is left untagged: remove it
+        // (refused, harmlessly, while a container still uses it).
+        let now = podman(&["image", "inspect", "--format", "{{.Id}}", TAG]);
+        if previous.status.success() && text(&previous.stdout) != text(&now.stdout) {
+            let _ = podman(&["rmi", &text(&previous.stdout)]);
+        }
     });
     TAG
 }
