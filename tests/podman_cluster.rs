@@ -140,6 +140,7 @@ fn image() -> &'static str {
             .arg(TAG)
             .env("CONTAINERS_CONF", base_conf())
             .env("SKIP_CARGO", "1")
+            .env("PGVERSION", "15")
             .env("CARGO_TARGET_DIR", target)
             .stderr(Stdio::inherit())
             .output()
