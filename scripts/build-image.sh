@@ -36,7 +36,10 @@ if [ "${SKIP_CARGO:-0}" != 1 ]; then
         cargo build --release --bin tusk
     )
 fi
-bin="$root/target/release/tusk"
+# cargo's target directory (CARGO_TARGET_DIR, relative to the repository root).
+target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$root/$target ;; esac
+bin="$target/release/tusk"
 [ -x "$bin" ] || { echo "missing $bin" >&2; exit 1; }
 
 # 2. The base image.

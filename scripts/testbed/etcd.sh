@@ -12,6 +12,9 @@
 # in any case after TESTBED_MAX_SECONDS (default 1800), so leaks are bounded.
 # With TESTBED_RM_ON_EXIT=1 the watchdog also removes DIR once that pid is gone.
 # With TESTBED_ETCD_RUN_AS=NAME:USER member NAME runs as USER.
+# TESTBED_HOST=ADDR: clients reach the members at ADDR instead of 127.0.0.1
+# (an address the caller owns, e.g. a test bridge's; added to the server
+# certificate's SANs). Peers stay on loopback.
 set -euo pipefail
 # shellcheck source=scripts/testbed/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -57,8 +60,8 @@ launch() {
   # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
   timeout -s KILL "$max_seconds" bash -c 'echo $$ >"$0"; exec "$@"' "$pidf" \
     "${runas[@]}" etcd --name "$name" --data-dir "$data" \
-    --listen-client-urls "https://127.0.0.1:$cport" \
-    --advertise-client-urls "https://127.0.0.1:$cport" \
+    --listen-client-urls "https://$host:$cport" \
+    --advertise-client-urls "https://$host:$cport" \
     --listen-peer-urls "http://127.0.0.1:$pport" \
     --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
     --initial-cluster "$initial" --initial-cluster-state new \
@@ -116,23 +119,26 @@ dir=${2:-}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 certs=$dir/certs
+host=${TESTBED_HOST:-127.0.0.1}
+sans=()
+[ "$host" = 127.0.0.1 ] || sans+=("$host")
 case "$cmd" in
   start)
     cport=${3:?CLIENT_PORT}; pport=${4:?PEER_PORT}; name=${5:-n0}
-    "$here/certs.sh" "$certs"
+    "$here/certs.sh" "$certs" "${sans[@]}"
     launch "$name" "$dir/data" "$dir/etcd.log" "$dir/etcd.pid" "$cport" "$pport" \
       "$name=http://127.0.0.1:$pport"
-    ep="https://127.0.0.1:$cport"
+    ep="https://$host:$cport"
     wait_healthy "$ep" etcd
     echo "$ep"
     ;;
   start-cluster)
     base=${3:?BASE_PORT}
-    "$here/certs.sh" "$certs"
+    "$here/certs.sh" "$certs" "${sans[@]}"
     initial="" eps=""
     for i in 0 1 2; do
       initial+="${initial:+,}n$i=http://127.0.0.1:$((base + 2 * i + 1))"
-      eps+="${eps:+,}https://127.0.0.1:$((base + 2 * i))"
+      eps+="${eps:+,}https://$host:$((base + 2 * i))"
     done
     for i in 0 1 2; do
       launch "n$i" "$dir/n$i" "$dir/n$i.log" "$dir/n$i.pid" \

@@ -9,12 +9,15 @@
 #   garage.sh cli DIR ARGS...                       run the garage CLI on DIR's node
 # The server dies by itself when TESTBED_WATCH_PID (if set) exits, and in any
 # case after TESTBED_MAX_SECONDS (default 1800).
+# TESTBED_HOST=ADDR: the S3 API listens on ADDR instead of 127.0.0.1 (an
+# address the caller owns, e.g. a test bridge's); RPC stays on loopback.
 # With TESTBED_RM_ON_EXIT=1 the watchdog also removes DIR once that pid is gone.
 set -euo pipefail
 # shellcheck source=scripts/testbed/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 max_seconds=${TESTBED_MAX_SECONDS:-1800}
+host=${TESTBED_HOST:-127.0.0.1}
 export PATH="$PATH:$HOME/.cargo/bin"
 
 die() { echo "garage.sh: $*" >&2; exit 1; }
@@ -41,7 +44,7 @@ retry() {
 }
 
 # s3_up PORT: the S3 API answers HTTP (anonymous requests get an S3 error).
-s3_up() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/")" != 000 ]; }
+s3_up() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$host:$1/")" != 000 ]; }
 
 # secret FILE HEXLEN: a random hex string, generated once and kept in FILE.
 secret() { [ -s "$1" ] || openssl rand -hex "$(( $2 / 2 ))" >"$1"; cat "$1"; }
@@ -69,7 +72,7 @@ rpc_secret = "$rpc_secret"
 
 [s3_api]
 s3_region = "garage"
-api_bind_addr = "127.0.0.1:$s3"
+api_bind_addr = "$host:$s3"
 root_domain = ".s3.garage.localhost"
 EOF
   umask 022
@@ -104,11 +107,11 @@ EOF
 AWS_ACCESS_KEY_ID=$key_id
 AWS_SECRET_ACCESS_KEY=$key_secret
 AWS_REGION=garage
-AWS_ENDPOINT=http://127.0.0.1:$s3
+AWS_ENDPOINT=http://$host:$s3
 AWS_S3_FORCE_PATH_STYLE=true
 BUCKET=$bucket
 EOF
-  echo "http://127.0.0.1:$s3"
+  echo "http://$host:$s3"
 }
 
 

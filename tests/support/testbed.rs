@@ -136,6 +136,8 @@ pub struct Etcd {
     /// How long the start took (script until healthy).
     pub startup: std::time::Duration,
     cluster: bool,
+    /// The address clients reach the members at (`TESTBED_HOST`).
+    host: String,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -177,8 +179,27 @@ impl Etcd {
         Self::start_in_env(dir, cluster, rm_on_exit, &[])
     }
 
+    /// A 3-member cluster in `dir` whose clients reach it at `host` (an
+    /// address the test owns, e.g. its bridge's) instead of 127.0.0.1; the
+    /// server certificate names that address.
+    pub fn start_cluster_on(dir: &Path, host: &str) -> Etcd {
+        Self::start_in_env(dir, true, false, &[("TESTBED_HOST", host)])
+    }
+
+    /// Starts again the members of a cluster that were stopped or killed
+    /// (same ports, same data); waits until all are healthy.
+    pub fn restart_stopped(&self) {
+        let d = self.dir.to_str().expect("utf-8 dir");
+        let base = self.endpoints[0].rsplit(':').next().expect("port").to_string();
+        let cmd = if self.cluster { "start-cluster" } else { "start" };
+        assert!(self.cluster, "restart_stopped: cluster only");
+        run_script_env("etcd.sh", &[cmd, d, &base], false, &[("TESTBED_HOST", &self.host)])
+            .unwrap_or_else(|e| panic!("restart etcd members: {e}"));
+    }
+
     fn start_in_env(dir: &Path, cluster: bool, rm_on_exit: bool, env: &[(&str, &str)]) -> Etcd {
         let d = dir.to_str().expect("utf-8 dir");
+        let host = env.iter().find(|(k, _)| *k == "TESTBED_HOST").map_or("127.0.0.1", |(_, v)| *v).to_string();
         let t0 = Instant::now();
         // After a port clash the member data (bound to the old peer URLs) goes.
         let wipe = || {
@@ -195,14 +216,14 @@ impl Etcd {
         } else {
             let (base, _) = start_with_ports(2, |base| {
                 let (c, p) = (base.to_string(), (base + 1).to_string());
-                run_script("etcd.sh", &["start", d, &c, &p], rm_on_exit).inspect_err(|_| wipe())
+                run_script_env("etcd.sh", &["start", d, &c, &p], rm_on_exit, env).inspect_err(|_| wipe())
             });
             (vec![base], vec!["n0".to_string()])
         };
         let certs = dir.join("certs");
         Etcd {
             dir: dir.to_path_buf(),
-            endpoints: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+            endpoints: ports.iter().map(|p| format!("{host}:{p}")).collect(),
             ca: certs.join("ca.crt"),
             cert: certs.join("client.crt"),
             key: certs.join("client.key"),
@@ -212,6 +233,7 @@ impl Etcd {
             names,
             startup: t0.elapsed(),
             cluster,
+            host,
             _tmp: None,
         }
     }
@@ -305,6 +327,8 @@ pub struct Garage {
     /// The `DIR/env` file (AWS_* variables and BUCKET).
     pub env_file: PathBuf,
     pub startup: std::time::Duration,
+    /// The address the S3 API listens on (`TESTBED_HOST`).
+    host: String,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -327,12 +351,22 @@ impl Garage {
         g
     }
 
+    /// Starts garage in `dir` with its S3 API on `host` (an address the
+    /// test owns, e.g. its bridge's) instead of 127.0.0.1.
+    pub fn start_on(dir: &Path, bucket: &str, host: &str) -> Garage {
+        Self::start_in_host(dir, bucket, false, host)
+    }
+
     fn start_in(dir: &Path, bucket: &str, rm_on_exit: bool) -> Garage {
+        Self::start_in_host(dir, bucket, rm_on_exit, "127.0.0.1")
+    }
+
+    fn start_in_host(dir: &Path, bucket: &str, rm_on_exit: bool, host: &str) -> Garage {
         let d = dir.to_str().expect("utf-8 dir");
         let t0 = Instant::now();
         let (base, endpoint) = start_with_ports(2, |base| {
             let (s3, rpc) = (base.to_string(), (base + 1).to_string());
-            run_script("garage.sh", &["start", d, &s3, &rpc, bucket], rm_on_exit)
+            run_script_env("garage.sh", &["start", d, &s3, &rpc, bucket], rm_on_exit, &[("TESTBED_HOST", host)])
         });
         let env_file = dir.join("env");
         let env = parse_env(&env_file);
@@ -346,6 +380,7 @@ impl Garage {
             region: env["AWS_REGION"].clone(),
             env_file,
             startup: t0.elapsed(),
+            host: host.to_string(),
             _tmp: None,
         }
     }
@@ -412,6 +447,15 @@ impl Garage {
 
     pub fn pid(&self) -> Option<u32> {
         read_pid(&self.dir.join("garage.pid"))
+    }
+
+    /// Starts the server again after `stop` (same ports, data and keys);
+    /// returns once the S3 API answers.
+    pub fn restart(&self) {
+        let d = self.dir.to_str().expect("utf-8 dir");
+        let (s3, rpc) = (self.s3_port.to_string(), (self.s3_port + 1).to_string());
+        run_script_env("garage.sh", &["start", d, &s3, &rpc, &self.bucket], false, &[("TESTBED_HOST", &self.host)])
+            .unwrap_or_else(|e| panic!("restart garage: {e}"));
     }
 
     /// Stops the server (idempotent).
