@@ -549,7 +549,9 @@ mod tests {
         assert_eq!(history_timeline("[]"), 1);
         assert_eq!(history_timeline(r#"[[1,25165984,"no recovery target specified"]]"#), 2);
         assert_eq!(
-            history_timeline(r#"[[1,1,"a"],[2,50331808,"no recovery target specified","2024-08-28T19:39:26+00:00","n2"]]"#),
+            history_timeline(
+                r#"[[1,1,"a"],[2,50331808,"no recovery target specified","2024-08-28T19:39:26+00:00","n2"]]"#
+            ),
             3
         );
         assert_eq!(history_timeline(r#"[["4",1,"a"]]"#), 5);

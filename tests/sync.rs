@@ -275,8 +275,13 @@ fn wait_quorum_settled(c: &Cluster, leader: &str, limit: Duration) {
         let names = try_sql(c.node(leader), "SHOW synchronous_standby_names").unwrap_or_default();
         let out = c.etcd.etcdctl(&["get", "--print-value-only", &format!("/service/{}/sync", c.scope)]);
         let key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let voters: BTreeSet<String> =
-            key["sync_standby"].as_str().unwrap_or("").split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let voters: BTreeSet<String> = key["sync_standby"]
+            .as_str()
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
         let want: BTreeSet<String> = others.iter().cloned().collect();
         let settled = names.starts_with("ANY 1 (")
             && others.iter().all(|o| names.contains(&format!("\"{o}\"")))

@@ -61,11 +61,7 @@ pub(super) fn render(s: &NodeStatus, labels: &str) -> String {
     );
     gauge("patroni_replica", "Value is 1 if this node is a replica, 0 otherwise.", b(replica));
     gauge("patroni_sync_standby", "Value is 1 if this node is a sync standby, 0 otherwise.", b(s.sync_standby));
-    gauge(
-        "patroni_quorum_standby",
-        "Value is 1 if this node is a quorum standby, 0 otherwise.",
-        b(s.quorum_standby),
-    );
+    gauge("patroni_quorum_standby", "Value is 1 if this node is a quorum standby, 0 otherwise.", b(s.quorum_standby));
     gauge(
         "patroni_xlog_received_location",
         "Current location of the received WAL on a replica (bytes).",

@@ -537,34 +537,6 @@ pub(super) async fn reinitialize(state: &ApiState, req: Request<Body>) -> Respon
     ask(state, |reply| Command::Reinitialize { force, reply }, Duration::from_secs(60)).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merge_patch_rules() {
-        let mut t = json!({"ttl": 30, "postgresql": {"parameters": {"a": 1, "b": 2}}, "pause": true});
-        merge_patch(&mut t, &json!({"ttl": 20, "postgresql": {"parameters": {"a": null, "c": 3}}, "pause": null}));
-        assert_eq!(t, json!({"ttl": 20, "postgresql": {"parameters": {"b": 2, "c": 3}}}));
-    }
-
-    #[test]
-    fn times_versions_durations() {
-        assert!(parse_time("2030-01-02T03:04:05+00:00").is_some());
-        assert!(parse_time("2030-01-02 03:04:05+00:00").is_some());
-        assert!(parse_time("2030-01-02T03:04:05Z").is_some());
-        assert!(parse_time("2030-01-02T03:04:05+0200").is_some());
-        assert!(parse_time("tomorrow").is_none());
-        assert_eq!(version_num("15.2"), Some(150002));
-        assert_eq!(version_num("9.6.24"), Some(90624));
-        assert_eq!(version_num("15"), None);
-        assert_eq!(seconds("30s"), Some(30.0));
-        assert_eq!(seconds("2m"), Some(120.0));
-        assert_eq!(seconds("45"), Some(45.0));
-        assert_eq!(seconds("x"), None);
-    }
-}
-
 fn failsafe_disabled() -> Response<Body> {
     text(StatusCode::BAD_GATEWAY, "Failsafe mode is not enabled")
 }
@@ -604,4 +576,32 @@ pub(super) async fn post_failsafe(state: &ApiState, req: Request<Body>) -> Respo
     let mut resp = text(StatusCode::OK, "Accepted");
     resp.headers_mut().insert("lsn", st.xlog.position().into());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_rules() {
+        let mut t = json!({"ttl": 30, "postgresql": {"parameters": {"a": 1, "b": 2}}, "pause": true});
+        merge_patch(&mut t, &json!({"ttl": 20, "postgresql": {"parameters": {"a": null, "c": 3}}, "pause": null}));
+        assert_eq!(t, json!({"ttl": 20, "postgresql": {"parameters": {"b": 2, "c": 3}}}));
+    }
+
+    #[test]
+    fn times_versions_durations() {
+        assert!(parse_time("2030-01-02T03:04:05+00:00").is_some());
+        assert!(parse_time("2030-01-02 03:04:05+00:00").is_some());
+        assert!(parse_time("2030-01-02T03:04:05Z").is_some());
+        assert!(parse_time("2030-01-02T03:04:05+0200").is_some());
+        assert!(parse_time("tomorrow").is_none());
+        assert_eq!(version_num("15.2"), Some(150002));
+        assert_eq!(version_num("9.6.24"), Some(90624));
+        assert_eq!(version_num("15"), None);
+        assert_eq!(seconds("30s"), Some(30.0));
+        assert_eq!(seconds("2m"), Some(120.0));
+        assert_eq!(seconds("45"), Some(45.0));
+        assert_eq!(seconds("x"), None);
+    }
 }

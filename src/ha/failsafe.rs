@@ -71,7 +71,12 @@ pub(super) fn confirmed_until(asked: Instant, ttl: Duration) -> Instant {
 
 /// The primary that told this member, within `ttl` before `now`, that it
 /// runs without etcd (not `me`).
-pub(super) fn told_by<'a>(notice: Option<&'a FailsafeNotice>, me: &str, now: Instant, ttl: Duration) -> Option<&'a str> {
+pub(super) fn told_by<'a>(
+    notice: Option<&'a FailsafeNotice>,
+    me: &str,
+    now: Instant,
+    ttl: Duration,
+) -> Option<&'a str> {
     let n = notice?;
     let received = Instant::from_std(n.received);
     (n.name != me && now.saturating_duration_since(received) < ttl).then_some(n.name.as_str())

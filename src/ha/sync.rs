@@ -341,8 +341,10 @@ impl Ha {
         // stays: it may hold commits nobody else has).
         let current = self.standby_names.as_ref().and_then(|(n, _)| n.clone());
         let (numsync, sync_apps) = parse_names(current.as_deref());
-        let sync: Vec<String> =
-            sync_apps.iter().map(|a| by_app.get(&a.to_ascii_lowercase()).cloned().unwrap_or_else(|| a.clone())).collect();
+        let sync: Vec<String> = sync_apps
+            .iter()
+            .map(|a| by_app.get(&a.to_ascii_lowercase()).cloned().unwrap_or_else(|| a.clone()))
+            .collect();
         let target = quorum_names(&active, want, self.config.synchronous_mode_strict());
         let since = self.standby_names.as_ref().map_or(u64::MAX, |(_, lsn)| *lsn);
         let confirmed = active.iter().filter(|s| s.sync && s.flush_lsn >= since).count();
