@@ -88,6 +88,10 @@ rm -rf "${rootfs:?}"/var/lib/apt/lists/* "${rootfs:?}"/var/cache/apt/*.bin \
     "${rootfs:?}"/var/cache/apt/archives/*.deb "${rootfs:?}"/usr/share/man/* \
     "${rootfs:?}"/usr/share/info/* "${rootfs:?}"/usr/share/groff/* "${rootfs:?}"/var/log/*.log
 
+# mktemp -d made the root 0700; the layer's "./" entry must say 0755, or
+# storage drivers that apply it (rootless vfs) leave non-root users unable to
+# enter `/`.
+chmod 0755 "$rootfs"
 tar -C "$rootfs" --numeric-owner -c . |
     podman import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' - "$image" >&2
 t2=$(date +%s)

@@ -282,7 +282,11 @@ fn run_daemon() -> i32 {
         }
     };
     let code = runtime.block_on(crate::supervisor::run(cfg));
-    drop(runtime);
+    // Not `drop`: that waits for every blocking task, and one may be a name
+    // lookup (getaddrinfo) of a peer that is gone, stuck for the resolver's
+    // timeouts while the container engine's stop grace runs out. Nothing
+    // left there holds data: postgres is stopped and the keys are released.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     tracing::info!(code, "tusk exiting");
     guard.flush();
     code
