@@ -56,10 +56,19 @@ pub fn script(name: &str, args: &[&str], env: &[(&str, &str)], limit: Duration) 
     stdout
 }
 
-/// podman with the test configuration from podman-setup.sh.
+/// podman with the test configuration from podman-setup.sh; rootful, or
+/// rootless as `user` (scripts/rootless-setup.sh).
 #[derive(Clone)]
 pub struct Podman {
     pub conf: String,
+    pub rootless: Option<Rootless>,
+}
+
+#[derive(Clone)]
+pub struct Rootless {
+    pub user: String,
+    pub home: String,
+    pub xdg_runtime_dir: String,
 }
 
 impl Podman {
@@ -71,12 +80,57 @@ impl Podman {
             .unwrap_or_else(|| panic!("no CONTAINERS_CONF in podman-setup.sh output: {out}"))
             .to_string();
         assert!(Path::new(&conf).is_file(), "{conf} missing");
-        Podman { conf }
+        Podman { conf, rootless: None }
+    }
+
+    /// The same configuration, rootless as the user scripts/rootless-setup.sh
+    /// prepares (made when missing).
+    pub fn rootless(&self) -> Podman {
+        let out = script("rootless-setup.sh", &[], &[], Duration::from_secs(300));
+        let line = out.lines().find_map(|l| l.strip_prefix("export ")).expect("rootless-setup.sh output");
+        let get = |k: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k} in {line}"))
+                .to_owned()
+        };
+        let user = get("ROOTLESS_USER");
+        let home = text(
+            &Command::new("sh").arg("-c").arg(format!("getent passwd {user} | cut -d: -f6")).output().unwrap().stdout,
+        );
+        Podman {
+            conf: self.conf.clone(),
+            rootless: Some(Rootless { user, home, xdg_runtime_dir: get("XDG_RUNTIME_DIR") }),
+        }
+    }
+
+    /// A command run as this podman's user (root, or the rootless user with
+    /// a clean environment).
+    pub fn command(&self, program: &str) -> Command {
+        match &self.rootless {
+            None => {
+                let mut c = Command::new(program);
+                c.env("CONTAINERS_CONF", &self.conf);
+                c
+            }
+            Some(r) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", &r.user, "--", "env", "-i"])
+                    .arg(format!("HOME={}", r.home))
+                    .arg(format!("USER={}", r.user))
+                    .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+                    .arg(format!("XDG_RUNTIME_DIR={}", r.xdg_runtime_dir))
+                    .arg(format!("CONTAINERS_CONF={}", self.conf))
+                    .arg(program)
+                    .current_dir(&r.home);
+                c
+            }
+        }
     }
 
     /// podman ARGS, bounded by 3 minutes.
     pub fn output(&self, args: &[&str]) -> Output {
-        bounded(Command::new("podman").args(args).env("CONTAINERS_CONF", &self.conf), Duration::from_secs(180))
+        bounded(self.command("podman").args(args), Duration::from_secs(180))
     }
 
     /// Runs podman and insists on success; returns trimmed stdout.
