@@ -196,7 +196,7 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         if thread::panicking() {
-            for c in ["etcd1", "haproxy", MEMBERS[0], MEMBERS[1], MEMBERS[2]] {
+            for c in ["etcd1", "etcd2", "etcd3", "haproxy", MEMBERS[0], MEMBERS[1], MEMBERS[2]] {
                 eprintln!("---- podman logs {} ----\n{}", self.container(c), self.podman.logs(&self.container(c)));
             }
         }
