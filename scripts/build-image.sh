@@ -9,7 +9,9 @@
 #   PGVERSION      PostgreSQL major version (15)
 #   WITH_JIT=true  keep PostgreSQL's LLVM JIT (+160 MB; left out by default)
 #   LOCALES        locales to generate besides C.UTF-8 (default "en_US.UTF-8")
-#   SKIP_CARGO=1   use the existing target/release/tusk as is
+#   SKIP_CARGO=1   use the existing $CARGO_TARGET_DIR/release/tusk as is
+# An image that already carries the same content label (binary, Containerfile,
+# image/, base image id, build arguments) is reused: tagged, not rebuilt.
 #   CONTAINERS_CONF  podman configuration (default /etc/tusk-test/containers.conf,
 #                  written by podman-setup.sh)
 set -euo pipefail
@@ -36,10 +38,9 @@ if [ "${SKIP_CARGO:-0}" != 1 ]; then
         cargo build --release --bin tusk
     )
 fi
-# cargo's target directory (CARGO_TARGET_DIR, relative to the repository root).
-target=${CARGO_TARGET_DIR:-target}
-case $target in /*) ;; *) target=$root/$target ;; esac
-bin="$target/release/tusk"
+target_dir=${CARGO_TARGET_DIR:-target}
+case $target_dir in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+bin="$target_dir/release/tusk"
 [ -x "$bin" ] || { echo "missing $bin" >&2; exit 1; }
 
 # 2. The base image.
@@ -53,20 +54,33 @@ else
     base=localhost/debian-base:$suite
 fi
 
-# 3. A small build context: Containerfile, image/, the binary.
+# 3. Reuse: the same inputs make the same image.
+base_id=$(podman image inspect --format '{{.Id}}' "$base" 2>/dev/null || echo "$base")
+sum=$( { echo "$base_id $pgversion ${WITH_JIT:-false} ${LOCALES-en_US.UTF-8}"
+         cat "$root/Containerfile" "$bin"; find "$root/image" -type f | sort | xargs cat; } | sha256sum | cut -c1-32)
+have=$(podman images --filter "label=tusk.content=$sum" --format '{{.ID}}' | head -n1)
+if [ -n "$have" ]; then
+    podman tag "$have" "$tag"
+    size=$(podman image inspect --format '{{.Size}}' "$tag")
+    echo "reused image $have as $tag (same binary and inputs)" >&2
+    echo "image size: $((size / 1000000)) MB ($size bytes)"
+    exit 0
+fi
+
+# 4. A small build context: Containerfile, image/, the binary.
 ctx=$(mktemp -d /var/tmp/tusk-image-ctx.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
 cp "$root/Containerfile" "$ctx/"
 cp -r "$root/image" "$ctx/image"
 cp "$bin" "$ctx/tusk"
 
-# 4. Build. --network host: the build reaches the Debian mirror like the host does.
+# 5. Build. --network host: the build reaches the Debian mirror like the host does.
 t0=$(date +%s)
 # --format docker: the OCI format has no HEALTHCHECK.
 podman build --network host --format docker \
     --build-arg BASE_IMAGE="$base" --build-arg PGVERSION="$pgversion" \
     --build-arg WITH_JIT="${WITH_JIT:-false}" \
-    --build-arg LOCALES="${LOCALES-en_US.UTF-8}" \
+    --build-arg LOCALES="${LOCALES-en_US.UTF-8}" --label tusk.content="$sum" \
     -t "$tag" "$ctx" >&2
 t1=$(date +%s)
 

@@ -14,9 +14,18 @@ export CONTAINERS_CONF
 [ -f "$CONTAINERS_CONF" ] && command -v debootstrap >/dev/null ||
     "$here/podman-setup.sh" "$CONTAINERS_CONF" >/dev/null
 
+# The base's revision: an image made by an older version of this script is
+# made again (revision 2: "/" is 0755; before, it kept mktemp's 0700, which
+# rootless podman's vfs driver applies, leaving non-root users unable to
+# enter "/").
+revision=2
 if podman image exists "$image"; then
-    echo "$image already exists" >&2
-    exit 0
+    have=$(podman image inspect --format '{{index .Labels "tusk.base.revision"}}' "$image" 2>/dev/null || true)
+    if [ "$have" = "$revision" ]; then
+        echo "$image already exists" >&2
+        exit 0
+    fi
+    echo "$image is of an older revision (${have:-1}); making it again" >&2
 fi
 
 # Host apt sources, deb822 (*.sources) and one-line (*.list) formats. Disabled files
@@ -88,7 +97,12 @@ rm -rf "${rootfs:?}"/var/lib/apt/lists/* "${rootfs:?}"/var/cache/apt/*.bin \
     "${rootfs:?}"/var/cache/apt/archives/*.deb "${rootfs:?}"/usr/share/man/* \
     "${rootfs:?}"/usr/share/info/* "${rootfs:?}"/usr/share/groff/* "${rootfs:?}"/var/log/*.log
 
+# mktemp -d made the root 0700; the layer's "./" entry must say 0755, or
+# storage drivers that apply it (rootless vfs) leave non-root users unable to
+# enter `/`.
+chmod 0755 "$rootfs"
 tar -C "$rootfs" --numeric-owner -c . |
-    podman import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' - "$image" >&2
+    podman import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' \
+        --change "LABEL tusk.base.revision=$revision" - "$image" >&2
 t2=$(date +%s)
 echo "$image: debootstrap $((t1 - t0)) s, import $((t2 - t1)) s" >&2

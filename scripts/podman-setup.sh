@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs podman + runc (+ debootstrap) when missing and writes a containers.conf
+# Installs podman + runc (+ debootstrap, podman-compose) when missing and writes a containers.conf
 # with the fixes this kind of test machine needs (see TESTBED.md, "Containers: podman"):
 #   - runc instead of crun (crun 1.8 refuses hybrid cgroup layouts),
 #   - cgroupfs (no systemd), file events logger (no journald),
@@ -15,6 +15,7 @@ missing=()
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing+=(runc)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+command -v podman-compose >/dev/null || missing+=(podman-compose)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     # Update the package lists only if the install fails without it.

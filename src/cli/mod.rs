@@ -282,7 +282,12 @@ fn run_daemon() -> i32 {
         }
     };
     let code = runtime.block_on(crate::supervisor::run(cfg));
-    drop(runtime);
+    // Not `drop`: that waits for every blocking task. One was seen to hold
+    // the exit 4 s after the keys were released (a member stopped just after
+    // its peers, in tests/compose.rs; presumably a name lookup of a peer that
+    // was gone) until podman's SIGKILL. Nothing left there holds data:
+    // postgres is stopped and the keys are released.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     tracing::info!(code, "tusk exiting");
     guard.flush();
     code

@@ -327,7 +327,8 @@ impl Config {
         // Empty values count as unset, as in Spilo's templates.
         // All fields are optional strings, so envy cannot fail here.
         let mut raw = raw_best_effort(env);
-        let mut warnings = patroni_variables(env)?;
+        let admin_name = env.get("PGUSER_ADMIN").filter(|v| !v.is_empty()).map_or("admin", String::as_str);
+        let mut warnings = patroni_variables(env, admin_name)?;
         warnings.extend(spilo.warnings.iter().cloned());
         // Patroni's names for what Spilo's variables say.
         raw.pgdata = alias("PGDATA", &raw.pgdata, "PATRONI_POSTGRESQL_DATA_DIR", &raw.patroni_postgresql_data_dir)?;
@@ -398,7 +399,7 @@ impl Config {
         let credentials = Credentials {
             superuser: role(env, ("PGUSER_SUPERUSER", "PGPASSWORD_SUPERUSER"), "postgres", Some("PATRONI_SUPERUSER"))?,
             replication: role(env, ("PGUSER_STANDBY", "PGPASSWORD_STANDBY"), "standby", Some("PATRONI_REPLICATION"))?,
-            admin: role(env, ("PGUSER_ADMIN", "PGPASSWORD_ADMIN"), "admin", None)?,
+            admin: admin_role(env)?,
         };
         let names = [&credentials.superuser.name, &credentials.replication.name, &credentials.admin.name];
         if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
@@ -669,8 +670,9 @@ const PATRONI_READ: [&str; 29] = [
 /// Words in a Patroni variable's name that make ignoring it change what
 /// the user asked for (a secret, an address, TLS material, another DCS):
 /// such a variable tusk does not read is an error, never a silent ignore.
-const PATRONI_MEANINGFUL: [&str; 21] = [
+const PATRONI_MEANINGFUL: [&str; 22] = [
     "PASSWORD",
+    "_OPTIONS",
     "PGPASS",
     "ADDRESS",
     "LISTEN",
@@ -694,12 +696,25 @@ const PATRONI_MEANINGFUL: [&str; 21] = [
 ];
 
 /// Every `PATRONI_*` variable set is either read, refused (exit 78: it
-/// would change what the user asked for) or named in a warning.
-fn patroni_variables(env: &BTreeMap<String, String>) -> Result<Vec<String>, ConfigError> {
+/// would change what the user asked for) or named in a warning. Patroni's
+/// bootstrap user variables (`PATRONI_<user>_PASSWORD`, `_OPTIONS`) are read
+/// for the one such role tusk creates, Spilo's admin (`PGUSER_ADMIN`).
+fn patroni_variables(env: &BTreeMap<String, String>, admin: &str) -> Result<Vec<String>, ConfigError> {
     let mut warnings = Vec::new();
+    let admin_vars = [format!("PATRONI_{admin}_PASSWORD"), format!("PATRONI_{admin}_OPTIONS")];
     for k in env.keys().filter(|k| k.starts_with("PATRONI_")) {
-        if PATRONI_READ.contains(&k.as_str()) || env[k].is_empty() {
+        if PATRONI_READ.contains(&k.as_str()) || admin_vars.contains(k) || env[k].is_empty() {
             continue;
+        }
+        let user = k.strip_prefix("PATRONI_").and_then(|u| u.strip_suffix("_PASSWORD").or(u.strip_suffix("_OPTIONS")));
+        if let Some(user) = user.filter(|u| !u.is_empty() && u.chars().any(|c| c.is_ascii_lowercase())) {
+            return Err(ConfigError::new(
+                k,
+                format!(
+                    "Patroni bootstrap user {user:?}: tusk creates only Spilo's admin role at bootstrap \
+                     (PGUSER_ADMIN, here {admin:?}); set PGUSER_ADMIN={user} or create the role yourself"
+                ),
+            ));
         }
         if PATRONI_MEANINGFUL.iter().any(|w| k.contains(w)) {
             return Err(ConfigError::new(
@@ -871,6 +886,44 @@ fn role(
         return Err(ConfigError::new(password_var, "contains a NUL byte"));
     }
     Ok(Role { name, password, sslmode })
+}
+
+/// Spilo's admin role (`PGUSER_ADMIN`, `PGPASSWORD_ADMIN`), or Patroni's
+/// bootstrap user of that name: `PATRONI_<name>_PASSWORD` (both set must
+/// agree) and `PATRONI_<name>_OPTIONS`, which must ask for what tusk gives
+/// the role (Spilo's `createdb, createrole`; `login` implied).
+fn admin_role(env: &BTreeMap<String, String>) -> Result<Role, ConfigError> {
+    let mut admin = role(env, ("PGUSER_ADMIN", "PGPASSWORD_ADMIN"), "admin", None)?;
+    let (pw_var, opt_var) = (format!("PATRONI_{}_PASSWORD", admin.name), format!("PATRONI_{}_OPTIONS", admin.name));
+    if let Some(theirs) = env.get(&pw_var).filter(|v| !v.is_empty()) {
+        match &admin.password {
+            Some(ours) if ours.expose() != theirs => {
+                return Err(ConfigError::new("PGPASSWORD_ADMIN", format!("contradicts {pw_var}; set one of them")));
+            }
+            _ if theirs.contains('\0') => return Err(ConfigError::new(pw_var, "contains a NUL byte")),
+            _ => admin.password = Some(Secret::new(theirs.clone())),
+        }
+    }
+    if let Some(options) = env.get(&opt_var).filter(|v| !v.is_empty()) {
+        let mut asked: Vec<String> = options
+            .split(',')
+            .map(|o| o.trim().to_ascii_lowercase())
+            .filter(|o| !o.is_empty() && o != "login")
+            .collect();
+        asked.sort();
+        asked.dedup();
+        if asked != ["createdb", "createrole"] {
+            return Err(ConfigError::new(
+                opt_var,
+                format!(
+                    "{options:?}: tusk creates the admin role {:?} with LOGIN CREATEDB CREATEROLE (Spilo's) \
+                     and no other options; set \"createdb,createrole\" or remove the variable",
+                    admin.name
+                ),
+            ));
+        }
+    }
+    Ok(admin)
 }
 
 fn pg_tls(raw: &RawEnv) -> Result<PgTls, ConfigError> {

@@ -658,3 +658,62 @@ tags: {noloadbalance: true, clonefrom: true}
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     assert!(c.warnings.iter().all(|w| w.starts_with("SPILO_CONFIGURATION: ")));
 }
+
+/// Patroni's bootstrap user variables, as its docker example sets them
+/// (`PATRONI_admin_PASSWORD`, `PATRONI_admin_OPTIONS=createdb,createrole`):
+/// read for Spilo's admin role, the one such role tusk creates; any other
+/// user, or options tusk does not give the role, refused naming the variable.
+#[test]
+fn patroni_bootstrap_user_is_the_admin_role() {
+    let c = parse(&[("PATRONI_admin_PASSWORD", "admin"), ("PATRONI_admin_OPTIONS", "createdb, createrole")]).unwrap();
+    assert_eq!(c.credentials.admin.name, "admin");
+    assert_eq!(c.credentials.admin.password.as_ref().map(|p| p.expose()), Some("admin"));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let c = parse(&[
+        ("PGUSER_ADMIN", "dba"),
+        ("PATRONI_dba_PASSWORD", "pw"),
+        ("PATRONI_dba_OPTIONS", "CREATEROLE,login,createdb"),
+    ])
+    .unwrap();
+    assert_eq!((c.credentials.admin.name.as_str(), c.credentials.admin.password.unwrap().expose()), ("dba", "pw"));
+    let c = parse(&[("PGPASSWORD_ADMIN", "same"), ("PATRONI_admin_PASSWORD", "same")]).unwrap();
+    assert_eq!(c.credentials.admin.password.unwrap().expose(), "same");
+
+    let bad = |pairs: &[(&str, &str)]| parse(pairs).unwrap_err();
+    let e = bad(&[("PATRONI_admin_OPTIONS", "createdb")]);
+    assert_eq!(e.var, "PATRONI_admin_OPTIONS", "{e}");
+    assert!(e.to_string().contains("CREATEDB CREATEROLE"), "{e}");
+    assert_eq!(bad(&[("PATRONI_admin_OPTIONS", "createdb,createrole,superuser")]).var, "PATRONI_admin_OPTIONS");
+    let e = bad(&[("PATRONI_alice_PASSWORD", "x")]);
+    assert_eq!(e.var, "PATRONI_alice_PASSWORD");
+    assert!(e.to_string().contains("\"alice\"") && e.to_string().contains("PGUSER_ADMIN"), "{e}");
+    assert_eq!(bad(&[("PATRONI_alice_OPTIONS", "createdb")]).var, "PATRONI_alice_OPTIONS");
+    // Named admin by PGUSER_ADMIN: Patroni's variables for "admin" are another user.
+    assert_eq!(bad(&[("PGUSER_ADMIN", "dba"), ("PATRONI_admin_PASSWORD", "x")]).var, "PATRONI_admin_PASSWORD");
+    assert_eq!(bad(&[("PGPASSWORD_ADMIN", "a"), ("PATRONI_admin_PASSWORD", "b")]).var, "PGPASSWORD_ADMIN");
+    assert_eq!(bad(&[("PATRONI_REWIND_OPTIONS", "x")]).var, "PATRONI_REWIND_OPTIONS");
+}
+
+/// Every `PATRONI_*` variable of deploy/compose/compose.yml (Patroni's
+/// docker example, as a user has it) is read: no refusal, no warning.
+#[test]
+fn compose_example_variables_are_all_read() {
+    let compose = include_str!("../../deploy/compose/compose.yml");
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for line in compose.lines() {
+        let t = line.trim();
+        let Some((k, v)) = t.split_once(':') else { continue };
+        if !k.starts_with("PATRONI_") {
+            continue;
+        }
+        let v = v.trim().trim_matches('"').to_owned();
+        if !pairs.iter().any(|(pk, _)| pk == k) {
+            pairs.push((k.to_owned(), v));
+        }
+    }
+    assert!(pairs.len() >= 15, "the example's variables: {pairs:?}");
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let c = parse(&refs).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert!(c.etcd.is_some());
+}
