@@ -204,17 +204,10 @@ fn patronictl_symlink_runs_the_cluster_from_the_environment() {
     assert_eq!(tsv.lines().next(), Some("Cluster\tMember\tHost\tRole\tState\tTL\tLag in MB"), "{tsv}");
     assert_eq!(tsv.lines().count(), 4, "{tsv}");
     // Debian's patronictl 3.0.2 reads the same members from the same keys
-    // (3.0.2 shows a replica's `state`, not its `replication_state`).
-    let reference: Vec<Value> = serde_json::from_slice(
-        &Command::new("patronictl")
-            .arg("-c")
-            .arg(c.patronictl_config())
-            .args(["list", "-f", "json"])
-            .output()
-            .expect("Debian's patronictl")
-            .stdout,
-    )
-    .expect("patronictl 3.0.2 JSON");
+    // (3.0.2 shows a replica's `state`, not its `replication_state`). The
+    // two read at different moments, and a lag moves in between (a member
+    // publishes its position once per loop): read both again until they
+    // agree.
     let without_state = |l: &[Value]| {
         l.iter()
             .map(|m| {
@@ -224,7 +217,23 @@ fn patronictl_symlink_runs_the_cluster_from_the_environment() {
             })
             .collect::<Vec<_>>()
     };
-    assert_eq!(without_state(&reference), without_state(&list), "patronictl 3.0.2 reads the cluster differently");
+    wait_for("patronictl 3.0.2 to read the cluster as tusk does", Duration::from_secs(20), || {
+        let ours: Vec<Value> =
+            serde_json::from_str(ctl_ok(&c, &leader, &["list", "-f", "json"]).trim()).map_err(|e| e.to_string())?;
+        let out = Command::new("patronictl")
+            .arg("-c")
+            .arg(c.patronictl_config())
+            .args(["list", "-f", "json"])
+            .output()
+            .expect("Debian's patronictl");
+        let reference: Vec<Value> =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("patronictl 3.0.2: {e}"))?;
+        if without_state(&reference) == without_state(&ours) {
+            Ok(())
+        } else {
+            Err(format!("patronictl 3.0.2 reads {reference:?}, tusk {ours:?}"))
+        }
+    });
 
     // Only the environment's cluster.
     let o = ctl(&c, &leader, &["list", "someother"]);
