@@ -77,8 +77,7 @@ impl Ha {
                         matches!(ev.key.as_str(), "leader" | "config" | "failover" | "initialize")
                             || (ev.key.starts_with("members/")
                                 && ev.key != own
-                                && (ev.deleted
-                                    || (ev.created && leading.load(std::sync::atomic::Ordering::Relaxed))))
+                                && (ev.deleted || (ev.created && leading.load(std::sync::atomic::Ordering::Relaxed))))
                     });
                     if relevant {
                         wake.notify_one();
