@@ -122,21 +122,21 @@ fn slots_across_switchover_and_failover() {
             .set("TUSK_PG_PARAMETERS", r#"{"wal_level":"logical","hot_standby_feedback":"on"}"#);
     }
     let leader = c.start_settled(Duration::from_secs(90));
-    let l = c.node(&leader);
     wait_until("permanent slots on the leader", Duration::from_secs(20), || {
         has_slot(&c, &leader, "ls") && has_slot(&c, &leader, "perm")
     });
 
     // ignore_slots: a matched slot survives, another one made by hand does not.
-    psql_ok(l, "SELECT pg_create_physical_replication_slot('manual', true)");
-    psql_ok(l, "SELECT pg_create_physical_replication_slot('stray', true)");
+    psql_ok(c.node(&leader), "SELECT pg_create_physical_replication_slot('manual', true)");
+    psql_ok(c.node(&leader), "SELECT pg_create_physical_replication_slot('stray', true)");
     wait_until("the stray slot dropped", Duration::from_secs(15), || !has_slot(&c, &leader, "stray"));
     assert!(has_slot(&c, &leader, "manual"), "ignored slot dropped:\n{}", dump_logs(&c));
 
     // member_slots_ttl: a stopped replica's slot stays for the grace, then goes.
     let gone = c.names().into_iter().find(|n| n != &leader).unwrap();
     let gone_slot = gone.clone();
-    c.nodes[c.index(&gone)].stop_cleanly(Duration::from_secs(30));
+    let gi = c.index(&gone);
+    c.nodes[gi].stop_cleanly(Duration::from_secs(30));
     let t_stop = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
     assert!(has_slot(&c, &leader, &gone_slot), "slot of {gone} dropped within the grace:\n{}", dump_logs(&c));
@@ -145,13 +145,13 @@ fn slots_across_switchover_and_failover() {
     });
     let grace = t_stop.elapsed();
     assert!(grace >= Duration::from_secs(5), "dropped after {grace:?}");
-    c.nodes[c.index(&gone)].start();
+    c.nodes[gi].start();
     c.wait_streaming(&gone, Duration::from_secs(60));
     wait_until("slot of the returning member", Duration::from_secs(20), || has_slot(&c, &leader, &gone_slot));
     println!("ignore_slots and member_slots_ttl done at {:?} (grace seen {grace:?})", t_start.elapsed());
 
     // A consumer of ls on the first leader.
-    psql_ok(l, "CREATE TABLE w (i int)");
+    psql_ok(c.node(&leader), "CREATE TABLE w (i int)");
     let mut consumer = Consumer { confirmed: 0, seen: Vec::new() };
     insert(&c, &leader, 1..=20);
     consumer.consume(&c, &leader);
@@ -162,7 +162,18 @@ fn slots_across_switchover_and_failover() {
 
     // Switchover: rows 21..40 committed but not consumed.
     insert(&c, &leader, 21..=40);
-    let candidate = c.names().into_iter().find(|n| n != &leader).unwrap();
+    // Synchronous mode: the candidate is the synchronous standby.
+    let mut candidate = String::new();
+    wait_until("a synchronous standby", Duration::from_secs(30), || {
+        let others: Vec<String> = c.names().into_iter().filter(|n| n != &leader).collect();
+        match others.into_iter().find(|n| c.api_status(n).is_some_and(|s| s["sync_standby"] == true)) {
+            Some(n) => {
+                candidate = n;
+                true
+            }
+            None => false,
+        }
+    });
     c.switchover(&candidate);
     let leader2 = c.wait_leader(Duration::from_secs(60), Some(&leader));
     assert_eq!(leader2, candidate);
