@@ -504,9 +504,13 @@ impl Ha {
         let Some(client) = &self.client else { return };
         // Slots first (allowed on a standby), so followers stream at once.
         if self.config.postgresql.use_slots {
-            let members: Vec<String> = view.members.keys().cloned().collect();
-            if let Err(e) = replication::sync_slots(client, &self.cfg.name, &members).await {
-                tracing::warn!(error = %e, "cannot create replication slots before promotion");
+            // Only created here: what to drop is the leader's reconciliation's
+            // (permanent, ignored and departed members' slots stay).
+            let me = replication::slot_name(&self.cfg.name);
+            for m in view.members.keys().map(|m| replication::slot_name(m)).filter(|s| *s != me) {
+                if let Err(e) = crate::postgres::slots::create_physical(client, &m).await {
+                    tracing::warn!(slot = %m, error = %e, "cannot create replication slot before promotion");
+                }
             }
         }
         if !self.sync_before_promote().await {
