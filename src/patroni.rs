@@ -488,6 +488,9 @@ pub struct Status {
     pub optime: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub slots: BTreeMap<String, u64>,
+    /// Patroni 4: the member slots the leader keeps (`member_slots_ttl`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retain_slots: Vec<String>,
 }
 
 /// The cluster's timeline by the `history` key, as Patroni reads it: the

@@ -661,7 +661,8 @@ fn rewind_reads_recycled_wal_from_the_archive() {
     let prefix = unique_prefix("rewind");
     // A generous lag limit: the late node catches up from the archive, and
     // this test is about the rewind, not the lag rule.
-    let dcs = r#"{"ttl":10,"loop_wait":2,"retry_timeout":3,"maximum_lag_on_failover":1073741824}"#;
+    // member_slots_ttl 0: n2's slot goes as soon as its member key does.
+    let dcs = r#"{"ttl":10,"loop_wait":2,"retry_timeout":3,"maximum_lag_on_failover":1073741824,"member_slots_ttl":0}"#;
     let mut c = archiving_cluster("archrw", garage, &prefix, dcs);
     start_n1_then_n2(&mut c);
     let nodes = &mut c.nodes;

@@ -228,7 +228,11 @@ impl Dcs {
                     snap.view.config = parse(key, value)?;
                     snap.config_revision = Some(kv.mod_revision());
                 }
-                "status" => snap.view.optime = parse::<Status>(key, value).ok().map(|s| s.optime),
+                "status" => {
+                    let status = parse::<Status>(key, value).ok();
+                    snap.view.optime = status.as_ref().map(|s| s.optime);
+                    snap.view.status_slots = status.map(|s| s.slots).unwrap_or_default();
+                }
                 "failover" => {
                     let f: Failover = if value.is_empty() { Failover::default() } else { parse(key, value)? };
                     snap.failover_revision = Some(kv.mod_revision());

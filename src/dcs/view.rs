@@ -17,6 +17,8 @@ pub struct ClusterView {
     pub members: BTreeMap<String, MemberValue>,
     /// `status.optime`: the leader's last published WAL position.
     pub optime: Option<u64>,
+    /// `status.slots`: the permanent slots' positions on the leader.
+    pub status_slots: BTreeMap<String, u64>,
     pub failover: Option<Failover>,
     /// `sync`: the leader and its synchronous standbys (synchronous mode).
     pub sync: Option<SyncState>,

@@ -185,6 +185,7 @@ impl Ha {
                         }
                     }
                 }
+                self.replica_slots(view, &leader).await;
             }
             Action::Demote(why) => self.fence(why).await,
             Action::HandOver { candidate } => self.hand_over(candidate).await,
@@ -489,21 +490,11 @@ impl Ha {
     }
 
     pub(super) async fn keep_leading(&mut self, view: &ClusterView) {
-        let Some(client) = &self.client else { return };
-        let mut members: Vec<String> = view.members.keys().cloned().collect();
-        members.sort();
-        if self.config.postgresql.use_slots && members != self.members_seen {
-            match replication::sync_slots(client, &self.cfg.name, &members).await {
-                Ok(()) => self.members_seen = members,
-                Err(e) => tracing::warn!(error = %e, "cannot sync replication slots"),
-            }
+        if self.client.is_none() {
+            return;
         }
-        if let Ok(p) = replication::position(client).await
-            && self.last_status_optime != Some(p.wal)
-            && self.dcs.put_status(&Status { optime: p.wal, slots: BTreeMap::new() }).await.is_ok()
-        {
-            self.last_status_optime = Some(p.wal);
-        }
+        // Member, permanent and ignored slots; `status` (see `slots.rs`).
+        self.leader_slots(view).await;
         if self.config.standby_cluster.is_none() {
             self.manage_sync(view).await;
         }
@@ -513,9 +504,13 @@ impl Ha {
         let Some(client) = &self.client else { return };
         // Slots first (allowed on a standby), so followers stream at once.
         if self.config.postgresql.use_slots {
-            let members: Vec<String> = view.members.keys().cloned().collect();
-            if let Err(e) = replication::sync_slots(client, &self.cfg.name, &members).await {
-                tracing::warn!(error = %e, "cannot create replication slots before promotion");
+            // Only created here: what to drop is the leader's reconciliation's
+            // (permanent, ignored and departed members' slots stay).
+            let me = replication::slot_name(&self.cfg.name);
+            for m in view.members.keys().map(|m| replication::slot_name(m)).filter(|s| *s != me) {
+                if let Err(e) = crate::postgres::slots::create_physical(client, &m).await {
+                    tracing::warn!(slot = %m, error = %e, "cannot create replication slot before promotion");
+                }
             }
         }
         if !self.sync_before_promote().await {
@@ -542,11 +537,13 @@ impl Ha {
         }
         self.upstream = None;
         self.members_seen.clear();
+        self.slots.reset_leader();
         if view.failover.is_some() {
             let _ = self.dcs.put_failover(&Failover::default(), None).await;
         }
         if let Ok(p) = replication::position(client).await {
-            let _ = self.dcs.put_status(&Status { optime: p.wal, slots: BTreeMap::new() }).await;
+            let status = Status { optime: p.wal, slots: BTreeMap::new(), retain_slots: Vec::new() };
+            let _ = self.dcs.put_status(&status).await;
             if let Some(h) = self.history(p.timeline) {
                 let _ = self.dcs.put_history(&h).await;
             }

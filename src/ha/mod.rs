@@ -11,4 +11,5 @@ mod lease;
 mod observe;
 mod publish;
 pub mod run;
+mod slots;
 mod sync;

@@ -89,6 +89,8 @@ pub struct Ha {
     /// (`ask_peers`).
     pub(super) recent_members: BTreeMap<String, (String, Instant)>,
     pub(super) last_status_optime: Option<u64>,
+    /// Replication slots: member last-seen times, the last `status`, copies.
+    pub(super) slots: super::slots::SlotState,
     /// The member key as last written, and on which lease.
     pub(super) last_member: Option<(MemberValue, i64)>,
     /// Shared with the watch task: only a leader wakes on member changes.
@@ -210,6 +212,7 @@ pub(crate) async fn run(
         members_seen: Vec::new(),
         recent_members: BTreeMap::new(),
         last_status_optime: None,
+        slots: Default::default(),
         last_member: None,
         leading: Arc::default(),
         watch_task: None,

@@ -9,6 +9,7 @@ pub mod passwords;
 pub mod pidfile;
 pub mod process;
 pub mod replication;
+pub mod slots;
 pub mod sql;
 pub mod stop;
 pub mod tls;

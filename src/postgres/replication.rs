@@ -301,32 +301,6 @@ pub async fn promote(client: &Client) -> Result<(), tokio_postgres::Error> {
     Ok(())
 }
 
-/// Creates a physical slot for every member but this one; drops physical
-/// slots of members that are gone.
-pub async fn sync_slots(client: &Client, me: &str, members: &[String]) -> Result<(), tokio_postgres::Error> {
-    let want: Vec<String> = members.iter().filter(|m| m.as_str() != me).map(|m| slot_name(m)).collect();
-    let rows =
-        client.query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'", &[]).await?;
-    let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    for s in want.iter().filter(|s| !have.contains(s)) {
-        client.query_one("SELECT pg_create_physical_replication_slot($1, true)", &[s]).await?;
-        tracing::info!(slot = %s, "replication slot created");
-    }
-    for s in have.iter().filter(|s| !want.contains(s)) {
-        // An active slot (a member still streaming) is kept until it disconnects.
-        let dropped = client
-            .query_opt(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                &[s],
-            )
-            .await?;
-        if dropped.is_some() {
-            tracing::info!(slot = %s, "replication slot of a departed member dropped");
-        }
-    }
-    Ok(())
-}
-
 /// Waits (bounded) until some replica has received `lsn`.
 pub async fn wait_replica_received(client: &Client, lsn: u64, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
