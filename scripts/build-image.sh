@@ -58,7 +58,9 @@ fi
 base_id=$(podman image inspect --format '{{.Id}}' "$base" 2>/dev/null || echo "$base")
 sum=$( { echo "$base_id $pgversion ${WITH_JIT:-false} ${LOCALES-en_US.UTF-8}"
          cat "$root/Containerfile" "$bin"; find "$root/image" -type f | sort | xargs cat; } | sha256sum | cut -c1-32)
-have=$(podman images --filter "label=tusk.content=$sum" --format '{{.ID}}' | head -n1)
+# awk reads every line: `head -n1` would leave podman writing into a closed
+# pipe when several tags name the image (SIGPIPE, and pipefail ends the script).
+have=$(podman images --filter "label=tusk.content=$sum" --format '{{.ID}}' | awk 'NR == 1')
 if [ -n "$have" ]; then
     podman tag "$have" "$tag"
     size=$(podman image inspect --format '{{.Size}}' "$tag")

@@ -164,6 +164,12 @@ impl MemberValue {
         tagged_nofailover(&self.tags)
     }
 
+    /// The `replicatefrom` tag: the member this one streams from (cascading
+    /// replication) instead of the leader.
+    pub fn replicatefrom(&self) -> Option<&str> {
+        self.tags.get("replicatefrom").and_then(serde_json::Value::as_str).filter(|s| !s.is_empty())
+    }
+
     /// The `clonefrom` tag: new replicas may copy their data from it.
     pub fn clonefrom(&self) -> bool {
         self.tags.get("clonefrom").is_some_and(truthy)

@@ -667,3 +667,49 @@ fn clonefrom_and_failover_priority_tags() {
         c.nodes[i].stop_cleanly(Duration::from_secs(60));
     }
 }
+
+/// The `replicatefrom` tag (`TUSK_REPLICATEFROM`): n3 streams from the
+/// replica n2, whose slot for it lives on n2 and not on the leader; when
+/// n2 stops, n3 streams from the leader.
+#[test]
+fn replicatefrom_cascades_from_the_named_replica() {
+    require_root();
+    let mut c = cluster("cascade", 3);
+    c.nodes[1].set("TUSK_NOFAILOVER", "true");
+    c.nodes[2].set("TUSK_NOFAILOVER", "true").set("TUSK_REPLICATEFROM", "n2");
+    c.nodes[0].start();
+    c.wait_leader(Duration::from_secs(120), None);
+    c.nodes[1].start();
+    c.wait_streaming("n2", Duration::from_secs(120));
+    c.nodes[2].start();
+    c.wait_streaming("n3", Duration::from_secs(120));
+    let senders = |c: &Cluster, n: usize| {
+        try_sql(&c.nodes[n], "SELECT string_agg(application_name, ',' ORDER BY 1) FROM pg_stat_replication")
+            .unwrap_or_default()
+    };
+    let slots = |c: &Cluster, n: usize| {
+        try_sql(&c.nodes[n], "SELECT string_agg(slot_name, ',' ORDER BY 1) FROM pg_replication_slots")
+            .unwrap_or_default()
+    };
+    let t0 = Instant::now();
+    while !(senders(&c, 1) == "n3" && senders(&c, 0) == "n2" && slots(&c, 1) == "n3" && slots(&c, 0) == "n2") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "n3 does not cascade from n2: leader sends to {:?} (slots {:?}), n2 sends to {:?} (slots {:?})\n{}",
+            senders(&c, 0),
+            slots(&c, 0),
+            senders(&c, 1),
+            slots(&c, 1),
+            c.nodes[2].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("n3 streams from n2 after {:?}", t0.elapsed());
+    c.nodes[1].stop_cleanly(Duration::from_secs(60));
+    let t0 = Instant::now();
+    while senders(&c, 0) != "n3" {
+        assert!(t0.elapsed() < Duration::from_secs(30), "n3 never fell back to the leader: {:?}", senders(&c, 0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("n2 stopped: n3 streams from the leader after {:?}", t0.elapsed());
+}

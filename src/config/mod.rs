@@ -281,6 +281,7 @@ pub(crate) struct RawEnv {
     pub tusk_nofailover: Option<String>,
     pub tusk_nosync: Option<String>,
     pub tusk_clonefrom: Option<String>,
+    pub tusk_replicatefrom: Option<String>,
     pub tusk_failover_priority: Option<String>,
     pub tusk_noloadbalance: Option<String>,
     pub notify_socket: Option<String>,
@@ -491,6 +492,9 @@ impl Config {
             if parse_bool(var, v.as_deref())?.unwrap_or(false) {
                 tags.insert(tag.to_owned(), serde_json::Value::Bool(true));
             }
+        }
+        if let Some(from) = raw.tusk_replicatefrom.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
+            tags.insert("replicatefrom".to_owned(), serde_json::json!(from));
         }
         if let Some(p) = raw.tusk_failover_priority.as_deref() {
             let p: u64 = p.trim().parse().map_err(|_| {

@@ -569,7 +569,14 @@ fn member_tags() {
     assert_eq!(serde_json::to_string(&c.tags).unwrap(), r#"{"nofailover":true}"#);
     let c = parse(&[("TUSK_NOFAILOVER", "yes"), ("TUSK_NOLOADBALANCE", "on")]).unwrap();
     assert_eq!(c.tags.len(), 2);
-    let c = parse(&[("TUSK_NOSYNC", "true"), ("TUSK_CLONEFROM", "1"), ("TUSK_FAILOVER_PRIORITY", "3")]).unwrap();
+    let c = parse(&[
+        ("TUSK_NOSYNC", "true"),
+        ("TUSK_CLONEFROM", "1"),
+        ("TUSK_FAILOVER_PRIORITY", "3"),
+        ("TUSK_REPLICATEFROM", "n2"),
+    ])
+    .unwrap();
+    assert_eq!(c.tags["replicatefrom"], serde_json::json!("n2"));
     assert_eq!(serde_json::to_string(&c.tags).unwrap(), r#"{"clonefrom":true,"failover_priority":3,"nosync":true}"#);
     assert_eq!(parse(&[("TUSK_FAILOVER_PRIORITY", "high")]).unwrap_err().var, "TUSK_FAILOVER_PRIORITY");
     let c = parse(&[("TUSK_FAILOVER_PRIORITY", "0")]).unwrap();

@@ -132,6 +132,11 @@ impl Ha {
                         }
                     }
                 }
+                // pg_rewind came from the leader; streaming may cascade.
+                let upstream = match &leader {
+                    Some(l) => self.stream_upstream(view, l).or(upstream),
+                    None => upstream,
+                };
                 if let Err(e) = self.start(Role::Replica(upstream)).await {
                     tracing::error!("cannot start postgres as replica: {e}");
                 }
@@ -172,9 +177,10 @@ impl Ha {
                 Err(e) => tracing::warn!(error = %e, "leader race failed"),
             },
             Action::Follow(leader) => {
-                let up = self.upstream_for(view, &leader);
+                let up = self.stream_upstream(view, &leader);
                 if up.is_some() && up != self.upstream {
-                    tracing::info!(leader, "following the new leader");
+                    let from = up.as_ref().map(|u| u.address.as_str()).unwrap_or("");
+                    tracing::info!(leader, from, "following the leader");
                     if let Err(e) = files::write_all(&self.cfg, &self.inputs, &self.run_as, &Role::Replica(up.clone()))
                     {
                         tracing::error!("cannot point postgres at the new leader: {e}");
@@ -194,7 +200,17 @@ impl Ha {
         None
     }
 
-    /// The leader's upstream description from its member key.
+    /// Where to stream from: the leader, or the `replicatefrom` member.
+    pub(super) fn stream_upstream(&self, view: &ClusterView, leader: &str) -> Option<Upstream> {
+        let from = self.cfg.tags.get("replicatefrom").and_then(serde_json::Value::as_str);
+        let source = super::observe::stream_from(view, &self.cfg.name, from, leader);
+        if source != leader {
+            tracing::debug!(source, leader, "replicatefrom: cascading");
+        }
+        self.upstream_for(view, source)
+    }
+
+    /// A member's upstream description from its member key.
     pub(super) fn upstream_for(&self, view: &ClusterView, leader: &str) -> Option<Upstream> {
         let address = view.members.get(leader)?.pg_address()?.to_owned();
         let slot = self.config.postgresql.use_slots.then(|| replication::slot_name(&self.cfg.name));

@@ -31,6 +31,29 @@ pub(super) fn clone_sources(view: &ClusterView, me: &str) -> Vec<String> {
         .collect()
 }
 
+/// The member to stream from: the `replicatefrom` tag's member when it
+/// runs (as a replica of this cluster, or as the leader) and does not
+/// itself cascade from `me`, else the leader (Patroni's rule).
+pub(super) fn stream_from<'a>(
+    view: &'a ClusterView,
+    me: &str,
+    replicatefrom: Option<&'a str>,
+    leader: &'a str,
+) -> &'a str {
+    let Some(from) = replicatefrom.filter(|f| *f != me && *f != leader) else { return leader };
+    match view.members.get(from) {
+        Some(m)
+            if m.state == State::Running
+                && m.role == MemberRole::Replica
+                && m.replicatefrom() != Some(me)
+                && m.pg_address().is_some() =>
+        {
+            from
+        }
+        _ => leader,
+    }
+}
+
 /// How long to wait before starting postgres again after `failures`
 /// start-ups in a row that ended before it ran: 1 s, doubling, at most 60 s.
 pub(super) fn start_backoff(failures: u32) -> Duration {
@@ -150,6 +173,28 @@ impl Ha {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicatefrom_cascades_from_a_running_replica_only() {
+        let member = |state: &str, role: &str, from: Option<&str>| -> crate::patroni::MemberValue {
+            let tags = from.map(|f| format!(r#","tags":{{"replicatefrom":"{f}"}}"#)).unwrap_or_default();
+            serde_json::from_str(&format!(
+                r#"{{"conn_url":"postgres://h:5432/postgres","api_url":"","state":"{state}","role":"{role}","version":""{tags}}}"#
+            ))
+            .expect("member")
+        };
+        let mut v = ClusterView::default();
+        v.members.insert("l".into(), member("running", "primary", None));
+        v.members.insert("r".into(), member("running", "replica", None));
+        v.members.insert("s".into(), member("stopped", "replica", None));
+        v.members.insert("loop".into(), member("running", "replica", Some("me")));
+        assert_eq!(stream_from(&v, "me", Some("r"), "l"), "r");
+        assert_eq!(stream_from(&v, "me", None, "l"), "l");
+        assert_eq!(stream_from(&v, "me", Some("s"), "l"), "l", "not running");
+        assert_eq!(stream_from(&v, "me", Some("gone"), "l"), "l", "no such member");
+        assert_eq!(stream_from(&v, "me", Some("loop"), "l"), "l", "it cascades from me");
+        assert_eq!(stream_from(&v, "me", Some("me"), "l"), "l");
+    }
 
     #[test]
     fn clone_sources_are_running_clonefrom_members() {

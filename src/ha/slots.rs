@@ -255,6 +255,36 @@ pub fn plan_replica(
     plan
 }
 
+/// A replica's slots for the members that stream from it (`want`, slot
+/// names): created when missing; other physical slots that are not
+/// permanent, ignored or temporary dropped once inactive (a member that
+/// stopped cascading from it, or a member slot left from when it led).
+pub fn plan_cascade(
+    existing: &[ExistingSlot],
+    want: &BTreeSet<String>,
+    permanent: &BTreeMap<String, SlotKind>,
+    ignore: &[IgnoreMatcher],
+) -> Plan {
+    let mut plan = Plan::default();
+    for e in existing {
+        if e.kind == "physical"
+            && !e.temporary
+            && !e.active
+            && !permanent.contains_key(&e.name)
+            && !ignored(e, ignore)
+            && !want.contains(&e.name)
+        {
+            plan.drop.push(e.name.clone());
+        }
+    }
+    for name in want {
+        if !existing.iter().any(|e| &e.name == name) {
+            plan.create_physical.push(name.clone());
+        }
+    }
+    plan
+}
+
 /// The executor's memory about slots.
 #[derive(Debug, Default)]
 pub struct SlotState {
@@ -331,11 +361,18 @@ impl Ha {
                     }
                     self.slots.last_seen.retain(|_, seen| now.duration_since(*seen) <= ttl);
                     // ttl 0: only the members in the DCS now.
-                    let members: BTreeSet<String> = if ttl.is_zero() {
+                    let mut members: BTreeSet<String> = if ttl.is_zero() {
                         view.members.keys().map(|m| replication::slot_name(m)).filter(|s| *s != me).collect()
                     } else {
                         self.slots.last_seen.keys().cloned().collect()
                     };
+                    // Members streaming from another replica (replicatefrom)
+                    // have their slot there, not here.
+                    for (n, m) in &view.members {
+                        if super::observe::stream_from(view, n, m.replicatefrom(), &self.cfg.name) != self.cfg.name {
+                            members.remove(&replication::slot_name(n));
+                        }
+                    }
                     let plan = plan_primary(&existing, &members, &permanent, &ignore);
                     self.carry_out(&plan).await;
                     for e in &existing {
@@ -365,9 +402,6 @@ impl Ha {
         let Some(client) = &self.client else { return };
         let (permanent, problems) = permanent_slots(&self.config);
         self.slots.log_problems(problems);
-        if permanent.is_empty() {
-            return;
-        }
         let ignore = ignore_slots(&self.config);
         let (existing, pos) = match (pgslots::list(client).await, replication::position(client).await) {
             (Ok(e), Ok(p)) => (e, p),
@@ -375,6 +409,21 @@ impl Ha {
             (_, Err(e)) => return tracing::warn!(error = %e, "cannot read the WAL position"),
         };
         if !pos.in_recovery {
+            return;
+        }
+        // The slots of the members that stream from this one (replicatefrom).
+        let me_name = self.cfg.name.clone();
+        let cascading: BTreeSet<String> = view
+            .members
+            .iter()
+            .filter(|(n, m)| {
+                m.replicatefrom() == Some(me_name.as_str())
+                    && super::observe::stream_from(view, n, Some(&me_name), leader) == me_name
+            })
+            .map(|(n, _)| replication::slot_name(n))
+            .collect();
+        self.carry_out(&plan_cascade(&existing, &cascading, &permanent, &ignore)).await;
+        if permanent.is_empty() {
             return;
         }
         let me = replication::slot_name(&self.cfg.name);
@@ -599,6 +648,24 @@ mod tests {
         assert_eq!(member_slots_ttl(&cfg(r#"{"member_slots_ttl": "30min"}"#)), Duration::from_secs(1800));
         assert_eq!(member_slots_ttl(&cfg("{}")), Duration::from_secs(1800));
         assert!(permanent_slots(&cfg("{}")).0.is_empty());
+    }
+
+    #[test]
+    fn cascade_plan() {
+        let mut active = slot("n3_active", "physical");
+        active.active = true;
+        let existing = vec![
+            slot("n3", "physical"),
+            slot("old_member", "physical"),
+            slot("perm", "physical"),
+            slot("ls", "logical"),
+            active,
+        ];
+        let want = BTreeSet::from(["n3".to_owned(), "n4".to_owned()]);
+        let permanent = BTreeMap::from([("perm".to_owned(), SlotKind::Physical)]);
+        let plan = plan_cascade(&existing, &want, &permanent, &[]);
+        assert_eq!(plan.create_physical, ["n4"]);
+        assert_eq!(plan.drop, ["old_member"], "permanent, logical, active and wanted slots stay");
     }
 
     #[test]
