@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{Binaries, RunAs};
 use crate::config::Config;
@@ -97,20 +97,7 @@ pub async fn list(client: &Client) -> Result<Vec<ExistingSlot>, SlotError> {
 /// Opens a connection to `database` over the unix socket as the superuser
 /// (logical slots are created and advanced from their own database).
 pub async fn connect_db(cfg: &Config, database: &str) -> Result<Client, SlotError> {
-    let mut pg = tokio_postgres::Config::new();
-    pg.host_path(&cfg.postgres.socket_dir)
-        .port(cfg.postgres.port)
-        .user(&cfg.credentials.superuser.name)
-        .dbname(database)
-        .application_name("tusk")
-        .connect_timeout(Duration::from_secs(2));
-    let (client, connection) = pg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "postgres connection closed");
-        }
-    });
-    Ok(client)
+    Ok(super::sql::connect_db(cfg, database).await?)
 }
 
 pub async fn create_physical(client: &Client, name: &str) -> Result<(), SlotError> {

@@ -12,11 +12,16 @@ use crate::config::Config;
 /// Opens a connection over the unix socket as the superuser (`local all all
 /// trust`); the connection task runs in the background.
 pub async fn connect(cfg: &Config) -> Result<Client, tokio_postgres::Error> {
+    connect_db(cfg, "postgres").await
+}
+
+/// As [`connect`], to `database`.
+pub async fn connect_db(cfg: &Config, database: &str) -> Result<Client, tokio_postgres::Error> {
     let mut pg = tokio_postgres::Config::new();
     pg.host_path(&cfg.postgres.socket_dir)
         .port(cfg.postgres.port)
         .user(&cfg.credentials.superuser.name)
-        .dbname("postgres")
+        .dbname(database)
         .application_name("tusk")
         .connect_timeout(Duration::from_secs(2));
     let (client, connection) = pg.connect(NoTls).await?;
