@@ -162,6 +162,11 @@ fn spilo_defaults() -> BTreeMap<&'static str, &'static str> {
         ("tcp_keepalives_interval", "100"),
         ("track_functions", "all"),
         ("wal_compression", "on"),
+        // Patroni's command-line default (PG 13+): a member that rejoins
+        // after pg_rewind needs the new timeline's first segment, which the
+        // post-promotion checkpoint would otherwise recycle before the
+        // member's slot exists (no archive to fetch it from).
+        ("wal_keep_size", "128MB"),
         ("wal_level", "replica"),
         ("wal_log_hints", "on"),
     ])
@@ -491,6 +496,7 @@ mod tests {
             "ssl = 'on'",
             "ssl_cert_file = '/r/certs/server.crt'",
             "wal_level = 'replica'",
+            "wal_keep_size = '128MB'",
             "archive_mode = 'on'",
             "cluster_name = 'dummy'",
         ] {
