@@ -2,7 +2,7 @@
 //! etcd with mutual TLS: bootstrap, `patronictl list`, crash failover and
 //! rejoin, graceful hand-over, switchover, a partition of the leader from
 //! etcd (never two primaries), loss of an etcd member, bad certificates and
-//! etcd down at start.
+//! etcd down at start, two hand-overs at once and both members rejoining.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -284,4 +284,58 @@ fn bad_certificates_and_etcd_down_at_start() {
     proxy.restore();
     n.wait_ready(1);
     assert_eq!(n.log_text().matches("initdb done").count(), 1);
+}
+
+/// SIGTERM of the leader, then of the member that just won the race, at
+/// several moments of its promotion: both exit 0, the third leads, and
+/// both rejoin it. Found by this test: without Patroni's `wal_keep_size`
+/// the post-promotion checkpoint recycled the new timeline's first segment
+/// before the rewound member's slot existed, and that member stayed
+/// stopped at "requested WAL segment has already been removed" for good.
+#[test]
+fn double_hand_over_at_once_then_both_rejoin() {
+    require_root();
+    let etcd = testbed::shared_etcd();
+    let mut c = Cluster::new("double", etcd, 3, |_| etcd.endpoints_arg());
+    let mut leader = c.start_settled(Duration::from_secs(90));
+    psql_ok(&c.nodes[c.index(&leader)], "CREATE TABLE t (i int)");
+    for (round, delay_ms) in [0u64, 150, 500, 1200].into_iter().enumerate() {
+        for n in c.names().into_iter().filter(|n| n != &leader) {
+            c.wait_streaming(&n, Duration::from_secs(60));
+        }
+        psql_ok(&c.nodes[c.index(&leader)], &format!("INSERT INTO t VALUES ({round})"));
+        let li = c.index(&leader);
+        let t0 = Instant::now();
+        c.nodes[li].signal(Signal::SIGTERM);
+        let next = loop {
+            if let Some(l) = c.leader_key().filter(|l| l != &leader) {
+                break l;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(TTL * 3), "round {round}: nobody took over from {leader}");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let won = t0.elapsed();
+        let ni = c.index(&next);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let t1 = Instant::now();
+        c.nodes[ni].signal(Signal::SIGTERM);
+        for i in [li, ni] {
+            let st = c.nodes[i].wait_exit(Duration::from_secs(30));
+            assert_eq!(st.code(), Some(0), "round {round}: unclean exit ({st}); log:\n{}", c.nodes[i].log_text());
+        }
+        eprintln!(
+            "round {round}: {leader} stopped, {next} won after {won:?}, stopped {delay_ms} ms later in {:?}",
+            t1.elapsed()
+        );
+        let third = c.names().into_iter().find(|n| n != &leader && n != &next).expect("three nodes");
+        assert_eq!(c.wait_leader(Duration::from_secs(TTL * 4), None), third, "round {round}");
+        c.nodes[li].start();
+        c.nodes[ni].start();
+        leader = third;
+        let count = psql_ok(&c.nodes[c.index(&leader)], "SELECT count(*) FROM t");
+        assert_eq!(count, (round + 1).to_string(), "round {round}: rows on {leader}");
+    }
+    for n in c.names().into_iter().filter(|n| n != &leader) {
+        c.wait_streaming(&n, Duration::from_secs(60));
+    }
 }

@@ -577,7 +577,10 @@ fn member_tags() {
     ])
     .unwrap();
     assert_eq!(c.tags["replicatefrom"], serde_json::json!("n2"));
-    assert_eq!(serde_json::to_string(&c.tags).unwrap(), r#"{"clonefrom":true,"failover_priority":3,"nosync":true,"replicatefrom":"n2"}"#);
+    assert_eq!(
+        serde_json::to_string(&c.tags).unwrap(),
+        r#"{"clonefrom":true,"failover_priority":3,"nosync":true,"replicatefrom":"n2"}"#
+    );
     assert_eq!(parse(&[("TUSK_FAILOVER_PRIORITY", "high")]).unwrap_err().var, "TUSK_FAILOVER_PRIORITY");
     let c = parse(&[("TUSK_FAILOVER_PRIORITY", "0")]).unwrap();
     assert!(crate::patroni::tagged_nofailover(&c.tags), "priority 0 is nofailover");
