@@ -7,170 +7,36 @@
 //! Needs root, podman and a reachable Debian mirror (scripts/podman-setup.sh
 //! installs podman when missing).
 
+#[path = "support/podman.rs"]
+mod podman;
 #[path = "support/ports.rs"]
 mod ports;
 #[path = "support/testbed.rs"]
 mod testbed;
 
+use podman::{Container, Podman, is_root, script, text};
 use ports::free_port;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const TAG: &str = "localhost/tusk:test";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_string()
-}
-
-/// Runs a repository script, streaming its stderr; returns stdout.
-fn script(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
-    let path = repo_root().join("scripts").join(name);
-    let out = Command::new("bash")
-        .arg(&path)
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(repo_root())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{name} failed ({}): {stdout}", out.status);
-    stdout
-}
-
-/// podman with the test configuration from podman-setup.sh.
-struct Podman {
-    conf: String,
-}
-
-impl Podman {
-    fn setup() -> Podman {
-        let out = script("podman-setup.sh", &[], &[]);
-        let conf = out
-            .lines()
-            .find_map(|l| l.strip_prefix("export CONTAINERS_CONF="))
-            .unwrap_or_else(|| panic!("no CONTAINERS_CONF in podman-setup.sh output: {out}"))
-            .to_string();
-        assert!(Path::new(&conf).is_file(), "{conf} missing");
-        Podman { conf }
-    }
-
-    fn output(&self, args: &[&str]) -> Output {
-        Command::new("podman")
-            .args(args)
-            .env("CONTAINERS_CONF", &self.conf)
-            .output()
-            .unwrap_or_else(|e| panic!("podman {args:?}: {e}"))
-    }
-
-    /// Runs podman and insists on success; returns trimmed stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.output(args);
-        assert!(
-            out.status.success(),
-            "podman {args:?} failed ({}): {} {}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn image_id(&self, tag: &str) -> Option<String> {
-        let out = self.output(&["image", "inspect", "--format", "{{.Id}}", tag]);
-        out.status.success().then(|| text(&out.stdout))
-    }
-}
-
-/// Removes the container (and its anonymous volumes) however the test ends;
-/// prints its log first when the test failed.
-struct Container<'a> {
-    podman: &'a Podman,
-    name: String,
-}
-
-impl Drop for Container<'_> {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            let out = self.podman.output(&["logs", "--tail", "200", &self.name]);
-            eprintln!(
-                "---- podman logs {} ----\n{}{}",
-                self.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let _ = self.podman.output(&["rm", "-f", "-v", "-t", "0", &self.name]);
-    }
-}
-
-impl Container<'_> {
-    fn state(&self) -> String {
-        self.podman.ok(&["inspect", "--format", "{{.State.Status}}", &self.name])
-    }
-
-    fn psql(&self, psql: &str, port: u16, sql: &str) -> Output {
-        self.podman.output(&[
-            "exec",
-            &self.name,
-            psql,
-            "-h",
-            "/run/postgresql",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-Atc",
-            sql,
-        ])
-    }
-
-    /// Polls `select 1` until it answers; returns how long that took.
-    fn wait_ready(&self, psql: &str, port: u16) -> Duration {
-        let start = Instant::now();
-        loop {
-            let out = self.psql(psql, port, "select 1");
-            if out.status.success() && text(&out.stdout) == "1" {
-                return start.elapsed();
-            }
-            let state = self.state();
-            assert!(state == "running", "container is {state}, not running, while waiting for postgres");
-            assert!(
-                start.elapsed() < READY_TIMEOUT,
-                "postgres not ready after {READY_TIMEOUT:?}: {}",
-                text(&out.stderr)
-            );
-            thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
+const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 
 #[test]
 fn image_runs_postgres_and_stops_cleanly() {
     assert!(is_root(), "the image test needs root (rootful podman, debootstrap); CI runs as root");
     let pgversion = std::env::var("PGVERSION").unwrap_or_else(|_| "15".into());
-    let psql = format!("/usr/lib/postgresql/{pgversion}/bin/psql");
 
     // Build (the previous build under our tag is removed once replaced).
     let podman = Podman::setup();
     let previous = podman.image_id(TAG);
     let t = Instant::now();
-    let build = script("build-image.sh", &[TAG], &[("CONTAINERS_CONF", &podman.conf), ("PGVERSION", &pgversion)]);
+    let build = script(
+        "build-image.sh",
+        &[TAG],
+        &[("CONTAINERS_CONF", &podman.conf), ("PGVERSION", &pgversion)],
+        BUILD_TIMEOUT,
+    );
     eprintln!("build-image.sh took {:?}", t.elapsed());
     let size_line = build
         .lines()
@@ -193,7 +59,7 @@ fn image_runs_postgres_and_stops_cleanly() {
     // Left as tempdir makes it: root-owned, mode 0700, like a private host
     // directory; tusk must give the mount point to the postgres user.
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let ctr = Container { podman: &podman, name: format!("tusk-image-test-{}-{nanos}", std::process::id()) };
+    let ctr = Container { podman: podman.clone(), name: format!("tusk-image-test-{}-{nanos}", std::process::id()) };
     let (pg_port, api_port) = (free_port(), free_port());
     let t = Instant::now();
     podman.ok(&[
@@ -214,7 +80,7 @@ fn image_runs_postgres_and_stops_cleanly() {
         TAG,
     ]);
     let started = t.elapsed();
-    let ready = ctr.wait_ready(&psql, pg_port);
+    let ready = ctr.wait_ready(pg_port, READY_TIMEOUT);
     eprintln!("podman run took {started:?}; postgres ready {:?} after run", started + ready);
 
     // tusk is PID 1.
@@ -245,7 +111,7 @@ fn image_runs_postgres_and_stops_cleanly() {
     assert_eq!(out.status.code(), Some(78), "patronictl list standalone: {}", text(&out.stderr));
     assert!(text(&out.stderr).contains("ETCD3_HOSTS"), "{}", text(&out.stderr));
 
-    let out = ctr.psql(&psql, pg_port, "create table image_test (v text); insert into image_test values ('kept')");
+    let out = ctr.psql(pg_port, "create table image_test (v text); insert into image_test values ('kept')");
     assert!(out.status.success(), "create/insert: {}", text(&out.stderr));
 
     // SIGTERM: clean exit (0) well within the 10 s before podman's SIGKILL.
@@ -260,9 +126,9 @@ fn image_runs_postgres_and_stops_cleanly() {
     // Same container, same volume: the row survived.
     let t = Instant::now();
     podman.ok(&["start", &ctr.name]);
-    let ready = ctr.wait_ready(&psql, pg_port);
+    let ready = ctr.wait_ready(pg_port, READY_TIMEOUT);
     eprintln!("restart: ready {:?} after podman start (polling {ready:?})", t.elapsed());
-    let out = ctr.psql(&psql, pg_port, "select v from image_test");
+    let out = ctr.psql(pg_port, "select v from image_test");
     assert!(out.status.success(), "select: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "kept");
 
@@ -273,18 +139,18 @@ fn image_runs_postgres_and_stops_cleanly() {
     assert_eq!(code, "0", "exit code after the second podman stop");
     drop(ctr);
 
-    patronictl_in_ha(&podman, &psql);
-    locales(&podman, &psql);
+    patronictl_in_ha(&podman);
+    locales(&podman);
 }
 
 /// An HA container (one member) on the test bed's etcd with mutual TLS:
 /// `podman exec <c> patronictl list` shows it, from the container's own
 /// environment, with no configuration file.
-fn patronictl_in_ha(podman: &Podman, psql: &str) {
+fn patronictl_in_ha(podman: &Podman) {
     let etcd = testbed::shared_etcd();
     let volume = tempfile::Builder::new().prefix("tusk-image-ha-").tempdir().expect("tempdir");
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let ctr = Container { podman, name: format!("tusk-image-ha-{}-{nanos}", std::process::id()) };
+    let ctr = Container { podman: podman.clone(), name: format!("tusk-image-ha-{}-{nanos}", std::process::id()) };
     let scope = format!("image-{}", std::process::id());
     let (pg_port, api_port) = (free_port(), free_port());
     let certs = etcd.dir.display().to_string();
@@ -311,7 +177,7 @@ fn patronictl_in_ha(podman: &Podman, psql: &str) {
     }
     args.push(TAG.into());
     podman.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    ctr.wait_ready(psql, pg_port);
+    ctr.wait_ready(pg_port, READY_TIMEOUT);
     let t0 = Instant::now();
     let table = loop {
         let out = podman.output(&["exec", &ctr.name, "patronictl", "list"]);
@@ -324,7 +190,7 @@ fn patronictl_in_ha(podman: &Podman, psql: &str) {
             "patronictl list in the container: {table}{}",
             text(&out.stderr)
         );
-        thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(500));
     };
     eprintln!("podman exec {} patronictl list:\n{table}", ctr.name);
     assert!(table.starts_with(&format!("+ Cluster: {scope} (")), "{table}");
@@ -344,7 +210,7 @@ fn patronictl_in_ha(podman: &Podman, psql: &str) {
 /// outside tusk (as most Spilo and Patroni clusters were) comes up and
 /// serves, and so does a clone of it in a second container; a locale the
 /// image lacks stops tusk at start with exit 78.
-fn locales(podman: &Podman, psql: &str) {
+fn locales(podman: &Podman) {
     let volume = tempfile::Builder::new().prefix("tusk-image-locale-").tempdir().expect("tempdir");
     let mount = format!("{}:/home/postgres/pgdata", volume.path().display());
     podman.ok(&[
@@ -361,7 +227,7 @@ fn locales(podman: &Podman, psql: &str) {
          initdb --locale=en_US.UTF-8 -D /home/postgres/pgdata/pgroot/data >/dev/null",
     ]);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let ctr = Container { podman, name: format!("tusk-image-locale-{}-{nanos}", std::process::id()) };
+    let ctr = Container { podman: podman.clone(), name: format!("tusk-image-locale-{}-{nanos}", std::process::id()) };
     let (pg_port, api_port) = (free_port(), free_port());
     podman.ok(&[
         "run",
@@ -378,23 +244,21 @@ fn locales(podman: &Podman, psql: &str) {
         &format!("APIPORT={api_port}"),
         TAG,
     ]);
-    ctr.wait_ready(psql, pg_port);
+    ctr.wait_ready(pg_port, READY_TIMEOUT);
     let out = ctr.psql(
-        psql,
         pg_port,
         "select datcollate || ' ' || current_setting('lc_messages') from pg_database where datname = 'postgres'",
     );
     assert!(out.status.success(), "en_US data: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "en_US.UTF-8 en_US.UTF-8");
     // en_US sorts case-insensitively first ('a' before 'B'); C would not.
-    let out = ctr.psql(psql, pg_port, "select ('a' < 'B')::text");
+    let out = ctr.psql(pg_port, "select ('a' < 'B')::text");
     assert!(out.status.success(), "collation at work: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "true", "en_US.UTF-8 collation");
 
     // A clone of that cluster (pg_basebackup into a second container): it
     // comes up with the en_US collation too.
     let out = ctr.psql(
-        psql,
         pg_port,
         "create table marker (v text); insert into marker values ('en_US source'); \
          do $$ begin if not exists (select from pg_roles where rolname = 'standby') then \
@@ -402,7 +266,7 @@ fn locales(podman: &Podman, psql: &str) {
     );
     assert!(out.status.success(), "prepare the source: {}", text(&out.stderr));
     let clone_volume = tempfile::Builder::new().prefix("tusk-image-clone-").tempdir().expect("tempdir");
-    let clone = Container { podman, name: format!("tusk-image-clone-{}-{nanos}", std::process::id()) };
+    let clone = Container { podman: podman.clone(), name: format!("tusk-image-clone-{}-{nanos}", std::process::id()) };
     let (clone_pg, clone_api) = (free_port(), free_port());
     podman.ok(&[
         "run",
@@ -442,12 +306,11 @@ fn locales(podman: &Podman, psql: &str) {
     };
     while !logs(&clone.name).contains("PostgreSQL is ready") {
         assert!(t0.elapsed() < READY_TIMEOUT, "the clone never became ready");
-        assert_eq!(clone.state(), "running", "the clone container stopped");
-        thread::sleep(Duration::from_millis(250));
+        assert_eq!(podman.state(&clone.name), "running", "the clone container stopped");
+        std::thread::sleep(Duration::from_millis(250));
     }
-    clone.wait_ready(psql, clone_pg);
+    clone.wait_ready(clone_pg, READY_TIMEOUT);
     let out = clone.psql(
-        psql,
         clone_pg,
         "select datcollate || ' ' || ('a' < 'B')::text || ' ' || (select v from marker) || ' ' || \
          pg_is_in_recovery()::text from pg_database where datname = 'postgres'",

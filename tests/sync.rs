@@ -141,19 +141,7 @@ fn synchronous_mode_loses_no_acknowledged_commit_when_the_leader_is_killed() {
         assert!(acked.len() > before, "round {round}: the writer made no progress before the kill");
         let new = c.wait_leader(Duration::from_secs(60), Some(&leader));
         assert_eq!(new, sync, "round {round}: only the synchronous standby may take over");
-        // Every acknowledged commit is on the new leader.
-        let t = Instant::now();
-        let rows: BTreeSet<u64> = loop {
-            if let Some(out) = try_sql(c.node(&new), "SELECT id FROM w WHERE NOT pg_is_in_recovery()")
-                && !out.is_empty()
-            {
-                break out.lines().filter_map(|l| l.trim().parse().ok()).collect();
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "round {round}: {new} never took writes");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let lost: Vec<u64> = acked.iter().filter(|a| !rows.contains(a)).copied().collect();
-        assert!(lost.is_empty(), "round {round}: {} acknowledged commits lost on {new}: {lost:?}", lost.len());
+        assert_none_lost(&c, &new, &acked, round);
         failovers.push(t0.elapsed());
         eprintln!(
             "round {round}: killed {leader}, {new} took over after {:?}, {} acks so far",
@@ -339,18 +327,7 @@ fn quorum_mode_loses_no_acknowledged_commit_when_the_leader_is_killed() {
         let acked = writer.acks();
         assert!(acked.len() > before, "round {round}: the writer made no progress before the kill");
         let new = c.wait_leader(Duration::from_secs(60), Some(&leader));
-        let t = Instant::now();
-        let rows: BTreeSet<u64> = loop {
-            if let Some(out) = try_sql(c.node(&new), "SELECT id FROM w WHERE NOT pg_is_in_recovery()")
-                && !out.is_empty()
-            {
-                break out.lines().filter_map(|l| l.trim().parse().ok()).collect();
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "round {round}: {new} never took writes");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let lost: Vec<u64> = acked.iter().filter(|a| !rows.contains(a)).copied().collect();
-        assert!(lost.is_empty(), "round {round}: {} acknowledged commits lost on {new}: {lost:?}", lost.len());
+        assert_none_lost(&c, &new, &acked, round);
         eprintln!("quorum round {round}: killed {leader}, {new} took over after {:?}", t0.elapsed());
         let i = c.index(&leader);
         c.nodes[i].start();
@@ -368,4 +345,20 @@ fn quorum_mode_loses_no_acknowledged_commit_when_the_leader_is_killed() {
             c.nodes[i].stop_cleanly(Duration::from_secs(60));
         }
     }
+}
+
+/// Every acknowledged commit is on the new leader `new` once it takes writes.
+fn assert_none_lost(c: &Cluster, new: &str, acked: &[u64], round: usize) {
+    let t = Instant::now();
+    let rows: BTreeSet<u64> = loop {
+        if let Some(out) = try_sql(c.node(new), "SELECT id FROM w WHERE NOT pg_is_in_recovery()")
+            && !out.is_empty()
+        {
+            break out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "round {round}: {new} never took writes");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lost: Vec<u64> = acked.iter().filter(|a| !rows.contains(a)).copied().collect();
+    assert!(lost.is_empty(), "round {round}: {} acknowledged commits lost on {new}: {lost:?}", lost.len());
 }

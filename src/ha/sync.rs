@@ -202,6 +202,12 @@ impl Ha {
     /// differs; `lsn`: the primary's flush position at the change. `true`:
     /// it changed.
     fn set_standby_names(&mut self, names: Option<String>, lsn: u64) -> bool {
+        // Synchronous mode off and the file known absent: no read per round
+        // (only this function writes the file; `files::write_all` only
+        // removes it).
+        if names.is_none() && matches!(self.standby_names, Some((None, _))) {
+            return false;
+        }
         match files::write_sync_names(&self.cfg, &self.run_as, names.as_deref()) {
             Ok(true) => {
                 if let Some(pm) = &self.pm {

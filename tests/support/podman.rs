@@ -160,6 +160,12 @@ impl Podman {
         size.parse::<u64>().expect("image size") / 1_000_000
     }
 
+    /// The image's ID, when `tag` names one.
+    pub fn image_id(&self, tag: &str) -> Option<String> {
+        let out = self.output(&["image", "inspect", "--format", "{{.Id}}", tag]);
+        out.status.success().then(|| text(&out.stdout))
+    }
+
     pub fn exit_code(&self, name: &str) -> String {
         self.ok(&["inspect", "--format", "{{.State.ExitCode}}", name])
     }

@@ -334,7 +334,7 @@ impl Ctx {
 
     /// The members in synchronous replication (the `sync` key), when the
     /// configuration turns `synchronous_mode` on.
-    async fn extra(&self, snap: &Snapshot) -> Extra {
+    fn extra(snap: &Snapshot) -> Extra {
         let v = &snap.view;
         match &v.sync {
             Some(sync) if v.config.synchronous_mode() => {
@@ -345,7 +345,7 @@ impl Ctx {
     }
 
     async fn members_text(&self, name: &str, snap: &Snapshot, extended: bool, fmt: Format) -> String {
-        render::output_members(name, &snap.view, &self.extra(snap).await, extended, fmt)
+        render::output_members(name, &snap.view, &Self::extra(snap), extended, fmt)
     }
 
     /// `list` / `topology` (`-W`, `-w N`: again every N seconds, the
