@@ -75,7 +75,11 @@ DEADLINE = [float("inf")]
 # configuration, as Patroni does inside Spilo. Left out: what is PostgreSQL
 # 15's default anyway or Patroni manages itself (listen_addresses, wal_level,
 # max_wal_senders, max_replication_slots, hot_standby; wal_log_hints is in
-# its bootstrap.dcs), and ssl (the benchmark connects through Unix sockets).
+# its bootstrap.dcs). ssl is on under both: tusk (as Spilo) makes a
+# self-signed certificate and replicas stream over TLS; Patroni's node gets
+# one from openssl and its replicas' libpq (sslmode=prefer) use it.
+# max_connections goes into Patroni's bootstrap.dcs: it takes the
+# postmaster-level settings from there, not from postgresql.parameters.
 # Of Spilo's shared_preload_libraries only pg_stat_statements exists here;
 # tusk drops the others.
 SPILO_PARAMS = {
@@ -162,9 +166,21 @@ class SyncNode(ha.Node):
             }
             self.proc = subprocess.Popen([self.tusk], env=env, stdout=self.log, stderr=self.log)
         else:
-            dcs["postgresql"] = {"use_pg_rewind": True, "use_slots": True, "parameters": {"wal_log_hints": "on"}}
             params = {**self.peer_params, "shared_buffers": "128MB", **self.pg_params,
                       "unix_socket_directories": self.sock}
+            dcs_params = {"wal_log_hints": "on"}
+            if "max_connections" in params:
+                dcs_params["max_connections"] = params.pop("max_connections")
+            dcs["postgresql"] = {"use_pg_rewind": True, "use_slots": True, "parameters": dcs_params}
+            if self.peer_params:
+                crt, key = os.path.join(self.dir, "server.crt"), os.path.join(self.dir, "server.key")
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                                "-nodes", "-days", "2", "-subj", f"/CN={self.name}", "-keyout", key, "-out", crt],
+                               check=True, capture_output=True)
+                for f in (crt, key):
+                    shutil.chown(f, "postgres", "postgres")
+                os.chmod(key, 0o600)
+                params.update({"ssl": "on", "ssl_cert_file": crt, "ssl_key_file": key})
             cfg = os.path.join(self.dir, "patroni.yml")
             with open(cfg, "w") as f:
                 # JSON is YAML: the dcs mapping is written as JSON.
