@@ -57,8 +57,12 @@ fn archiving_node(dir: &Path, garage: &Garage, prefix: &str, compression: &str) 
     n
 }
 
-/// Makes `n` archive to `garage` under `prefix`.
+/// Makes `n` archive to `garage` under `prefix`. No WAL kept for standbys
+/// (tusk's default `wal_keep_size` is Patroni's 128 MB): what a checkpoint
+/// keeps in `pg_wal` is then what archiving holds back, and a recycled
+/// segment is only in the archive.
 fn archive_to(n: &mut Node, garage: &Garage, prefix: &str, compression: &str) {
+    n.set("TUSK_PG_PARAMETERS", r#"{"shared_buffers":"32MB","max_connections":"30","wal_keep_size":"0"}"#);
     for (k, v) in garage.env() {
         if k.starts_with("AWS_") {
             n.set(&k, &v);

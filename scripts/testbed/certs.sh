@@ -10,7 +10,8 @@
 #   other-client.crt .key         client cert signed by the unrelated CA
 # Extra SANs: "DNS:name", "IP:addr", or a bare name/IP (type guessed).
 # Idempotent: does nothing when all files already exist.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "certs.sh: line $LINENO: $BASH_COMMAND failed (exit $?)" >&2' ERR
 
 dir=${1:?usage: certs.sh DIR [extra SAN...]}
 shift
@@ -36,7 +37,7 @@ tmp=$(mktemp -d "$dir/.certs.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
 
 ca() { # ca NAME CN
   key "$1.key"

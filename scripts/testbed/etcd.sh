@@ -15,7 +15,9 @@
 # TESTBED_HOST=ADDR: clients reach the members at ADDR instead of 127.0.0.1
 # (an address the caller owns, e.g. a test bridge's; added to the server
 # certificate's SANs). Peers stay on loopback.
-set -euo pipefail
+set -Eeuo pipefail
+# A failure that has no message of its own still names its line.
+trap 'echo "etcd.sh: line $LINENO: $BASH_COMMAND failed (exit $?)" >&2' ERR
 # shellcheck source=scripts/testbed/lib.sh
 . "$(dirname "$0")/lib.sh"
 

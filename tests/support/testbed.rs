@@ -71,15 +71,21 @@ fn run_script_env(name: &str, args: &[&str], rm_on_exit: bool, env: &[(&str, &st
     }
 }
 
-/// Starts a daemon on fresh ports, retrying (3 attempts) only when another
-/// process grabbed a port between our check and the daemon's bind.
+/// Starts a daemon on fresh ports, retrying (3 attempts) when another
+/// process grabbed a port between our check and the daemon's bind, and
+/// once after any other failure.
 fn start_with_ports(n: u16, mut attempt: impl FnMut(u16) -> Result<String, String>) -> (u16, String) {
     let mut last = String::new();
     for _ in 0..3 {
         let base = free_ports(n);
         match attempt(base) {
             Ok(out) => return (base, out),
-            Err(e) if e.contains("already in use") => last = e,
+            // A taken port is expected; anything else gets one more try
+            // (a transient failure must not fail a whole test binary).
+            Err(e) if e.contains("already in use") || last.is_empty() => {
+                eprintln!("test bed: retrying after: {e}");
+                last = e
+            }
             Err(e) => panic!("{e}"),
         }
     }
