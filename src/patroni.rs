@@ -267,7 +267,18 @@ impl PostgresqlSection {
     /// a failed pg_rewind removes the data directory and clones again,
     /// rather than keeping the diverged data for the operator.
     pub fn remove_data_directory_on_rewind_failure(&self) -> bool {
-        match self.other.get("remove_data_directory_on_rewind_failure") {
+        self.flag("remove_data_directory_on_rewind_failure")
+    }
+
+    /// Patroni's `remove_data_directory_on_diverged_timelines` (default
+    /// false): a former primary that diverged where pg_rewind cannot mend it
+    /// (its timeline number is the leader's) is cloned again.
+    pub fn remove_data_directory_on_diverged_timelines(&self) -> bool {
+        self.flag("remove_data_directory_on_diverged_timelines")
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        match self.other.get(name) {
             Some(serde_json::Value::Bool(b)) => *b,
             Some(serde_json::Value::String(s)) => {
                 matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")
@@ -514,6 +525,23 @@ pub fn history_timeline(value: &str) -> u32 {
     }
 }
 
+/// The `history` key's lines as `(parent timeline, switch LSN, reason)`,
+/// the content of the cluster's newest timeline history file; a line that
+/// does not parse ends the list (what follows it cannot be placed).
+pub fn history_entries(value: &str) -> Vec<(u32, u64, String)> {
+    let Ok(lines) = serde_json::from_str::<Vec<Vec<serde_json::Value>>>(value) else { return Vec::new() };
+    let num =
+        |v: Option<&serde_json::Value>| v.and_then(|x| x.as_u64().or_else(|| x.as_str().and_then(|s| s.parse().ok())));
+    lines
+        .iter()
+        .map_while(|l| {
+            let tli = u32::try_from(num(l.first())?).ok()?;
+            let lsn = num(l.get(1))?;
+            Some((tli, lsn, l.get(2).and_then(|r| r.as_str()).unwrap_or_default().to_owned()))
+        })
+        .collect()
+}
+
 /// One line of `history`: `[parent timeline, switch LSN, reason, timestamp, new leader]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryLine(pub u32, pub u64, pub String, pub String, pub String);
@@ -551,6 +579,18 @@ mod tests {
         assert!(c(r#"{"check_timeline":true}"#).check_timeline());
         assert!(!c("{}").check_timeline());
         assert!(c(r#"{"failsafe_mode":"on"}"#).failsafe_mode());
+    }
+
+    #[test]
+    fn entries_from_history() {
+        assert_eq!(history_entries("[]"), vec![]);
+        assert_eq!(history_entries("not json"), vec![]);
+        assert_eq!(
+            history_entries(
+                r#"[[1,25165984,"no recovery target specified","2026-01-01T00:00:00+00:00","n2"],["2","33554592","x"],[3]]"#
+            ),
+            vec![(1, 25165984, "no recovery target specified".to_owned()), (2, 33554592, "x".to_owned())]
+        );
     }
 
     #[test]

@@ -339,3 +339,75 @@ fn double_hand_over_at_once_then_both_rejoin() {
         c.wait_streaming(&n, Duration::from_secs(60));
     }
 }
+
+/// An asynchronous replica that received more of the old leader's WAL than
+/// the member promoted after a crash replayed past the new timeline's
+/// switch point: it cannot stream from the new leader until pg_rewind
+/// mends it. n3 (tagged nofailover, so it cannot be the one promoted)
+/// receives rows that n2 never gets (the old leader's walsender to n2 is
+/// stopped), then the leader's tree is killed; n2 promotes, and n3 must
+/// stream from it again with exactly n2's rows.
+#[test]
+fn replica_ahead_of_the_promoted_one_is_rewound_and_follows() {
+    require_root();
+    let etcd = testbed::shared_etcd();
+    let mut c = Cluster::new("ahead", etcd, 3, |_| etcd.endpoints_arg());
+    c.nodes[2].set("TUSK_NOFAILOVER", "true");
+    // n3 cannot lead; n1 or n2 does, the other is the one to promote.
+    let leader = c.start_settled(Duration::from_secs(90));
+    let promoted = if leader == "n1" { "n2" } else { "n1" }.to_owned();
+    let li = c.index(&leader);
+    psql_ok(&c.nodes[li], "CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 100)");
+    for n in [promoted.as_str(), "n3"] {
+        let t0 = Instant::now();
+        while try_sql(c.node(n), "SELECT count(*) FROM t").as_deref() != Some("100") {
+            assert!(t0.elapsed() < Duration::from_secs(30), "{n} lacks the first rows");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Stop the walsender that serves the member to be promoted.
+    let walsender: i32 =
+        psql_ok(&c.nodes[li], &format!("SELECT pid FROM pg_stat_replication WHERE application_name = '{promoted}'"))
+            .parse()
+            .expect("walsender pid");
+    let ws = nix::unistd::Pid::from_raw(walsender);
+    nix::sys::signal::kill(ws, Signal::SIGSTOP).expect("SIGSTOP walsender");
+    psql_ok(&c.nodes[li], "INSERT INTO t SELECT generate_series(101, 200)");
+    let t0 = Instant::now();
+    while try_sql(c.node("n3"), "SELECT count(*) FROM t").as_deref() != Some("200") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "n3 lacks the second rows");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(psql_ok(c.node(&promoted), "SELECT count(*) FROM t"), "100", "{promoted} got rows it must not have");
+    // The leader crashes; its stopped walsender goes with it.
+    c.kill_node(&leader);
+    let _ = nix::sys::signal::kill(ws, Signal::SIGKILL);
+    assert_eq!(c.wait_leader(Duration::from_secs(TTL * 4), Some(&leader)), promoted, "the promotable member leads");
+    // n3 replayed rows 101..200 on the old timeline, past the switch point:
+    // its walreceiver connects, then recovery refuses the new timeline.
+    let t0 = Instant::now();
+    loop {
+        let rows = try_sql(c.node("n3"), "SELECT count(*) FROM t");
+        let status = try_sql(c.node("n3"), "SELECT status FROM pg_stat_wal_receiver");
+        if rows.as_deref() == Some("100") && status.as_deref() == Some("streaming") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "n3 does not follow the new leader's history ({rows:?} rows, {status:?}); its log:\n{}",
+            c.node("n3").log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("n3 rewound and streaming {:?} after the new leader took over", t0.elapsed());
+    let log = c.node("n3").log_text();
+    assert!(log.contains("past where the new leader's history left it"), "the divergence is logged");
+    assert!(log.contains("pg_rewind done"), "n3 was rewound, not cloned");
+    // Writes reach it.
+    psql_ok(c.node(&promoted), "INSERT INTO t VALUES (0)");
+    let t0 = Instant::now();
+    while try_sql(c.node("n3"), "SELECT count(*) FROM t").as_deref() != Some("101") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "n3 does not stream the new leader's writes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

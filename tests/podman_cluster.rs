@@ -341,9 +341,12 @@ impl Node {
         out.status.success().then(|| text(&out.stdout))
     }
 
+    /// The last `n` lines of the container's output, without PostgreSQL's
+    /// per-connection lines (the writer's connections would fill it).
     fn log_tail(&self, n: usize) -> String {
         let t = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
+        let noise = ["connection received:", "connection authenticated:", "connection authorized:", "disconnection:"];
+        let lines: Vec<&str> = t.lines().filter(|l| !noise.iter().any(|x| l.contains(x))).collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }
@@ -657,8 +660,13 @@ impl Bed {
                 }
             }
             if t.elapsed() > limit {
+                // The members that did not settle first: CI keeps only the
+                // start of a long failure message.
+                let leader = self.etcd_get("leader").unwrap_or_default();
+                let mut order: Vec<&Node> = self.nodes.iter().collect();
+                order.sort_by_key(|n| n.name == leader);
                 let mut logs = String::new();
-                for n in &self.nodes {
+                for n in order {
                     logs.push_str(&format!("==== {} ({})\n{}\n", n.name, n.ctr, n.log_tail(40)));
                 }
                 panic!("{what}: the cluster did not settle within {limit:?} ({last})\n{logs}");

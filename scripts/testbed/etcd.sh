@@ -92,7 +92,7 @@ wait_healthy() {
   done
   local msg="" l
   for n in "$@"; do l=$dir/$n.log; msg+=$'\n'"== $l"$'\n'"$(tail -n 15 "$l" 2>/dev/null)"; done
-  [ -n "$why" ] || why=$(etcdctl_ "$eps" endpoint health 2>&1 | tail -n 3)
+  [ -n "$why" ] || why=$(etcdctl_ "$eps" endpoint health 2>&1 | tail -n 3 || true)
   stop "$dir"       # leave nothing half-started behind
   die "not healthy at $eps: $why$msg"
 }

@@ -243,7 +243,10 @@ impl Dcs {
                     // Unreadable: restricts nobody, as an empty one.
                     snap.view.sync = serde_json::from_str::<SyncState>(value).ok();
                 }
-                "history" => snap.view.timeline = crate::patroni::history_timeline(value),
+                "history" => {
+                    snap.view.timeline = crate::patroni::history_timeline(value);
+                    snap.view.history = crate::patroni::history_entries(value);
+                }
                 "failsafe" => {
                     // Unreadable: as absent (nobody is restricted by it).
                     snap.view.failsafe = serde_json::from_str(value).ok();

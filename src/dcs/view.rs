@@ -27,4 +27,7 @@ pub struct ClusterView {
     pub failsafe: Option<BTreeMap<String, String>>,
     /// The cluster's timeline by the `history` key (0: unknown).
     pub timeline: u32,
+    /// The `history` key's lines (parent timeline, switch LSN, reason): the
+    /// newest timeline's history file, as its leader published it.
+    pub history: Vec<(u32, u64, String)>,
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use super::decide::{Action, ClusterView};
+use super::decide::{Action, ClusterView, Local, Postgres};
 use super::error::HaError;
 use super::run::Ha;
 use crate::config::ReplicaMethod;
@@ -16,6 +16,7 @@ use crate::postgres::files::{self, ConfInputs, Role};
 use crate::postgres::process::{self, Postmaster};
 use crate::postgres::replication::{self, Upstream};
 use crate::postgres::stop::{self, Mode};
+use crate::postgres::timeline;
 use crate::postgres::{sql, wal};
 
 impl Ha {
@@ -106,7 +107,8 @@ impl Ha {
                         Err(e)
                             if self.cfg.postgres.remove_data_on_rewind_failure.unwrap_or_else(|| {
                                 self.config.postgresql.remove_data_directory_on_rewind_failure()
-                            }) =>
+                            }) || (matches!(e, HaError::TimelineCollision { .. })
+                                && self.config.postgresql.remove_data_directory_on_diverged_timelines()) =>
                         {
                             tracing::error!(
                                 "{e}; removing the data directory (remove_data_directory_on_rewind_failure) \
@@ -120,11 +122,16 @@ impl Ha {
                             // Patroni's default: the diverged data may hold
                             // the only copy of transactions that never
                             // replicated; the operator decides.
+                            let flags = if matches!(e, HaError::TimelineCollision { .. }) {
+                                "remove_data_directory_on_rewind_failure and \
+                                 remove_data_directory_on_diverged_timelines are false"
+                            } else {
+                                "remove_data_directory_on_rewind_failure is false"
+                            };
                             tracing::error!(
                                 data = %self.cfg.postgres.data.display(),
-                                "{e}; keeping the data directory (remove_data_directory_on_rewind_failure is false): \
-                                 this member stays stopped until it is reinitialized \
-                                 (tusk reinit, or POST /reinitialize)"
+                                "{e}; keeping the data directory ({flags}): this member stays stopped until it \
+                                 is reinitialized (tusk reinit, or POST /reinitialize)"
                             );
                             self.rewind_failed = true;
                             self.state = State::RewindFailed;
@@ -176,6 +183,15 @@ impl Ha {
                 Ok(false) => tracing::info!("lost the leader race"),
                 Err(e) => tracing::warn!(error = %e, "leader race failed"),
             },
+            Action::StopToRewind(leader) => {
+                tracing::warn!(leader, "stopping this replica for pg_rewind from the leader");
+                // Stopped, it is rewound on its next start (StartReplica).
+                self.replica_diverged = true;
+                self.clean_handover = false;
+                self.stop_local(Mode::Fast, self.stop_budget()).await;
+                self.state = State::Stopped;
+                self.publish_status();
+            }
             Action::Follow(leader) => {
                 let up = self.stream_upstream(view, &leader);
                 if up.is_some() && up != self.upstream {
@@ -404,20 +420,74 @@ impl Ha {
             return Ok(true);
         }
         let cd = replication::controldata(&self.bin, &self.cfg.postgres.data).await?;
-        if !cd.was_primary() {
+        let diverged_replica = self.replica_diverged && !cd.was_primary();
+        if !cd.was_primary() && !diverged_replica {
             return Ok(true);
         }
-        if view.members.get(leader).is_none_or(|m| m.role != MemberRole::Primary || m.state != State::Running) {
+        let Some(lm) = view.members.get(leader).filter(|m| m.role == MemberRole::Primary && m.state == State::Running)
+        else {
             tracing::info!(leader, "waiting for the new leader to finish its promotion before pg_rewind");
             return Ok(false);
+        };
+        // A leader on the very timeline this member last ran on as primary
+        // promoted to that number on its own: the two histories differ after
+        // their common parent, and pg_rewind, which tells timelines apart by
+        // number, would find nothing to do.
+        let own = timeline::newest(&self.cfg.postgres.data, cd.timeline);
+        if !diverged_replica && lm.timeline == Some(own) {
+            return Err(HaError::TimelineCollision { timeline: own, leader: leader.to_owned() });
         }
         let superuser = self.superuser_password().await?;
-        tracing::info!(leader, state = %cd.state, "this node ran as primary: pg_rewind from the new leader");
+        if diverged_replica {
+            tracing::info!(leader, "this replica diverged from the new leader: pg_rewind from it");
+        } else {
+            tracing::info!(leader, state = %cd.state, "this node ran as primary: pg_rewind from the new leader");
+        }
         self.state = State::RunningPgRewind;
         replication::rewind(&self.cfg, &self.bin, &self.run_as, &up.address, &superuser)
             .await
             .map_err(HaError::Rewind)?;
+        self.replica_diverged = false;
         Ok(true)
+    }
+
+    /// Whether this running replica replayed past the point where the
+    /// leader's history (the `history` key, once it names the leader's
+    /// timeline) left this replica's timeline: it received WAL from the old
+    /// primary that the new leader never had (an asynchronous replica ahead
+    /// of the one promoted), so it can never stream from it; pg_rewind
+    /// mends it, as Patroni's check of a replica's position does.
+    pub(super) async fn replica_diverged(&self, view: &ClusterView, local: &Local) -> bool {
+        let Some(leader) = view.leader.as_deref().filter(|l| *l != self.cfg.name) else { return false };
+        if !matches!(local.postgres, Postgres::Replica { .. }) {
+            return false;
+        }
+        let Some(lt) = view.members.get(leader).and_then(|m| m.timeline) else { return false };
+        let Some(client) = &self.client else { return false };
+        let Ok(p) = replication::position(client).await else { return false };
+        if !p.in_recovery || p.streaming {
+            return false;
+        }
+        let replayed = p.replay.unwrap_or(0);
+        // Only past a switch point of the leader's history can it have
+        // diverged; only then is the replay timeline asked (a psql).
+        if view.timeline != lt || !view.history.iter().any(|(_, end, _)| *end < replayed) {
+            return false;
+        }
+        let Some(own) = replication::replay_timeline(&self.cfg, &self.bin, &self.run_as).await else { return false };
+        let Some(end) = timeline::switch_point(&view.history, view.timeline, lt, own) else { return false };
+        if replayed <= end {
+            return false;
+        }
+        tracing::warn!(
+            leader,
+            timeline = own,
+            replayed = %wal::format_lsn(replayed),
+            switch_point = %wal::format_lsn(end),
+            "this replica replayed WAL of its timeline past where the new leader's history left it: \
+             stopping it for pg_rewind"
+        );
+        true
     }
 
     /// Where a standby cluster's leader replicates from (`standby_cluster`
@@ -533,12 +603,33 @@ impl Ha {
             return;
         }
         let Some(client) = &self.client else { return };
+        // Timelines the cluster already used (a member promoted to one and
+        // stopped before this one followed it) are reserved first, so that
+        // this promotion takes a number of its own (see postgres/timeline.rs).
+        if let Ok(own) = replication::position(client).await.map(|p| p.timeline) {
+            match timeline::reserve(&self.cfg.postgres.data, own, view.timeline, &self.run_as) {
+                Ok(r) if !r.is_empty() => tracing::info!(
+                    timeline = own,
+                    reserved = ?r,
+                    "the history key names timelines this member never saw: their numbers are reserved \
+                     so that this promotion takes a new one"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot reserve the cluster's timelines before promotion: {e}"),
+            }
+        }
         let t0 = std::time::Instant::now();
         if let Err(e) = replication::promote(client).await {
             tracing::error!(error = %e, "promotion failed");
             return;
         }
         tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "promoted: this member is the primary");
+        // The new timeline goes into the history key at once: a member that
+        // promotes after this one (it stops right away) reserves it.
+        let pos = replication::position(client).await.ok();
+        if let Some(h) = pos.as_ref().and_then(|p| self.history(p.timeline)) {
+            let _ = self.dcs.put_history(&h).await;
+        }
         // The post-promotion checkpoint writes the new timeline into the
         // control file, where pg_rewind on a former primary reads it. The
         // member key says "primary" only after it, and rejoining nodes wait
@@ -557,12 +648,9 @@ impl Ha {
         if view.failover.is_some() {
             let _ = self.dcs.put_failover(&Failover::default(), None).await;
         }
-        if let Ok(p) = replication::position(client).await {
+        if let Some(p) = pos {
             let status = Status { optime: p.wal, slots: BTreeMap::new(), retain_slots: Vec::new() };
             let _ = self.dcs.put_status(&status).await;
-            if let Some(h) = self.history(p.timeline) {
-                let _ = self.dcs.put_history(&h).await;
-            }
         }
     }
 

@@ -80,6 +80,11 @@ pub struct Local {
     pub failsafe_primary: Option<String>,
     /// Peer reports gathered for this decision (`None`: not asked yet).
     pub peers: Option<Vec<PeerReport>>,
+    /// This running replica replayed WAL of its timeline past the point
+    /// where the leader's history left that timeline (it got WAL from the
+    /// old primary that the promoted member never had): it can never
+    /// stream from the leader as it is.
+    pub diverged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +122,9 @@ pub enum Action {
     AcquireLeader,
     /// Replicate from this member.
     Follow(String),
+    /// My replica diverged from this leader (`Local::diverged`): stop;
+    /// the next start as its replica runs pg_rewind first.
+    StopToRewind(String),
     /// I run as primary without a live claim to the leader key: stop writes now.
     Demote(&'static str),
     /// A switchover asks me to hand over: stop gracefully, release the key.
@@ -234,6 +242,7 @@ pub fn decide(view: &ClusterView, me: &Local) -> Action {
         // Someone else leads.
         (Some(leader), Postgres::Stopped) => Action::StartReplica(Some(leader.clone())),
         (Some(_), Postgres::Starting) => Action::Idle("postgres is starting"),
+        (Some(leader), Postgres::Replica { .. }) if me.diverged => Action::StopToRewind(leader.clone()),
         (Some(leader), Postgres::Replica { .. }) => Action::Follow(leader.clone()),
         (Some(_), Postgres::Primary { .. }) => unreachable_demote(),
 
@@ -442,6 +451,7 @@ mod tests {
             lease_alive: true,
             failsafe_primary: None,
             peers: None,
+            diverged: false,
         }
     }
 
@@ -711,6 +721,12 @@ mod tests {
             ),
             // following
             ("replica follows the leader", view(Some("b")), me(replica(900)), Action::Follow("b".into())),
+            (
+                "a replica past the leader's switch point stops to be rewound",
+                view(Some("b")),
+                Local { diverged: true, ..me(replica(900)) },
+                Action::StopToRewind("b".into()),
+            ),
             (
                 "stopped member starts as replica",
                 view(Some("b")),

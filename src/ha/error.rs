@@ -37,4 +37,9 @@ pub enum HaError {
     NoReplicaMethod,
     #[error("pg_rewind failed: {0}")]
     Rewind(PgError),
+    #[error(
+        "this member last ran as primary on timeline {timeline}, and the leader {leader} promoted to timeline \
+         {timeline} on its own: the histories differ after their common parent, where pg_rewind cannot see it"
+    )]
+    TimelineCollision { timeline: u32, leader: String },
 }

@@ -133,6 +133,9 @@ impl Ha {
             lease_alive: self.lease_alive(),
             failsafe_primary: self.failsafe_primary(),
             peers: None,
+            // Set against the view by `replica_diverged` (observe runs
+            // without one when etcd cannot be read).
+            diverged: false,
         }
     }
 

@@ -64,6 +64,9 @@ pub struct Ha {
     pub(super) clean_handover: bool,
     /// pg_rewind failed and the data was kept: stay stopped until a reinit.
     pub(super) rewind_failed: bool,
+    /// This replica replayed past where the leader's history left its
+    /// timeline: the next start as a replica runs pg_rewind first.
+    pub(super) replica_diverged: bool,
     /// What `tusk.dcs.conf` last left out of the dynamic configuration (logged).
     pub(super) dynamic_left_out: Vec<String>,
     /// The dynamic parameters were written once already: a change now is
@@ -199,6 +202,7 @@ pub(crate) async fn run(
         sysid: None,
         state: State::Starting,
         clean_handover: false,
+        replica_diverged: false,
         rewind_failed: false,
         dynamic_left_out: Vec::new(),
         dynamic_written: false,
@@ -514,6 +518,7 @@ impl Ha {
         let keep = Duration::from_secs(self.config.normalized().ttl);
         self.recent_members.retain(|_, (_, seen)| now.duration_since(*seen) <= keep);
         let mut local = self.observe().await;
+        local.diverged = self.replica_diverged(&snap.view, &local).await;
         let mut action = decide(&snap.view, &local);
         if action == Action::AskPeers {
             local.peers = Some(self.ask_peers(&snap.view).await);

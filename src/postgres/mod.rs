@@ -12,6 +12,7 @@ pub mod replication;
 pub mod slots;
 pub mod sql;
 pub mod stop;
+pub mod timeline;
 pub mod tls;
 pub mod wal;
 

@@ -290,6 +290,40 @@ pub async fn position(client: &Client) -> Result<Position, tokio_postgres::Error
     })
 }
 
+/// The timeline a running standby has replayed up to, which no SQL
+/// function gives (`received_tli` is the walreceiver's, the control file's
+/// lags until the next restartpoint): `IDENTIFY_SYSTEM` over a local
+/// replication connection as the replication user, which on a standby
+/// answers the replay timeline (Patroni asks the same). `None` when it
+/// cannot be asked (a `pg_hba` without the local replication line).
+pub async fn replay_timeline(cfg: &Config, bin: &Binaries, run_as: &RunAs) -> Option<u32> {
+    let mut cmd = Command::new(bin.tool("psql"));
+    cmd.args(["-X", "-A", "-t", "-q", "-F", "|", "-d"]).arg(format!(
+        "host={} port={} user={} dbname=replication replication=true connect_timeout=3 application_name=tusk",
+        cfg.postgres.socket_dir.display(),
+        cfg.postgres.port,
+        cfg.credentials.replication.name
+    ));
+    cmd.args(["-c", "IDENTIFY_SYSTEM"]);
+    run_as.apply(&mut cmd);
+    cmd.current_dir(&cfg.postgres.root).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.kill_on_drop(true);
+    let out = match tokio::time::timeout(Duration::from_secs(5), cmd.output()).await {
+        Ok(Ok(out)) if out.status.success() => out,
+        Ok(Ok(out)) => {
+            tracing::debug!(stderr = %String::from_utf8_lossy(&out.stderr).trim(), "IDENTIFY_SYSTEM failed");
+            return None;
+        }
+        _ => return None,
+    };
+    parse_identify_system(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The timeline of `IDENTIFY_SYSTEM`'s row (`systemid|timeline|xlogpos|dbname`).
+fn parse_identify_system(text: &str) -> Option<u32> {
+    text.lines().find(|l| !l.is_empty())?.split('|').nth(1)?.trim().parse().ok()
+}
+
 pub async fn system_identifier(client: &Client) -> Result<String, tokio_postgres::Error> {
     let row = client.query_one("SELECT system_identifier::text FROM pg_control_system()", &[]).await?;
     Ok(row.get(0))
@@ -322,6 +356,13 @@ pub async fn wait_replica_received(client: &Client, lsn: u64, timeout: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identify_system_row() {
+        assert_eq!(parse_identify_system("7446541118227226906|3|0/400C740|\n"), Some(3));
+        assert_eq!(parse_identify_system(""), None);
+        assert_eq!(parse_identify_system("x|y|z|"), None);
+    }
 
     #[test]
     fn a_rewind_that_never_wrote_can_be_tried_again() {
