@@ -329,6 +329,16 @@ fn double_hand_over_at_once_then_both_rejoin() {
         );
         let third = c.names().into_iter().find(|n| n != &leader && n != &next).expect("three nodes");
         assert_eq!(c.wait_leader(Duration::from_secs(TTL * 4), None), third, "round {round}");
+        // Timeline numbers stay unique: when `next` promoted before it
+        // stopped, the third member must not take that number again.
+        let next_tl = newest_history(&c.nodes[ni].data());
+        let third_tl: u32 = psql_ok(
+            &c.nodes[c.index(&third)],
+            "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
+        )
+        .parse()
+        .expect("timeline");
+        assert_ne!(Some(third_tl), next_tl, "round {round}: {third} promoted to the timeline {next} had taken");
         c.nodes[li].start();
         c.nodes[ni].start();
         leader = third;
@@ -338,6 +348,21 @@ fn double_hand_over_at_once_then_both_rejoin() {
     for n in c.names().into_iter().filter(|n| n != &leader) {
         c.wait_streaming(&n, Duration::from_secs(60));
     }
+}
+
+/// The newest timeline a data directory has a real history file for
+/// (tusk's placeholders, which only reserve a number, do not count).
+fn newest_history(data: &std::path::Path) -> Option<u32> {
+    std::fs::read_dir(data.join("pg_wal"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let tli = u32::from_str_radix(name.strip_suffix(".history")?, 16).ok()?;
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            (!text.starts_with("# tusk: placeholder")).then_some(tli)
+        })
+        .max()
 }
 
 /// An asynchronous replica that received more of the old leader's WAL than
