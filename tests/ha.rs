@@ -2,7 +2,9 @@
 //! etcd with mutual TLS: bootstrap, `patronictl list`, crash failover and
 //! rejoin, graceful hand-over, switchover, a partition of the leader from
 //! etcd (never two primaries), loss of an etcd member, bad certificates and
-//! etcd down at start, two hand-overs at once and both members rejoining.
+//! etcd down at start, two hand-overs at once (timeline numbers stay unique)
+//! and both members rejoining, an asynchronous replica ahead of the member
+//! promoted after a crash (rewound, then streaming).
 
 #[path = "support/cluster.rs"]
 mod cluster;
