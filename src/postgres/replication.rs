@@ -298,7 +298,7 @@ pub async fn position(client: &Client) -> Result<Position, tokio_postgres::Error
 /// cannot be asked (a `pg_hba` without the local replication line).
 pub async fn replay_timeline(cfg: &Config, bin: &Binaries, run_as: &RunAs) -> Option<u32> {
     let mut cmd = Command::new(bin.tool("psql"));
-    cmd.args(["-X", "-A", "-t", "-q", "-F", "|", "-d"]).arg(format!(
+    cmd.args(["-X", "-w", "-A", "-t", "-q", "-F", "|", "-d"]).arg(format!(
         "host={} port={} user={} dbname=replication replication=true connect_timeout=3 application_name=tusk",
         cfg.postgres.socket_dir.display(),
         cfg.postgres.port,
