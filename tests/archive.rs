@@ -99,6 +99,15 @@ fn make_segments(node: &Node, n: usize) -> Vec<String> {
     segs
 }
 
+/// The bytes of finished segments, read before they are archived: until
+/// then PostgreSQL keeps them; once archived, any checkpoint may recycle
+/// them (`wal_keep_size` is 0 here).
+fn segment_bytes(node: &Node, segs: &[String]) -> Vec<Vec<u8>> {
+    segs.iter()
+        .map(|s| std::fs::read(node.data().join("pg_wal").join(s)).expect("a finished segment not yet archived"))
+        .collect()
+}
+
 /// (archived_count, failed_count, last_archived_wal) of pg_stat_archiver.
 fn archiver(node: &Node) -> (u64, u64, String) {
     let row = node.psql("select archived_count, failed_count, coalesce(last_archived_wal, '') from pg_stat_archiver");
@@ -205,23 +214,23 @@ fn round_trip_every_compression() {
         n.start();
         n.wait_ready(1);
         let segs = make_segments(&n, 3);
+        let originals = segment_bytes(&n, &segs);
         wait_archived(&n, segs.last().unwrap());
         let keys = list_keys(garage, &format!("{prefix}/wal_005/"));
-        for seg in &segs {
+        for (seg, original) in segs.iter().zip(&originals) {
             let key = format!("{prefix}/wal_005/{seg}{ext}");
             assert!(keys.contains(&key), "{method}: {key} not in {keys:?}");
-            let original = std::fs::read(n.data().join("pg_wal").join(seg)).expect("segment still in pg_wal");
             // Through the supervisor (dest inside PGDATA, as restore_command's %p is).
             let dest = n.data().join("tusk-test-fetched");
             let (st, _, err) = n.run(&["wal-fetch", seg, dest.to_str().unwrap()]);
             assert_eq!(exit_code(st), 0, "{method} {seg}: {err}");
-            assert!(std::fs::read(&dest).unwrap() == original, "{method} {seg}: fetched bytes differ");
+            assert!(std::fs::read(&dest).unwrap() == *original, "{method} {seg}: fetched bytes differ");
             std::fs::remove_file(&dest).unwrap();
             // Without the supervisor, straight from the environment.
             let dest2 = dir.path().join("direct-fetched");
             let (code, err) = run_direct(&n, &["wal-fetch", seg, dest2.to_str().unwrap()], &[]);
             assert_eq!(code, 0, "{method} {seg} direct: {err}");
-            assert!(std::fs::read(&dest2).unwrap() == original, "{method} {seg}: direct fetch differs");
+            assert!(std::fs::read(&dest2).unwrap() == *original, "{method} {seg}: direct fetch differs");
             std::fs::remove_file(&dest2).unwrap();
         }
         // A name that was never archived: "not found" (1), nothing written.
@@ -535,8 +544,9 @@ fn walg_lzma_and_wale_lzo_objects_are_fetched() {
     n.start();
     n.wait_ready(1);
     let segs = make_segments(&n, 6);
+    let bytes = segment_bytes(&n, &segs);
     wait_archived(&n, &segs[5]);
-    let original = |seg: &str| std::fs::read(n.data().join("pg_wal").join(seg)).expect("segment still in pg_wal");
+    let original = |seg: &str| bytes[segs.iter().position(|s| s == seg).expect("a made segment")].clone();
     let walg_lzma = |b: &[u8]| compress_with("xz", &["--format=lzma", "--lzma1=preset=0,dict=8MiB", "-c"], b);
     let wale_lzo = |b: &[u8]| compress_with("lzop", &["--stdout"], b);
     let legacy = unique_prefix("legacy");
@@ -772,8 +782,8 @@ fn node_with_archived_segment(dir: &Path, garage: &Garage, prefix: &str) -> (Nod
     n.start();
     n.wait_ready(1);
     let seg = make_segments(&n, 1).pop().expect("one segment");
+    let bytes = segment_bytes(&n, std::slice::from_ref(&seg)).pop().expect("one segment");
     wait_archived(&n, &seg);
-    let bytes = std::fs::read(n.data().join("pg_wal").join(&seg)).expect("segment in pg_wal");
     (n, seg, bytes)
 }
 

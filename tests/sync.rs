@@ -67,6 +67,30 @@ fn wait_sync_settled(c: &Cluster, leader: &str, all: bool, limit: Duration) -> S
     }
 }
 
+/// Each member's role, `synchronous_standby_names`, walsenders, waiting
+/// backends and the end of its log (connection lines left out): what a
+/// failed assertion needs to be understood.
+fn state_dump(c: &Cluster) -> String {
+    let mut out = String::new();
+    for n in c.names() {
+        let node = c.node(&n);
+        let q = |sql: &str| try_sql(node, sql).unwrap_or_else(|| "(no answer)".into());
+        out.push_str(&format!(
+            "==== {n}: in recovery {}, synchronous_standby_names {:?}\nwalsenders: {}\nwaiting: {}\n",
+            q("SELECT pg_is_in_recovery()"),
+            q("SHOW synchronous_standby_names"),
+            q("SELECT string_agg(application_name || ' ' || state || ' ' || sync_state || ' ' || flush_lsn, '; ') FROM pg_stat_replication"),
+            q("SELECT string_agg(coalesce(wait_event, '-') || ': ' || left(query, 40), '; ') FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"),
+        ));
+        let text = node.log_text();
+        let lines: Vec<&str> =
+            text.lines().filter(|l| !l.contains("connection received") && !l.contains("connection authorized")).collect();
+        out.push_str(&lines[lines.len().saturating_sub(60)..].join("\n"));
+        out.push('\n');
+    }
+    out
+}
+
 /// Inserts numbered rows into whichever member takes writes, recording
 /// every acknowledged number.
 struct Writer {
@@ -104,6 +128,21 @@ impl Writer {
         self.acks.lock().expect("acks").clone()
     }
 
+    /// Waits until a commit is acknowledged after this call (a commit
+    /// waits for a standby's flush, which on a loaded machine can take
+    /// longer than the shortest moment before a kill); 30 s without one
+    /// fails with every member's state.
+    fn wait_progress(&self, c: &Cluster, round: usize) {
+        let before = self.acks.lock().expect("acks").len();
+        let t0 = Instant::now();
+        while self.acks.lock().expect("acks").len() <= before {
+            if t0.elapsed() > Duration::from_secs(30) {
+                panic!("round {round}: no commit acknowledged for 30 s\n{}", state_dump(c));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn finish(mut self) -> Vec<u64> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
@@ -132,13 +171,12 @@ fn synchronous_mode_loses_no_acknowledged_commit_when_the_leader_is_killed() {
         // The member killed last round may still be rejoining: only a
         // synchronous standby is needed for the next kill.
         let sync = wait_sync_settled(&c, &leader, false, Duration::from_secs(120));
-        let before = writer.acks().len();
+        writer.wait_progress(&c, round);
         // A random moment within 0.2-2.2 s of writes.
         std::thread::sleep(Duration::from_millis(200 + rand::random::<u64>() % 2000));
         let t0 = Instant::now();
         c.kill_node(&leader);
         let acked = writer.acks();
-        assert!(acked.len() > before, "round {round}: the writer made no progress before the kill");
         let new = c.wait_leader(Duration::from_secs(60), Some(&leader));
         assert_eq!(new, sync, "round {round}: only the synchronous standby may take over");
         assert_none_lost(&c, &new, &acked, round);
@@ -320,12 +358,11 @@ fn quorum_mode_loses_no_acknowledged_commit_when_the_leader_is_killed() {
     let writer = Writer::start(targets);
     for round in 1..=rounds {
         wait_quorum_settled(&c, &leader, Duration::from_secs(120));
-        let before = writer.acks().len();
+        writer.wait_progress(&c, round);
         std::thread::sleep(Duration::from_millis(200 + rand::random::<u64>() % 2000));
         let t0 = Instant::now();
         c.kill_node(&leader);
         let acked = writer.acks();
-        assert!(acked.len() > before, "round {round}: the writer made no progress before the kill");
         let new = c.wait_leader(Duration::from_secs(60), Some(&leader));
         assert_none_lost(&c, &new, &acked, round);
         eprintln!("quorum round {round}: killed {leader}, {new} took over after {:?}", t0.elapsed());
