@@ -77,6 +77,7 @@ cp -r "$root/image" "$ctx/image"
 cp "$bin" "$ctx/tusk"
 
 # 5. Build. --network host: the build reaches the Debian mirror like the host does.
+previous=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 t0=$(date +%s)
 # --format docker: the OCI format has no HEALTHCHECK.
 podman build --network host --format docker \
@@ -86,6 +87,12 @@ podman build --network host --format docker \
     -t "$tag" "$ctx" >&2
 t1=$(date +%s)
 
+# The image the tag named before is left untagged: remove it (podman
+# refuses, harmlessly, while another tag or a container still uses it).
+now=$(podman image inspect --format '{{.Id}}' "$tag")
+if [ -n "$previous" ] && [ "$previous" != "$now" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 size=$(podman image inspect --format '{{.Size}}' "$tag")
 echo "built $tag from $base (PostgreSQL $pgversion) in $((t1 - t0)) s" >&2
 echo "image size: $((size / 1000000)) MB ($size bytes)"

@@ -37,6 +37,8 @@
 
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/podman.rs"]
+mod podman;
 #[path = "support/ports.rs"]
 mod ports;
 #[path = "support/testbed.rs"]
@@ -51,6 +53,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use podman::{Podman, text};
 use testbed::{Etcd, Garage};
 
 const TAG: &str = "localhost/tusk:cluster";
@@ -60,10 +63,6 @@ const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
 /// be lost by any fault.
 const TEST_DCS: &str = r#"{"ttl":10,"loop_wait":2,"retry_timeout":5,"synchronous_mode":true}"#;
 const PG_PARAMETERS: &str = r#"{"shared_buffers":"128MB"}"#;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
 
 /// Runs a command; panics only when it cannot be started.
 fn cmd(program: &str, args: &[&str]) -> Output {
@@ -84,75 +83,31 @@ fn cmd_ok(program: &str, args: &[&str]) -> String {
 
 // ------------------------------------------------------------- podman ----
 
-fn base_conf() -> &'static str {
-    static CONF: OnceLock<String> = OnceLock::new();
-    CONF.get_or_init(|| {
-        let script = testbed::repo_root().join("scripts/podman-setup.sh");
-        let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("podman-setup.sh");
-        assert!(out.status.success(), "podman-setup.sh failed");
-        text(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("export CONTAINERS_CONF="))
-            .expect("CONTAINERS_CONF from podman-setup.sh")
-            .to_string()
-    })
+/// podman with the test configuration (scripts/podman-setup.sh), set up
+/// once per test binary.
+fn pm() -> &'static Podman {
+    static PODMAN: OnceLock<Podman> = OnceLock::new();
+    PODMAN.get_or_init(Podman::setup)
 }
 
 fn podman(args: &[&str]) -> Output {
-    Command::new("podman")
-        .args(args)
-        .env("CONTAINERS_CONF", base_conf())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("podman {args:?}: {e}"))
+    pm().output(args)
 }
 
 fn podman_ok(args: &[&str]) -> String {
-    let out = podman(args);
-    assert!(
-        out.status.success(),
-        "podman {args:?} failed ({}): {} {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    pm().ok(args)
 }
 
 /// The image, built once per test binary from the release binary under
-/// test (scripts/build-image.sh, SKIP_CARGO=1), and reused while the tusk
-/// inside it is that same binary.
+/// test (scripts/build-image.sh, SKIP_CARGO=1), reused while its inputs
+/// (that binary among them) are the same.
 fn image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let bin = node::tusk_bin();
-        let want = cmd_ok("sha256sum", &[bin]).split_whitespace().next().unwrap_or_default().to_string();
-        let have = podman(&["run", "--rm", "--entrypoint", "sha256sum", TAG, "/usr/local/bin/tusk"]);
-        if have.status.success() && text(&have.stdout).starts_with(&want) {
-            eprintln!("image {TAG}: reused (its tusk is {bin})");
-            return;
-        }
-        let previous = podman(&["image", "inspect", "--format", "{{.Id}}", TAG]);
-        let t = Instant::now();
-        let target = Path::new(bin).parent().and_then(Path::parent).expect("target dir");
-        let out = Command::new("bash")
-            .arg(testbed::repo_root().join("scripts/build-image.sh"))
-            .arg(TAG)
-            .env("CONTAINERS_CONF", base_conf())
-            .env("SKIP_CARGO", "1")
-            .env("PGVERSION", "15")
-            .env("CARGO_TARGET_DIR", target)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("build-image.sh");
-        assert!(out.status.success(), "build-image.sh failed: {}", text(&out.stdout));
-        eprintln!("image {TAG}: built in {:?} ({})", t.elapsed(), text(&out.stdout));
-        // The image this tag named before is left untagged: remove it
-        // (refused, harmlessly, while a container still uses it).
-        let now = podman(&["image", "inspect", "--format", "{{.Id}}", TAG]);
-        if previous.status.success() && text(&previous.stdout) != text(&now.stdout) {
-            let _ = podman(&["rmi", &text(&previous.stdout)]);
-        }
+        let target = Path::new(node::tusk_bin()).parent().and_then(Path::parent).expect("target dir");
+        let target = target.to_str().expect("a UTF-8 target dir");
+        let mb = pm().build_tusk(TAG, &[("SKIP_CARGO", "1"), ("PGVERSION", "15"), ("CARGO_TARGET_DIR", target)]);
+        eprintln!("image {TAG}: {mb} MB");
     });
     TAG
 }
@@ -241,10 +196,10 @@ impl Node {
         let hosts = dir.path().join("hosts");
         fs::write(&hosts, format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n{addr}\t{name}\n")).expect("hosts");
         let conf = dir.path().join("containers.conf");
-        let base = fs::read_to_string(base_conf()).expect("containers.conf");
+        let base = fs::read_to_string(&pm().conf).expect("containers.conf");
         let conf_text =
             base.replacen("[containers]", &format!("[containers]\nbase_hosts_file = \"{}\"", hosts.display()), 1);
-        assert!(conf_text.contains("base_hosts_file"), "no [containers] table in {}", base_conf());
+        assert!(conf_text.contains("base_hosts_file"), "no [containers] table in {}", pm().conf);
         fs::write(&conf, conf_text).expect("containers.conf");
         let log = dir.path().join("podman-run.log");
         let ctr = format!("patroni-container-{}-{}", std::process::id(), i + 1);
@@ -1208,7 +1163,7 @@ fn bench_podman_cluster() {
         .arg("-c")
         .arg(r#"podman save "$0" | podman --root "$1" --runroot "$2" load -q"#)
         .args([tag, root.to_str().unwrap(), runroot.to_str().unwrap()])
-        .env("CONTAINERS_CONF", base_conf())
+        .env("CONTAINERS_CONF", &pm().conf)
         .output()
         .expect("save | load");
     let load = t.elapsed();
@@ -1216,7 +1171,7 @@ fn bench_podman_cluster() {
     table.push(("podman save | podman load (empty store)".into(), format!("{:.2} s", load.as_secs_f64())));
     let _ = Command::new("podman")
         .args(["--root", root.to_str().unwrap(), "--runroot", runroot.to_str().unwrap(), "system", "reset", "-f"])
-        .env("CONTAINERS_CONF", base_conf())
+        .env("CONTAINERS_CONF", &pm().conf)
         .output();
 
     bench_cluster("ttl 30 (defaults)", None, rounds, true, &mut table);

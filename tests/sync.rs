@@ -83,8 +83,10 @@ fn state_dump(c: &Cluster) -> String {
             q("SELECT string_agg(coalesce(wait_event, '-') || ': ' || left(query, 40), '; ') FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"),
         ));
         let text = node.log_text();
-        let lines: Vec<&str> =
-            text.lines().filter(|l| !l.contains("connection received") && !l.contains("connection authorized")).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("connection received") && !l.contains("connection authorized"))
+            .collect();
         out.push_str(&lines[lines.len().saturating_sub(60)..].join("\n"));
         out.push('\n');
     }

@@ -134,6 +134,31 @@ def tree(roots):
     return out
 
 
+def cpu_seconds(pids):
+    """User + system CPU seconds of these processes so far (children that
+    exited and were reaped by them included)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / tck
+
+
+def node_cpu(nodes):
+    """{name: (postgres tree CPU s, agent tree CPU s excluding postgres)}."""
+    out = {}
+    for n in nodes:
+        pg = n.pg_pids()
+        agent = tree([n.proc.pid]) - pg if n.proc and n.proc.poll() is None else set()
+        out[n.name] = (cpu_seconds(pg), cpu_seconds(agent))
+    return out
+
+
 def signal_all(pids, sig):
     for p in pids:
         try:
@@ -351,6 +376,15 @@ def replication(n):
     return [tuple(line.split("|", 1)) for line in out.splitlines() if "|" in line]
 
 
+def lsn(n, expr):
+    """An LSN expression evaluated on n, as a number (-1: no answer)."""
+    out = ha.sql(n.sock, n.port, f"SELECT ({expr} - '0/0')::bigint", timeout=5)
+    try:
+        return int(out)
+    except (TypeError, ValueError):
+        return -1
+
+
 def sync_key(etcd, scope):
     r = ha.sh("etcdctl", f"--endpoints=https://{etcd['endpoint']}", f"--cacert={etcd['ca']}", f"--cert={etcd['cert']}",
               f"--key={etcd['key']}", "--dial-timeout=1s", "--command-timeout=2s", "get", "--print-value-only",
@@ -419,13 +453,29 @@ def bench(system, sync_on, a, setting, etcd, base, tusk):
         # 1. commit latency
         pgbench(l, ["-i", "-q", "-s", str(a.scale)], timeout=600)
         l = wait_ready(nodes, sync_on, etcd, scope, 120, "ready before pgbench")
+        # The same start for both systems: the load checkpointed on the
+        # leader and replayed on every replica (a replica still replaying
+        # it takes CPU from the leader's pgbench on a small machine).
+        t1 = time.time()
+        ha.sql(l.sock, l.port, "CHECKPOINT", timeout=120)
+        target = lsn(l, "pg_current_wal_lsn()")
+        wait(lambda: all(lsn(n, "pg_last_wal_replay_lsn()") >= target for n in nodes if n is not l),
+             120, "replicas replayed the pgbench load")
+        log(f"load checkpointed and replayed on the replicas in {time.time() - t1:.1f} s")
         ssn = ha.sql(l.sock, l.port, "SHOW synchronous_standby_names")
         if a.dump_settings:
-            # Every setting not at its built-in default, to compare the two systems' PostgreSQL.
-            rows = ha.sql(l.sock, l.port, "SELECT name || '=' || setting FROM pg_settings "
-                          "WHERE source NOT IN ('default', 'override') ORDER BY 1", timeout=10)
-            log("settings: " + " ".join(rows.split()))
+            # Every setting not at its built-in default, on the leader and a
+            # replica, to compare the two systems' PostgreSQL.
+            for n in [l] + [n for n in nodes if n is not l][:1]:
+                rows = ha.sql(n.sock, n.port, "SELECT name || '=' || setting FROM pg_settings "
+                              "WHERE source NOT IN ('default', 'override') ORDER BY 1", timeout=10)
+                log(f"settings on {n.name}{' (leader)' if n is l else ''}: " + " ".join(rows.split()))
+        cpu0 = node_cpu(nodes)
         out = pgbench(l, ["-c", str(a.clients), "-j", str(a.jobs), "-T", str(a.duration)], timeout=a.duration + 120)
+        cpu1 = node_cpu(nodes)
+        res["cpu"] = {k: (round(cpu1[k][0] - cpu0[k][0], 2), round(cpu1[k][1] - cpu0[k][1], 2)) for k in cpu1}
+        log("CPU seconds during pgbench (postgres, agent): "
+            + ", ".join(f"{k}{' (leader)' if k == l.name else ''} {v[0]:.1f} / {v[1]:.2f}" for k, v in res["cpu"].items()))
         tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
         lat = re.search(r"latency average = ([0-9.]+) ms", out)
         res["tps"] = float(tps.group(1)) if tps else None

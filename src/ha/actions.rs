@@ -463,8 +463,8 @@ impl Ha {
             return false;
         }
         let Some(lt) = view.members.get(leader).and_then(|m| m.timeline) else { return false };
-        let Some(client) = &self.client else { return false };
-        let Ok(p) = replication::position(client).await else { return false };
+        // This round's reading (observe), not a second query.
+        let Some(p) = &self.position else { return false };
         if !p.in_recovery || p.streaming {
             return false;
         }

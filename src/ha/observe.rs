@@ -97,6 +97,7 @@ impl Ha {
             self.down_since.get_or_insert_with(tokio::time::Instant::now);
             process::reap_leftover_group(pid).await;
         }
+        self.position = None;
         let postgres = match &self.pm {
             None => Postgres::Stopped,
             Some(_) => {
@@ -106,11 +107,16 @@ impl Ha {
                 match &self.client {
                     None => Postgres::Starting,
                     Some(c) => match replication::position(c).await {
-                        Ok(p) if p.in_recovery => Postgres::Replica { wal: p.wal, timeline: p.timeline },
                         Ok(p) => {
-                            // A primary again: a later rejoin must check for divergence.
-                            self.clean_handover = false;
-                            Postgres::Primary { wal: p.wal, timeline: p.timeline }
+                            let state = if p.in_recovery {
+                                Postgres::Replica { wal: p.wal, timeline: p.timeline }
+                            } else {
+                                // A primary again: a later rejoin must check for divergence.
+                                self.clean_handover = false;
+                                Postgres::Primary { wal: p.wal, timeline: p.timeline }
+                            };
+                            self.position = Some(p);
+                            state
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "status query failed");

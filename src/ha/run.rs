@@ -67,6 +67,9 @@ pub struct Ha {
     /// This replica replayed past where the leader's history left its
     /// timeline: the next start as a replica runs pg_rewind first.
     pub(super) replica_diverged: bool,
+    /// What this round's observation read from PostgreSQL (`None`: not
+    /// running or not answering).
+    pub(super) position: Option<crate::postgres::replication::Position>,
     /// What `tusk.dcs.conf` last left out of the dynamic configuration (logged).
     pub(super) dynamic_left_out: Vec<String>,
     /// The dynamic parameters were written once already: a change now is
@@ -203,6 +206,7 @@ pub(crate) async fn run(
         state: State::Starting,
         clean_handover: false,
         replica_diverged: false,
+        position: None,
         rewind_failed: false,
         dynamic_left_out: Vec::new(),
         dynamic_written: false,
