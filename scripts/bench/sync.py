@@ -96,6 +96,10 @@ SPILO_PARAMS = {
 }
 
 
+# Patroni's pg_hba in this bench (TLS neither required nor refused).
+PEER_HBA = ["local all all trust", "host all all 127.0.0.1/32 md5", "host replication standby 127.0.0.1/32 md5"]
+
+
 class Timeout(RuntimeError):
     pass
 
@@ -171,10 +175,12 @@ class SyncNode(ha.Node):
     """ha.Node with the synchronous mode keys in the bootstrap DCS config and
     a crash that kills the whole process tree."""
 
-    def __init__(self, system, i, base, etcd, setting, scope, dcs_extra, tusk, pg_params, peer_params):
+    def __init__(self, system, i, base, etcd, setting, scope, dcs_extra, tusk, pg_params, peer_params,
+                 rep_sslmode=None):
         super().__init__(system, i, base, etcd, setting, scope)
         self.dcs_extra, self.tusk = dcs_extra, tusk
         self.pg_params, self.peer_params = pg_params, peer_params
+        self.rep_sslmode = rep_sslmode
 
     def start(self):
         ttl, lw, rt = self.setting
@@ -189,6 +195,10 @@ class SyncNode(ha.Node):
                 "ETCD3_HOSTS": self.etcd["endpoint"], "ETCD3_CACERT": self.etcd["ca"],
                 "ETCD3_CERT": self.etcd["cert"], "ETCD3_KEY": self.etcd["key"],
             }
+            if self.rep_sslmode:
+                # Patroni's pg_hba here (Spilo's admits replication over TLS only).
+                env["PATRONI_REPLICATION_SSLMODE"] = self.rep_sslmode
+                env["SPILO_CONFIGURATION"] = json.dumps({"postgresql": {"pg_hba": PEER_HBA}})
             self.proc = subprocess.Popen([self.tusk], env=env, stdout=self.log, stderr=self.log)
         else:
             params = {**self.peer_params, "shared_buffers": "128MB", **self.pg_params,
@@ -225,15 +235,20 @@ postgresql:
   pgpass: {self.dir}/pgpass
   authentication:
     superuser: {{username: postgres, password: bench-su}}
-    replication: {{username: standby, password: bench-rep}}
+    replication: {{username: standby, password: bench-rep{', sslmode: ' + self.rep_sslmode if self.rep_sslmode else ''}}}
     rewind: {{username: postgres, password: bench-su}}
   parameters: {json.dumps(params)}
-  pg_hba: [local all all trust, host all all 127.0.0.1/32 md5, host replication standby 127.0.0.1/32 md5]
+  pg_hba: {json.dumps(PEER_HBA)}
 """)
             for p in (self.dir, cfg):
                 shutil.chown(p, "postgres", "postgres")
             self.proc = subprocess.Popen(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
-                                          "patroni", cfg], stdout=self.log, stderr=self.log, cwd=self.dir)
+                                          "patroni", cfg], stdout=self.log, stderr=self.log, cwd=self.dir,
+                                         # setpriv keeps root's HOME: libpq, as postgres, could not
+                                         # look for ~/.postgresql/postgresql.crt there, and every TLS
+                                         # attempt of a replica failed (sslmode=prefer fell back to
+                                         # plain TCP).
+                                         env={**os.environ, "HOME": self.dir})
 
     def pg_pids(self):
         """The postmaster (if it is a live postgres) and all its children."""
@@ -436,8 +451,8 @@ def bench(system, sync_on, a, setting, etcd, base, tusk):
         extra.update({"synchronous_mode_strict": a.strict, "synchronous_node_count": a.node_count})
     pg_params = json.loads(a.pg_params)
     peer_params = SPILO_PARAMS if a.peer_params == "spilo" else {}
-    nodes = [SyncNode(system, i, os.path.join(base, scope), etcd, setting, scope, extra, tusk, pg_params, peer_params)
-             for i in (1, 2, 3)]
+    nodes = [SyncNode(system, i, os.path.join(base, scope), etcd, setting, scope, extra, tusk, pg_params, peer_params,
+                      a.replication_sslmode) for i in (1, 2, 3)]
     res = {"system": system, "mode": mode, "tps": None, "lat_ms": None, "failover": [], "lost": [], "acked": [],
            "new_is_sync": [], "unconfirmed": 0, "error": None}
     w = None
@@ -481,6 +496,10 @@ def bench(system, sync_on, a, setting, etcd, base, tusk):
         res["tps"] = float(tps.group(1)) if tps else None
         res["lat_ms"] = float(lat.group(1)) if lat else None
         rep_after = replication(l)
+        tls = ha.sql(l.sock, l.port, "SELECT string_agg(r.application_name || ' ' || "
+                     "CASE WHEN s.ssl THEN s.version || ' ' || s.cipher ELSE 'no TLS' END, ', ') "
+                     "FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)")
+        log(f"replication links: {tls}")
         log(f"pgbench on {l.name}: tps {res['tps']}, latency {res['lat_ms']} ms; synchronous_standby_names "
             f"'{ssn}'; replication after the run {rep_after}")
         if sync_on and not any(s == "sync" for _, s in rep_after or []):
@@ -626,6 +645,9 @@ def main():
     ap.add_argument("--peer-params", choices=("spilo", "plain"), default="spilo",
                     help="spilo: Patroni's PostgreSQL gets the parameters tusk sets by itself (Spilo's); "
                     "plain: only shared_buffers and --pg-params")
+    ap.add_argument("--replication-sslmode", default=None,
+                    help="libpq sslmode of the replicas' connections under both systems (default: each its own: "
+                    "tusk require, Patroni prefer)")
     ap.add_argument("--dump-settings", action="store_true", help="log the leader's non-default settings")
     ap.add_argument("--tusk", default=os.path.join(ROOT, "target/release/tusk"), help="tusk binary (not rebuilt)")
     a = ap.parse_args()
