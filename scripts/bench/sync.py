@@ -7,10 +7,10 @@ bootstrap.dcs for Patroni).
 
 Per system and mode it measures:
   commit cost  PostgreSQL 15's pgbench against the leader (-i -s SCALE, then
-               -c CLIENTS -j JOBS -T DURATION): TPS and average latency. With
-               sync on, only once a synchronous standby is really in place
-               (a `sync` row in the leader's pg_stat_replication, named in
-               the `sync` key).
+               -c CLIENTS -j JOBS -T DURATION, PGBENCH_RUNS times): median
+               TPS and average latency. With sync on, only once a
+               synchronous standby is really in place (a `sync` row in the
+               leader's pg_stat_replication, named in the `sync` key).
   crash        a writer inserts a new number every ~10 ms into whichever
                member accepts writes (one psycopg2 connection per member),
                recording every acknowledged number; the leader's whole
@@ -26,7 +26,12 @@ Per system and mode it measures:
 
 PostgreSQL runs with the same parameters under both: the ones tusk sets by
 itself (Spilo's: pg_stat_statements, wal_compression, connection logging,
-...) are given to Patroni too, unless --peer-params plain.
+...) are given to Patroni too, unless --peer-params plain. The replicas
+stream over TLS under both (as in Spilo; --replication-sslmode disable
+turns it off for both): the log names each replication link's protocol,
+since TLS on it costs 10-15 % of the leader's commit throughput on this
+2-core machine. The log also has the CPU seconds of each node's postgres
+and agent during pgbench.
 
 Bounded: every wait has a timeout, a watchdog process SIGTERMs this script
 at --max-minutes and then SIGKILLs, by PID, whatever it started (processes
@@ -37,7 +42,7 @@ directory; no cargo build).
 
 Usage (as root): scripts/bench/sync.py [--runs 3] [--settings 10/2/5]
     [--systems tusk,patroni] [--modes off,on] [--scale 5] [--clients 4]
-    [--jobs 2] [--duration 20] [--strict] [--node-count 1] [--max-minutes 60]
+    [--jobs 2] [--duration 20] [--pgbench-runs 3] [--strict] [--node-count 1] [--max-minutes 60]
     [--peer-params spilo|plain] [--pg-params JSON]
 """
 import os
@@ -485,16 +490,24 @@ def bench(system, sync_on, a, setting, etcd, base, tusk):
                 rows = ha.sql(n.sock, n.port, "SELECT name || '=' || setting FROM pg_settings "
                               "WHERE source NOT IN ('default', 'override') ORDER BY 1", timeout=10)
                 log(f"settings on {n.name}{' (leader)' if n is l else ''}: " + " ".join(rows.split()))
-        cpu0 = node_cpu(nodes)
-        out = pgbench(l, ["-c", str(a.clients), "-j", str(a.jobs), "-T", str(a.duration)], timeout=a.duration + 120)
-        cpu1 = node_cpu(nodes)
-        res["cpu"] = {k: (round(cpu1[k][0] - cpu0[k][0], 2), round(cpu1[k][1] - cpu0[k][1], 2)) for k in cpu1}
-        log("CPU seconds during pgbench (postgres, agent): "
-            + ", ".join(f"{k}{' (leader)' if k == l.name else ''} {v[0]:.1f} / {v[1]:.2f}" for k, v in res["cpu"].items()))
-        tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
-        lat = re.search(r"latency average = ([0-9.]+) ms", out)
-        res["tps"] = float(tps.group(1)) if tps else None
-        res["lat_ms"] = float(lat.group(1)) if lat else None
+        tpss, lats = [], []
+        for k in range(a.pgbench_runs):
+            cpu0 = node_cpu(nodes)
+            out = pgbench(l, ["-c", str(a.clients), "-j", str(a.jobs), "-T", str(a.duration)],
+                          timeout=a.duration + 120)
+            cpu1 = node_cpu(nodes)
+            cpu = {n: (cpu1[n][0] - cpu0[n][0], cpu1[n][1] - cpu0[n][1]) for n in cpu1}
+            tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+            lat = re.search(r"latency average = ([0-9.]+) ms", out)
+            if tps and lat:
+                tpss.append(float(tps.group(1)))
+                lats.append(float(lat.group(1)))
+            log(f"pgbench {k + 1}/{a.pgbench_runs}: tps {tps and tps.group(1)}, latency {lat and lat.group(1)} ms; "
+                "CPU seconds (postgres / agent): "
+                + ", ".join(f"{n}{' (leader)' if n == l.name else ''} {v[0]:.1f} / {v[1]:.2f}" for n, v in cpu.items()))
+        res["tps_runs"], res["lat_runs"] = tpss, lats
+        res["tps"] = statistics.median(tpss) if tpss else None
+        res["lat_ms"] = statistics.median(lats) if lats else None
         rep_after = replication(l)
         tls = ha.sql(l.sock, l.port, "SELECT string_agg(r.application_name || ' ' || "
                      "CASE WHEN s.ssl THEN s.version || ' ' || s.cipher ELSE 'no TLS' END, ', ') "
@@ -637,6 +650,7 @@ def main():
     ap.add_argument("--clients", type=int, default=4, help="pgbench -c")
     ap.add_argument("--jobs", type=int, default=2, help="pgbench -j")
     ap.add_argument("--duration", type=int, default=20, help="pgbench -T")
+    ap.add_argument("--pgbench-runs", type=int, default=3, help="pgbench runs per system and mode (median)")
     ap.add_argument("--interval", type=float, default=0.01, help="writer: seconds between inserts")
     ap.add_argument("--write-timeout", type=float, default=30, help="writer: cancel an insert after this long")
     ap.add_argument("--failover-timeout", type=float, default=120)
@@ -701,14 +715,16 @@ def main():
     print(f"\nttl/loop_wait/retry_timeout {a.settings}; 3 nodes, one etcd (mTLS), PostgreSQL 15; "
           f"{sync_desc}synchronous_node_count {a.node_count}; Patroni's PostgreSQL parameters: {a.peer_params}"
           f"{'; both: ' + a.pg_params if json.loads(a.pg_params) else ''}")
-    print(f"pgbench -i -s {a.scale}; -c {a.clients} -j {a.jobs} -T {a.duration} against the leader. "
+    print(f"pgbench -i -s {a.scale}; {a.pgbench_runs} x -c {a.clients} -j {a.jobs} -T {a.duration} against the "
+          "leader, median (min-max). "
           f"Crash = SIGKILL of the leader's agent + postgres tree, writer every {a.interval * 1000:.0f} ms; "
           f"{a.runs} crashes each, median (min-max)")
     print("| system | sync mode | TPS | latency avg (ms) | crash: fault -> first write (s) | lost acked writes "
           "| new leader was the sync standby |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        tps = f"{r['tps']:.0f}" if r["tps"] is not None else "-"
+        tps = (f"{r['tps']:.0f} ({min(r['tps_runs']):.0f}-{max(r['tps_runs']):.0f})"
+               if r["tps"] is not None else "-")
         lat = f"{r['lat_ms']:.2f}" if r["lat_ms"] is not None else "-"
         lost = (f"{sum(r['lost'])} of {sum(r['acked'])} (per crash {'/'.join(map(str, r['lost']))})"
                 if r["lost"] else "-")
