@@ -299,10 +299,7 @@ impl Node {
     /// The last `n` lines of the container's output, without PostgreSQL's
     /// per-connection lines (the writer's connections would fill it).
     fn log_tail(&self, n: usize) -> String {
-        let t = fs::read_to_string(&self.log).unwrap_or_default();
-        let noise = ["connection received:", "connection authenticated:", "connection authorized:", "disconnection:"];
-        let lines: Vec<&str> = t.lines().filter(|l| !noise.iter().any(|x| l.contains(x))).collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        node::quiet_tail(&fs::read_to_string(&self.log).unwrap_or_default(), n)
     }
 }
 

@@ -36,16 +36,13 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 fn dump_logs(c: &Cluster) -> String {
     let mut logs = String::new();
     for n in c.names() {
-        let text = c.node(&n).log_text();
-        // Without PostgreSQL's per-connection lines (every probe makes four).
-        let noise = ["connection received:", "connection authenticated:", "connection authorized:", "disconnection:"];
-        let lines: Vec<&str> = text.lines().filter(|l| !noise.iter().any(|x| l.contains(x))).collect();
-        let slot_warnings: Vec<&str> =
-            lines.iter().copied().filter(|l| l.contains("WARN") && l.contains("slot")).collect();
+        let node = c.node(&n);
+        let text = node.log_text();
+        let slot_warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN") && l.contains("slot")).collect();
         logs.push_str(&format!(
             "==== {n}: slot warnings\n{}\n==== {n}: tail\n{}\n",
             slot_warnings.join("\n"),
-            lines[lines.len().saturating_sub(60)..].join("\n")
+            node.log_tail(60)
         ));
     }
     logs

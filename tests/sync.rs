@@ -82,12 +82,7 @@ fn state_dump(c: &Cluster) -> String {
             q("SELECT string_agg(application_name || ' ' || state || ' ' || sync_state || ' ' || flush_lsn, '; ') FROM pg_stat_replication"),
             q("SELECT string_agg(coalesce(wait_event, '-') || ': ' || left(query, 40), '; ') FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"),
         ));
-        let text = node.log_text();
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.contains("connection received") && !l.contains("connection authorized"))
-            .collect();
-        out.push_str(&lines[lines.len().saturating_sub(60)..].join("\n"));
+        out.push_str(&node.log_tail(60));
         out.push('\n');
     }
     out

@@ -196,6 +196,11 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The last `n` lines of the log without PostgreSQL's per-connection lines.
+    pub fn log_tail(&self, n: usize) -> String {
+        quiet_tail(&self.log_text(), n)
+    }
+
     /// Waits until the log holds `needle` at least `count` times.
     pub fn wait_log(&mut self, needle: &str, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -329,4 +334,18 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, u32, Option<std::time::SystemT
     }
     out.sort();
     out
+}
+
+/// PostgreSQL's per-connection log lines (every probe or write makes four).
+pub fn is_connection_line(line: &str) -> bool {
+    ["connection received:", "connection authenticated:", "connection authorized:", "disconnection:"]
+        .iter()
+        .any(|x| line.contains(x))
+}
+
+/// The last `n` lines of `text` without per-connection lines: what a failed
+/// test's dump needs when a writer's connections would fill it.
+pub fn quiet_tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !is_connection_line(l)).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
